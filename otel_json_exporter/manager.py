@@ -1,0 +1,577 @@
+"""``MetricsManager``: validation and PII check, the queue, the writer thread, stats.
+
+Producers (coroutines on any event loop, or plain threads such as the OTel SDK's
+export thread) validate a record, check it against the PII rule and append it
+to one bounded, lock-protected queue. One writer thread per manager takes
+batches from the head of that queue and hands them to
+:class:`~otel_json_exporter.writer.BatchWriter`. A record leaves the queue only
+once its batch is on disk, so a failed write loses nothing and memory stays
+bounded by ``max_queue_size``.
+
+The writer is a plain thread, not a task on an event loop nor a job in a
+thread pool: blocking ``fsync`` never stalls the application's loop, and
+writes still work at interpreter exit, when thread pools refuse new work.
+Coroutines that must wait (for room in the queue, for a flush, for ``stop``)
+park a future that the writer thread resolves through
+``loop.call_soon_threadsafe``: :meth:`MetricsManager._wait_async` and
+:meth:`MetricsManager._wake_waiters` are the one place where threads meet an
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy, contains_email
+from otel_json_exporter.records import MetricsStats, OperationRecord
+from otel_json_exporter.writer import (
+    BatchWriter,
+    delete_expired_batches,
+    remove_stale_temp_files,
+)
+
+__all__ = ["MetricsManager", "QueueFullPolicy"]
+
+logger = logging.getLogger("otel_json_exporter")
+
+QueueFullPolicy = Literal["block", "raise", "drop"]
+"""What ``record_operation`` does when the queue is full.
+
+``"block"`` (default) waits for room (backpressure); ``"raise"`` raises
+``asyncio.QueueFull`` at once; ``"drop"`` drops the record, counts it in
+``total_dropped`` and returns.
+"""
+
+_INITIAL_BACKOFF = 0.1
+_MAX_BACKOFF = 30.0
+_URGENT_RETRY = 0.05  # flush() and stop() retry at once, but never spin on a dead disk
+_RETENTION_EVERY = 3600.0
+_EXIT_FLUSH_TIMEOUT = 10.0
+
+_MANAGERS: weakref.WeakSet[MetricsManager] = weakref.WeakSet()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    # Built from locations and messages only: pydantic's own str() echoes input values.
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"]) or "record"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(message if message.startswith("metadata") else f"{where}: {message}")
+    return "invalid operation record: " + "; ".join(parts)
+
+
+class MetricsManager:
+    """Collects operation records and writes them in atomic JSON batch files.
+
+    >>> async def main() -> None:  # doctest: +SKIP
+    ...     manager = MetricsManager("./metrics")
+    ...     await manager.start()
+    ...     await manager.record_operation("api_request", "GET /users", 42.5)
+    ...     await manager.stop()
+
+    A batch is written as soon as ``max_batch_size`` records wait, and at the
+    latest every ``flush_interval_seconds``; a file never holds more than
+    ``max_batch_size`` records. ``queue_full_policy`` says what
+    ``record_operation`` does when ``max_queue_size`` records wait (see
+    :data:`QueueFullPolicy`). ``pii_policy`` adds blocked or allowed keys to the
+    PII rule. With ``retention_days``, batch files older than that are deleted
+    at start and hourly.
+
+    Lifecycle: ``start`` twice raises RuntimeError; ``stop`` when not running
+    does nothing; recording when not running raises RuntimeError; a stopped
+    manager can be started again, and records it still held are written then.
+    All methods may be called from any thread and any event loop.
+    """
+
+    def __init__(
+        self,
+        storage_path: str | os.PathLike[str],
+        flush_interval_seconds: float = 5.0,
+        max_batch_size: int = 1000,
+        max_queue_size: int = 10000,
+        *,
+        queue_full_policy: QueueFullPolicy = "block",
+        pii_policy: PiiPolicy | None = None,
+        retention_days: float | None = None,
+    ) -> None:
+        if not (isinstance(flush_interval_seconds, (int, float)) and flush_interval_seconds > 0):
+            raise ValueError("flush_interval_seconds must be a positive number")
+        if not math.isfinite(flush_interval_seconds):
+            raise ValueError("flush_interval_seconds must be finite")
+        for label, size in (("max_batch_size", max_batch_size), ("max_queue_size", max_queue_size)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"{label} must be a positive integer")
+        if queue_full_policy not in ("block", "raise", "drop"):
+            raise ValueError("queue_full_policy must be 'block', 'raise' or 'drop'")
+        if retention_days is not None and not (
+            math.isfinite(retention_days) and retention_days > 0
+        ):
+            raise ValueError("retention_days must be a positive number of days")
+        self.storage_path = Path(storage_path)
+        self.flush_interval_seconds = float(flush_interval_seconds)
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_queue_size
+        self.queue_full_policy: QueueFullPolicy = queue_full_policy
+        self.pii_policy = pii_policy or DEFAULT_POLICY
+        self.retention_days = retention_days
+        self._writer = BatchWriter(self.storage_path)
+        self._reset_state()
+        self._buffer: deque[OperationRecord] = deque()
+        _MANAGERS.add(self)
+
+    def _reset_state(self) -> None:
+        """(Re)create the lock, the counters and the thread handle: at init and after fork."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._thread: threading.Thread | None = None
+        self._worker_alive = False
+        self._accepting = False
+        self._stop_deadline: float | None = None
+        self._drain_to = 0  # write until this many records are persisted
+        self._urgent_to = 0  # ... and retry at once until then (flush or stop waits)
+        self._accepted = 0
+        self._persisted = 0
+        self._batches = 0
+        self._dropped = 0
+        self._rejected = 0
+        self._write_errors = 0
+        self._worker_errors = 0
+        self._bytes = 0
+        self._redacted = 0
+        self._last_flush: datetime | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer thread. RuntimeError if already running.
+
+        Creates ``storage_path`` if needed and raises OSError (a
+        :class:`~otel_json_exporter.writer.StorageError`) at once when it cannot
+        be used. Removes temporary files that dead writers left behind.
+        """
+        self.start_sync()
+
+    def start_sync(self) -> None:
+        """Blocking :meth:`start`, for code that runs on no event loop."""
+        with self._lock:
+            if self._accepting:
+                raise RuntimeError("MetricsManager is already running")
+            if self._worker_alive:
+                raise RuntimeError("MetricsManager is still stopping; await stop() first")
+        self._writer.prepare()
+        for path in remove_stale_temp_files(self.storage_path):
+            logger.info("removed stale temporary file %s", path.name)
+        self._apply_retention()
+        with self._lock:
+            self._accepting = True
+            self._stop_deadline = None
+            self._drain_to = self._urgent_to = self._persisted + len(self._buffer)
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._worker_alive = True
+        self._thread = threading.Thread(
+            target=self._run, name="otel-json-exporter-writer", daemon=True
+        )
+        self._thread.start()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting records, write everything accepted, stop the writer.
+
+        Raises ``asyncio.TimeoutError`` naming how many records are not on disk
+        when that takes longer than ``timeout`` seconds (they stay in memory and
+        are written if the manager is started again). Does nothing when not running.
+        """
+        if self._begin_stop(timeout):
+            await self._wait_async(self._stopped, timeout)
+            self._end_stop(timeout)
+
+    def stop_sync(self, timeout: float = 10.0) -> None:
+        """Blocking :meth:`stop`, for code that runs on no event loop."""
+        if self._begin_stop(timeout):
+            self._wait_sync(self._stopped, timeout)
+            self._end_stop(timeout)
+
+    def _begin_stop(self, timeout: float) -> bool:
+        with self._lock:
+            if self._thread is None:
+                return False
+            if self._accepting:
+                self._accepting = False
+                self._stop_deadline = time.monotonic() + timeout
+                self._drain_to = self._urgent_to = self._accepted
+                self._cond.notify_all()
+            return True
+
+    def _stopped(self) -> bool:
+        return not self._worker_alive
+
+    def _end_stop(self, timeout: float) -> None:
+        with self._lock:
+            left = len(self._buffer)
+            if self._stopped():
+                self._thread = None
+        if left:
+            logger.error("stop: %d records were not persisted within %.3gs", left, timeout)
+            raise asyncio.TimeoutError(
+                f"MetricsManager.stop: {left} records were not persisted within {timeout}s"
+            )
+
+    # -- producing -----------------------------------------------------------------
+
+    async def record_operation(
+        self,
+        operation_type: str,
+        operation_name: str,
+        duration_ms: float,
+        success: bool = True,
+        error_message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Validate one operation and queue it; O(1) while the queue has room.
+
+        Raises ValueError when the record is invalid or its metadata holds PII
+        (the message names the key, never the value), RuntimeError when the
+        manager is not running, and ``asyncio.QueueFull`` under the ``"raise"``
+        policy. E-mail addresses in ``operation_name`` and ``error_message`` are
+        replaced by ``[REDACTED]``; ``error_message`` is cut to 1,000 characters.
+        """
+        if not self._accepting:
+            raise RuntimeError("MetricsManager is not running; await start() first")
+        record = self._build_record(
+            operation_type, operation_name, duration_ms, success, error_message, metadata
+        )
+        if self._offer(record):
+            return
+        if self.queue_full_policy == "block":
+            while not self._offer(record):
+                await self._wait_async(self._has_room, None)
+        elif self.queue_full_policy == "raise":
+            raise asyncio.QueueFull(f"metrics queue is full ({self.max_queue_size} records)")
+        else:
+            with self._lock:
+                self._dropped += 1
+
+    def _build_record(
+        self,
+        operation_type: str,
+        operation_name: str,
+        duration_ms: float,
+        success: bool,
+        error_message: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> OperationRecord:
+        redacted = 0
+        if isinstance(operation_name, str) and contains_email(operation_name):
+            operation_name, redacted = self.pii_policy.redact(operation_name)
+        if isinstance(error_message, str) and contains_email(error_message):
+            error_message, masked = self.pii_policy.redact(error_message)
+            redacted += masked
+        try:
+            record = OperationRecord(
+                operation_type=operation_type,
+                operation_name=operation_name,
+                duration_ms=duration_ms,
+                timestamp=datetime.now(timezone.utc),
+                success=success,
+                error_message=error_message,
+                metadata=metadata,
+            )
+            self.pii_policy.check_metadata(record.metadata)
+        except ValidationError as exc:
+            self._count_rejected()
+            raise ValueError(_validation_message(exc)) from None
+        except ValueError:
+            self._count_rejected()
+            raise
+        if redacted:
+            with self._lock:
+                self._redacted += redacted
+        return record
+
+    def _count_rejected(self) -> None:
+        with self._lock:
+            self._rejected += 1
+
+    def _offer(self, record: OperationRecord) -> bool:
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError("MetricsManager is not running")
+            if len(self._buffer) >= self.max_queue_size:
+                return False
+            self._buffer.append(record)
+            self._accepted += 1
+            if len(self._buffer) >= self.max_batch_size:
+                self._cond.notify_all()
+            return True
+
+    def _has_room(self) -> bool:
+        return len(self._buffer) < self.max_queue_size or not self._accepting
+
+    def submit_records(
+        self, records: Iterable[OperationRecord], *, timeout: float = 0.0, redacted: int = 0
+    ) -> int:
+        """Queue records that are already validated and PII-clean, from any thread.
+
+        Waits at most ``timeout`` seconds for room; records that still do not
+        fit are dropped and counted in ``total_dropped``. Returns how many were
+        accepted. ``redacted`` adds to the ``pii_redacted`` count. Raises
+        RuntimeError when the manager is not running. This is how the span
+        exporter hands records over.
+        """
+        accepted = 0
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if not self._accepting:
+                raise RuntimeError("MetricsManager is not running")
+            self._redacted += redacted
+            pending = list(records)
+            for index, record in enumerate(pending):
+                if len(self._buffer) >= self.max_queue_size:
+                    self._cond.notify_all()
+                    if not self._cond.wait_for(self._has_room, deadline - time.monotonic()):
+                        self._dropped += len(pending) - index
+                        break
+                    if not self._accepting:
+                        raise RuntimeError("MetricsManager stopped while waiting for room")
+                self._buffer.append(record)
+                self._accepted += 1
+                accepted += 1
+            if len(self._buffer) >= self.max_batch_size:
+                self._cond.notify_all()
+        return accepted
+
+    # -- flushing and stats --------------------------------------------------------
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Write everything accepted so far; return once it is on disk.
+
+        Raises ``asyncio.TimeoutError`` if ``timeout`` seconds pass first, and
+        RuntimeError when the manager is not running.
+        """
+        target = self._request_flush()
+        if not await self._wait_async(lambda: self._persisted >= target, timeout):
+            raise asyncio.TimeoutError(f"flush did not finish within {timeout}s")
+
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        """Blocking :meth:`flush` for any thread; False when ``timeout`` passed first."""
+        target = self._request_flush()
+        return self._wait_sync(lambda: self._persisted >= target, timeout)
+
+    def _request_flush(self) -> int:
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError("MetricsManager is not running")
+            target = self._accepted
+            self._drain_to = max(self._drain_to, target)
+            self._urgent_to = max(self._urgent_to, target)
+            self._cond.notify_all()
+            return target
+
+    async def get_stats(self) -> MetricsStats:
+        """A snapshot of the counters (see :class:`MetricsStats`)."""
+        return self.stats()
+
+    def stats(self) -> MetricsStats:
+        """Synchronous :meth:`get_stats`."""
+        with self._lock:
+            return MetricsStats(
+                total_recorded=self._accepted,
+                total_persisted=self._persisted,
+                queue_size=len(self._buffer),
+                batches_written=self._batches,
+                last_flush_timestamp=self._last_flush,
+                avg_batch_size=self._persisted / self._batches if self._batches else 0.0,
+                is_running=self._accepting,
+                total_dropped=self._dropped,
+                total_rejected=self._rejected,
+                write_errors=self._write_errors,
+                bytes_written=self._bytes,
+                worker_errors=self._worker_errors,
+                pii_redacted=self._redacted,
+            )
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the manager accepts records."""
+        return self._accepting
+
+    # -- where threads meet the event loop -------------------------------------------
+
+    async def _wait_async(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait on the caller's event loop until ``predicate()`` holds; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._lock:
+                if predicate():
+                    return True
+                future: asyncio.Future[None] = loop.create_future()
+                self._async_waiters.append((loop, future))
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return predicate()
+            try:
+                await asyncio.wait_for(future, remaining)
+            except asyncio.TimeoutError:
+                return predicate()
+
+    def _wait_sync(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def _wake_waiters(self) -> None:
+        """Wake every waiter so it re-checks its condition (called by the writer thread)."""
+        with self._lock:
+            self._cond.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting any more
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        now = time.monotonic()
+        self._next_timed = now + self.flush_interval_seconds
+        self._next_retention = now + _RETENTION_EVERY
+        self._retry_at = 0.0
+        while True:
+            with self._cond:
+                batch = self._next_batch()
+                if batch is None:
+                    self._worker_alive = False
+            if batch is None:
+                self._wake_waiters()
+                return
+            if not batch:
+                self._apply_retention()
+            elif self._write(batch):
+                failures = 0
+                self._retry_at = 0.0
+            else:
+                failures += 1
+                urgent = not self._accepting or self._persisted < self._urgent_to
+                delay = min(_INITIAL_BACKOFF * 2 ** (failures - 1), _MAX_BACKOFF)
+                self._retry_at = time.monotonic() + (_URGENT_RETRY if urgent else delay)
+            self._wake_waiters()
+
+    def _next_batch(self) -> list[OperationRecord] | None:
+        """Wait (lock held) for work: a batch to write, ``[]`` for retention, None to exit."""
+        while True:
+            now = time.monotonic()
+            if now >= self._next_timed:
+                self._drain_to = max(self._drain_to, self._accepted)
+                self._next_timed = now + self.flush_interval_seconds
+            stopping = not self._accepting
+            ready = bool(self._buffer) and (
+                len(self._buffer) >= self.max_batch_size or self._persisted < self._drain_to
+            )
+            if stopping and (not ready or self._stop_expired()):
+                return None
+            if stopping or self._persisted < self._urgent_to:
+                # flush() or stop() is waiting: retry at once, not after the backoff
+                self._retry_at = min(self._retry_at, now + _URGENT_RETRY)
+            if ready and now >= self._retry_at:
+                return list(islice(self._buffer, self.max_batch_size))
+            if now >= self._next_retention:
+                self._next_retention = now + _RETENTION_EVERY
+                return []
+            wake = min(self._next_timed, self._next_retention)
+            if ready:
+                wake = min(wake, self._retry_at)
+            if self._stop_deadline is not None:
+                wake = min(wake, self._stop_deadline)
+            self._cond.wait(max(wake - now, 0.0))
+
+    def _stop_expired(self) -> bool:
+        return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
+
+    def _write(self, batch: list[OperationRecord]) -> bool:
+        try:
+            written = self._writer.write(batch)
+        except OSError as exc:
+            with self._lock:
+                self._write_errors += 1
+            logger.warning(
+                "batch write of %d records failed (%s); they stay queued and will be retried",
+                len(batch),
+                os.strerror(exc.errno) if exc.errno else type(exc).__name__,
+            )
+            return False
+        except Exception:
+            with self._lock:
+                self._worker_errors += 1
+            logger.exception("unexpected error in the metrics writer; records stay queued")
+            return False
+        with self._lock:
+            for _ in range(written.records):
+                self._buffer.popleft()
+            self._persisted += written.records
+            self._batches += 1
+            self._bytes += written.bytes
+            self._last_flush = datetime.now(timezone.utc)
+        return True
+
+    def _apply_retention(self) -> None:
+        if self.retention_days is None:
+            return
+        try:
+            for path in delete_expired_batches(
+                self.storage_path, timedelta(days=self.retention_days)
+            ):
+                logger.info("retention: deleted %s", path.name)
+        except OSError as exc:
+            logger.warning("retention clean-up failed: %s", os.strerror(exc.errno or 0))
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's queued records are the parent's to write; the child starts
+        # empty, with fresh locks, and its own writer if the parent's was running.
+        was_running = self._accepting
+        self._buffer.clear()
+        self._reset_state()
+        if was_running:
+            self._accepting = True
+            self._start_worker()
+
+
+def _after_fork_in_child() -> None:
+    for manager in list(_MANAGERS):
+        manager._after_fork_in_child()
+
+
+def _flush_at_exit() -> None:
+    """Persist what running managers hold when the interpreter exits."""
+    for manager in list(_MANAGERS):
+        if manager.is_running and not manager.flush_sync(_EXIT_FLUSH_TIMEOUT):
+            logger.error("exit: %d records not persisted", manager.stats().queue_size)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)

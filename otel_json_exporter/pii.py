@@ -1,0 +1,237 @@
+"""The one PII rule: which metadata keys are personal data, and how values are masked.
+
+A key is normalised first: camelCase and acronym boundaries are split
+(``userId`` -> ``user_id``, ``APIKey`` -> ``api_key``), it is lower-cased, and
+``.``, ``-`` and spaces become ``_``. The normalised key is PII when it
+
+(a) equals a forbidden key: ``email``, ``name``, ``username``, ``password``,
+    ``token``, ``key``, ``secret``, ``api_key``, ``user_id``, ``client_id``,
+    ``session_id``;
+(b) ends with ``_password``, ``_token``, ``_secret``, ``_key``, ``_user_id``,
+    ``_client_id`` or ``_session_id``;
+(c) has the token ``email`` or ``username``, or the token ``name`` right after
+    ``user``, ``enduser``, ``customer``, ``person``, ``first``, ``last``,
+    ``full``, ``display`` or ``account``;
+(d) is ``authorization``, ``cookie``, ``set_cookie``, ``enduser_id`` or
+    ``enduser_pseudo_id``, or ends with ``_authorization``, ``_cookie`` or
+    ``_set_cookie``.
+
+So ``service.name``, ``token_count``, ``monkey`` and ``user_hash`` pass, while
+``user.email``, ``x-api-key`` and ``http.request.header.cookie`` do not. A string
+value containing an e-mail address is PII as well.
+
+:class:`PiiPolicy` adds the caller's own blocked and allowed keys (compared in
+normalised form) on top of the rule. Nothing here ever puts a value into an
+error message or a log line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "FORBIDDEN_KEYS",
+    "REDACTED",
+    "PiiPolicy",
+    "contains_email",
+    "normalize_key",
+]
+
+REDACTED = "[REDACTED]"
+"""What an e-mail address inside a masked string becomes."""
+
+FORBIDDEN_KEYS = frozenset(
+    {
+        "email", "name", "username", "password", "token", "key", "secret",
+        "api_key", "user_id", "client_id", "session_id",
+    }
+)  # fmt: skip
+"""The specification's forbidden metadata keys (rule a)."""
+
+_FORBIDDEN_SUFFIXES = (
+    "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
+    "_authorization", "_cookie", "_set_cookie",
+)  # fmt: skip
+_FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
+    "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
+}  # fmt: skip
+_ALWAYS_PII_TOKENS = frozenset({"email", "username"})
+_NAME_OWNERS = frozenset(
+    {"user", "enduser", "customer", "person", "first", "last", "full", "display", "account"}
+)
+
+_ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
+_SEPARATORS = re.compile(r"[.\-\s_]+")
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_CACHE_LIMIT = 4096
+
+
+def normalize_key(key: str) -> str:
+    """Normalise a key for the PII rule: ``"x-API-Key"`` -> ``"x_api_key"``."""
+    key = _ACRONYM_BOUNDARY.sub(r"\1_\2", key)
+    key = _WORD_BOUNDARY.sub(r"\1_\2", key)
+    return _SEPARATORS.sub("_", key.lower()).strip("_")
+
+
+def _rule_says_pii(normalized: str) -> bool:
+    if normalized in _FORBIDDEN_EXACT or normalized.endswith(_FORBIDDEN_SUFFIXES):
+        return True
+    tokens = normalized.split("_")
+    if not _ALWAYS_PII_TOKENS.isdisjoint(tokens):
+        return True
+    return any(
+        token == "name" and index > 0 and tokens[index - 1] in _NAME_OWNERS
+        for index, token in enumerate(tokens)
+    )
+
+
+def contains_email(text: str) -> bool:
+    """Whether a string contains something shaped like an e-mail address."""
+    return "@" in text and _EMAIL.search(text) is not None
+
+
+def _describe_key(key: str) -> str:
+    # An error names the offending key; a key that itself holds an address is masked.
+    return repr(_EMAIL.sub(REDACTED, key)) if "@" in key else repr(key)
+
+
+@dataclass(frozen=True)
+class PiiPolicy:
+    """The PII rule plus a caller's own additions.
+
+    ``blocked_keys`` are PII on top of the rule; ``allowed_keys`` pass even when
+    the rule would block them. Both are compared after :func:`normalize_key`.
+
+    >>> policy = PiiPolicy(blocked_keys={"tenant"}, allowed_keys={"name"})
+    >>> policy.is_pii_key("Tenant"), policy.is_pii_key("name"), policy.is_pii_key("userId")
+    (True, False, True)
+    """
+
+    blocked_keys: frozenset[str] = frozenset()
+    allowed_keys: frozenset[str] = frozenset()
+    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __init__(
+        self, blocked_keys: Iterable[str] = (), allowed_keys: Iterable[str] = ()
+    ) -> None:
+        object.__setattr__(self, "blocked_keys", frozenset(map(normalize_key, blocked_keys)))
+        object.__setattr__(self, "allowed_keys", frozenset(map(normalize_key, allowed_keys)))
+        object.__setattr__(self, "_verdicts", {})
+
+    def is_pii_key(self, key: str) -> bool:
+        """Whether ``key`` names personal data under this policy."""
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            normalized = normalize_key(key)
+            if normalized in self.allowed_keys:
+                verdict = False
+            else:
+                verdict = normalized in self.blocked_keys or _rule_says_pii(normalized)
+            if len(self._verdicts) >= _CACHE_LIMIT:
+                self._verdicts.clear()  # a bounded cache: arbitrary keys must not grow memory
+            self._verdicts[key] = verdict
+        return verdict
+
+    def check_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Raise ValueError naming the first PII key (at any depth) or e-mail value.
+
+        The message names where the problem is, never the value.
+        """
+        self._check(metadata, "")
+
+    def _check(self, value: Any, path: str) -> None:
+        if isinstance(value, str):
+            if contains_email(value):
+                raise ValueError(f"metadata {path} contains an e-mail address (PII)")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                where = f"{path}.{_describe_key(key)}" if path else _describe_key(key)
+                if self.is_pii_key(key):
+                    raise ValueError(
+                        f"metadata key {where} is PII and not allowed; "
+                        "send an anonymised value under another key (e.g. a hash)"
+                    )
+                self._check(item, where)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._check(item, f"{path}[{index}]")
+
+    def redact(self, value: Any) -> tuple[Any, int]:
+        """A copy of ``value`` with PII keys dropped and e-mail addresses masked.
+
+        Returns the copy and how many keys were dropped or strings masked.
+        """
+        if isinstance(value, str):
+            if contains_email(value):
+                return _EMAIL.sub(REDACTED, value), 1
+            return value, 0
+        if isinstance(value, Mapping):
+            clean: dict[str, Any] = {}
+            count = 0
+            for key, item in value.items():
+                if self.is_pii_key(key):
+                    count += 1
+                    continue
+                clean[key], masked = self.redact(item)
+                count += masked
+            return clean, count
+        if isinstance(value, (list, tuple)):
+            items = []
+            count = 0
+            for item in value:
+                clean_item, masked = self.redact(item)
+                items.append(clean_item)
+                count += masked
+            return items, count
+        return value, 0
+
+    def mask_query(self, query: str) -> tuple[str, int]:
+        """Set the value of every PII query parameter to ``REDACTED``.
+
+        ``email=a@b.io&page=2`` becomes ``email=REDACTED&page=2``; the other
+        parameters are kept byte for byte. Returns the query and the count masked.
+        """
+        masked = 0
+        segments = query.split("&")
+        for index, segment in enumerate(segments):
+            name, sep, _ = segment.partition("=")
+            if sep and self.is_pii_key(unquote_plus(name)):
+                segments[index] = f"{name}=REDACTED"
+                masked += 1
+        return ("&".join(segments), masked) if masked else (query, 0)
+
+    def mask_url(self, url: str) -> tuple[str, int]:
+        """Mask credentials, PII query parameters and e-mail addresses in a URL.
+
+        ``https://bob:pw@h/p?email=a@b.io&page=2`` becomes
+        ``https://REDACTED:REDACTED@h/p?email=REDACTED&page=2``. Works on full
+        URLs and on targets such as ``/p?x=1``. Returns the URL and the count masked.
+        """
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return REDACTED, 1
+        masked = 0
+        netloc = parts.netloc
+        if "@" in netloc:
+            host = netloc.rpartition("@")[2]
+            netloc = f"REDACTED:REDACTED@{host}"
+            masked += 1
+        query, query_masked = self.mask_query(parts.query)
+        masked += query_masked
+        if masked:
+            url = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        if contains_email(url):
+            url = _EMAIL.sub(REDACTED, url)
+            masked += 1
+        return url, masked
+
+
+DEFAULT_POLICY = PiiPolicy()
+"""The rule with no additions."""

@@ -1,0 +1,229 @@
+"""The pydantic models of the batch-file format, and its timestamp rule.
+
+An operation record is flat on purpose: type, name, duration, timestamp, success,
+error and a JSON-ready ``metadata`` mapping. Every timestamp is UTC written as
+``2025-12-16T08:00:00.000000+00:00``: always six fractional digits and ``+00:00``.
+
+These models are the single definition of the format. The manager validates with
+them at record time, the writer serialises with them, and the command line reads
+files back through them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
+
+__all__ = [
+    "BATCH_FILE_PATTERN",
+    "MAX_ERROR_MESSAGE_LENGTH",
+    "MAX_METADATA_DEPTH",
+    "MetricsBatch",
+    "MetricsStats",
+    "OperationRecord",
+    "batch_id_for",
+    "format_timestamp",
+    "parse_batch_id",
+]
+
+MAX_ERROR_MESSAGE_LENGTH = 1000
+"""Longer ``error_message`` values are truncated to this many characters."""
+
+MAX_METADATA_DEPTH = 32
+"""Deepest nesting of dicts and lists accepted in ``metadata``."""
+
+TIMESTAMP_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00$")
+BATCH_ID_PATTERN = re.compile(r"^\d{8}_\d{6}_\d{6}$")
+BATCH_FILE_PATTERN = re.compile(r"^metrics_(\d{8}_\d{6}_\d{6})\.json$")
+"""A batch file's name; group 1 is its ``batch_id``. Nothing else is ever touched."""
+
+_BATCH_ID_FORMAT = "%Y%m%d_%H%M%S_%f"
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Format an aware datetime as the file format's UTC timestamp."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def batch_id_for(moment: datetime) -> str:
+    """The ``batch_id`` (``YYYYMMDD_HHMMSS_ffffff``) of a batch timestamp."""
+    return moment.astimezone(timezone.utc).strftime(_BATCH_ID_FORMAT)
+
+
+def parse_batch_id(batch_id: str) -> datetime:
+    """The UTC moment a ``batch_id`` names; ValueError if it is not one."""
+    if not BATCH_ID_PATTERN.match(batch_id):
+        raise ValueError(f"batch_id must look like YYYYMMDD_HHMMSS_ffffff, got {batch_id!r}")
+    return datetime.strptime(batch_id, _BATCH_ID_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def _to_utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        if not TIMESTAMP_PATTERN.match(value):
+            raise ValueError("timestamp must look like 2025-12-16T08:00:00.000000+00:00")
+        return datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamp must be timezone-aware")
+        return value.astimezone(timezone.utc)
+    raise ValueError("timestamp must be an aware datetime or a formatted string")
+
+
+UtcTimestamp = Annotated[
+    datetime,
+    PlainValidator(_to_utc),
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "pattern": TIMESTAMP_PATTERN.pattern, "format": "date-time"}
+    ),
+]
+"""A UTC datetime, written and read back only as ``2025-12-16T08:00:00.000000+00:00``."""
+
+
+def _check_json_value(value: Any, path: str, depth: int) -> None:
+    """Raise ValueError (naming the path, never the value) if not JSON-ready."""
+    # bool and int come first: they are the common case, and bool is an int.
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"metadata {path}: string is not valid Unicode") from None
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"metadata {path}: float must be finite (no NaN or infinity)")
+        return
+    if depth >= MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata {path}: nested deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, dict):
+        _check_json_object(value, path, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]", depth + 1)
+    else:
+        raise ValueError(
+            f"metadata {path}: {type(value).__name__} is not allowed; use str, int, "
+            "finite float, bool, None, or lists and dicts of these"
+        )
+
+
+def _check_json_object(mapping: dict[Any, Any], path: str, depth: int) -> None:
+    for key, item in mapping.items():
+        if not isinstance(key, str):
+            raise ValueError(f"metadata {path or 'keys'}: keys must be strings, got a {type(key).__name__}")
+        _check_json_value(item, f"{path}.{key}" if path else repr(key), depth)
+
+
+def _validate_metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"metadata must be a dict, got a {type(value).__name__}")
+    _check_json_object(value, "", 0)
+    return value
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    PlainValidator(_validate_metadata),
+    WithJsonSchema({"type": "object", "additionalProperties": True}),
+]
+"""JSON-ready metadata: str keys; str, int, finite float, bool, None, lists and dicts."""
+
+
+class OperationRecord(BaseModel):
+    """One finished operation: what ran, how long it took, and whether it worked.
+
+    ``error_message`` is truncated to 1,000 characters. ``metadata`` must be
+    JSON-ready; the PII rule is applied by the manager, not here, so that files
+    written by older versions still read back.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    operation_type: Annotated[str, Field(min_length=1, strict=True)]
+    operation_name: Annotated[str, Field(min_length=1, strict=True)]
+    duration_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    timestamp: UtcTimestamp
+    success: Annotated[bool, Field(strict=True)] = True
+    error_message: Annotated[
+        str | None, Field(strict=True, max_length=MAX_ERROR_MESSAGE_LENGTH)
+    ] = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _truncate_error_message(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "error_message" in data:
+            message = data["error_message"]
+            if isinstance(message, str) and len(message) > MAX_ERROR_MESSAGE_LENGTH:
+                data = {**data, "error_message": message[:MAX_ERROR_MESSAGE_LENGTH]}
+        return data
+
+
+class MetricsBatch(BaseModel):
+    """The content of one ``metrics_<batch_id>.json`` file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    records: list[OperationRecord]
+    batch_timestamp: UtcTimestamp
+    batch_id: Annotated[str, Field(pattern=BATCH_ID_PATTERN.pattern)]
+    total_records: Annotated[int, Field(ge=0, strict=True)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricsBatch:
+        if self.total_records != len(self.records):
+            raise ValueError(
+                f"total_records is {self.total_records} but the batch holds "
+                f"{len(self.records)} records"
+            )
+        if self.batch_id != batch_id_for(self.batch_timestamp):
+            raise ValueError("batch_id does not match batch_timestamp")
+        return self
+
+
+class MetricsStats(BaseModel):
+    """A snapshot of a manager's counters; every count is since the manager was built."""
+
+    model_config = ConfigDict(frozen=True)
+
+    total_recorded: int = Field(description="Records accepted into the queue.")
+    total_persisted: int = Field(description="Records written to disk and fsynced.")
+    queue_size: int = Field(description="Records accepted but not yet on disk.")
+    batches_written: int = Field(description="Batch files written.")
+    last_flush_timestamp: UtcTimestamp | None = Field(
+        description="UTC time of the last successful batch write."
+    )
+    avg_batch_size: float = Field(description="total_persisted / batches_written.")
+    is_running: bool = Field(description="Whether the background writer is running.")
+    total_dropped: int = Field(description="Records not accepted because the queue was full.")
+    total_rejected: int = Field(description="Records refused by validation or the PII rule.")
+    write_errors: int = Field(description="Failed batch writes (each retried).")
+    bytes_written: int = Field(description="Bytes of batch files written.")
+    worker_errors: int = Field(
+        default=0, description="Unexpected errors the background writer survived."
+    )
+    pii_redacted: int = Field(
+        default=0, description="Values masked, or span attributes dropped, by the PII rule."
+    )
+
+
+def next_microsecond(moment: datetime) -> datetime:
+    """The moment one microsecond later; the next free ``batch_id`` after a clash."""
+    return moment + timedelta(microseconds=1)

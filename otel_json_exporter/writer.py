@@ -1,0 +1,259 @@
+"""Records -> one atomic, fsynced, never-overwriting batch file; retention; temp clean-up.
+
+Everything here is synchronous and uses plain ``os`` calls, so it works on any
+thread, including during interpreter shutdown when thread pools refuse new work.
+
+How one batch is written (:meth:`BatchWriter.write`):
+
+1. encode the batch (its ``batch_id`` comes from its ``batch_timestamp``);
+2. write it to ``.metrics_<pid>_<random>.tmp`` in the storage directory,
+   created with ``O_EXCL``, then ``fsync`` it;
+3. ``os.link`` it to ``metrics_<batch_id>.json``: a hard link never replaces an
+   existing file, so when the name is taken (same microsecond, another process)
+   the timestamp moves on by one microsecond and the batch is written again;
+4. remove the temporary name and ``fsync`` the directory.
+
+A reader therefore sees a complete ``metrics_*.json`` or none. The storage
+directory must be on a local filesystem that supports hard links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from otel_json_exporter.records import (
+    BATCH_FILE_PATTERN,
+    MetricsBatch,
+    OperationRecord,
+    batch_id_for,
+    next_microsecond,
+    parse_batch_id,
+)
+
+__all__ = [
+    "STALE_TEMP_SECONDS",
+    "BatchWriter",
+    "StorageError",
+    "WrittenBatch",
+    "delete_expired_batches",
+    "iter_batch_files",
+    "remove_stale_temp_files",
+]
+
+STALE_TEMP_SECONDS = 600.0
+"""A temporary file older than this is stale even if its writer's PID is alive."""
+
+_TEMP_PATTERN = re.compile(r"^\.metrics_(\d+)_[0-9a-f]+\.tmp$")
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+class StorageError(OSError):
+    """The storage directory cannot be used (missing and not creatable, not a directory...)."""
+
+
+@dataclass(frozen=True)
+class WrittenBatch:
+    """What one successful :meth:`BatchWriter.write` put on disk."""
+
+    path: Path
+    batch_id: str
+    records: int
+    bytes: int
+
+
+def encode_batch(records: Sequence[OperationRecord], batch_timestamp: datetime) -> bytes:
+    """The bytes of one batch file (keys in the specification's order)."""
+    batch = MetricsBatch.model_construct(
+        records=list(records),
+        batch_timestamp=batch_timestamp,
+        batch_id=batch_id_for(batch_timestamp),
+        total_records=len(records),
+    )
+    return batch.model_dump_json(indent=2).encode("utf-8")
+
+
+class BatchWriter:
+    """Writes batches into one directory; one instance per writer thread."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._last_timestamp: datetime | None = None
+
+    def prepare(self) -> None:
+        """Create the directory if needed and prove it is writable.
+
+        Raises :class:`StorageError` saying what is wrong. A full disk is not an
+        error here: writes are retried later.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StorageError(
+                errno.ENOTDIR, f"storage path {self.directory} exists and is not a directory"
+            ) from None
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"cannot create storage directory {self.directory}: {exc.strerror}"
+            ) from exc
+        if not self.directory.is_dir():
+            raise StorageError(
+                errno.ENOTDIR, f"storage path {self.directory} is not a directory"
+            )
+        probe = self._temp_path()
+        try:
+            fd = os.open(probe, _FILE_FLAGS, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return
+            raise StorageError(
+                exc.errno, f"storage directory {self.directory} is not writable: {exc.strerror}"
+            ) from exc
+        os.close(fd)
+        os.unlink(probe)
+
+    def write(self, records: Sequence[OperationRecord], now: datetime | None = None) -> WrittenBatch:
+        """Write ``records`` as one new batch file and return what was written.
+
+        Raises OSError when the disk refuses; then nothing is left behind under
+        a ``metrics_*.json`` name and the same records can be written again.
+        """
+        moment = now or datetime.now(timezone.utc)
+        if self._last_timestamp is not None and moment <= self._last_timestamp:
+            moment = next_microsecond(self._last_timestamp)
+        while True:
+            data = encode_batch(records, moment)
+            final = self.directory / f"metrics_{batch_id_for(moment)}.json"
+            temp = self._temp_path()
+            try:
+                self._write_durably(temp, data)
+                try:
+                    os.link(temp, final)
+                except FileExistsError:
+                    moment = next_microsecond(moment)
+                    continue
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+            self._fsync_directory()
+            self._last_timestamp = moment
+            return WrittenBatch(final, batch_id_for(moment), len(records), len(data))
+
+    def _temp_path(self) -> Path:
+        return self.directory / f".metrics_{os.getpid()}_{secrets.token_hex(6)}.tmp"
+
+    @staticmethod
+    def _write_durably(path: Path, data: bytes) -> None:
+        fd = os.open(path, _FILE_FLAGS, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, _DIR_FLAGS)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def remove_stale_temp_files(
+    directory: str | os.PathLike[str], max_age_seconds: float = STALE_TEMP_SECONDS
+) -> list[Path]:
+    """Remove temporary files left by writers that died; return what was removed.
+
+    A temporary file is removed when the process named in it is gone, or when
+    it is older than ``max_age_seconds``. A live writer's file is never touched.
+    """
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _TEMP_PATTERN.match(entry.name)
+        if not match:
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            continue
+        if age > max_age_seconds or not _pid_alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def iter_batch_files(directory: str | os.PathLike[str]) -> Iterator[tuple[Path, str]]:
+    """Yield ``(path, batch_id)`` for every batch file, oldest ``batch_id`` first.
+
+    Only names matching ``metrics_YYYYMMDD_HHMMSS_ffffff.json`` count.
+    """
+    found = []
+    for entry in os.scandir(directory):
+        match = BATCH_FILE_PATTERN.match(entry.name)
+        if match and entry.is_file(follow_symlinks=False):
+            found.append((match.group(1), Path(entry.path)))
+    for batch_id, path in sorted(found):
+        yield path, batch_id
+
+
+def delete_expired_batches(
+    directory: str | os.PathLike[str],
+    older_than: timedelta,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> list[Path]:
+    """Delete batch files whose ``batch_id`` is older than ``older_than``.
+
+    Age is judged by the ``batch_id`` in the file name, not by the file's
+    mtime. Only exact ``metrics_YYYYMMDD_HHMMSS_ffffff.json`` names are
+    considered; a name that is not a real date is left alone. Returns the paths
+    deleted (or, with ``dry_run``, that would be).
+
+    >>> delete_expired_batches("./metrics", timedelta(days=30))  # doctest: +SKIP
+    """
+    if older_than < timedelta(0):
+        raise ValueError("older_than must not be negative")
+    cutoff = (now or datetime.now(timezone.utc)) - older_than
+    expired: list[Path] = []
+    for path, batch_id in iter_batch_files(directory):
+        try:
+            written = parse_batch_id(batch_id)
+        except ValueError:
+            continue
+        if written < cutoff:
+            if not dry_run:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+            expired.append(path)
+    return expired
