@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -290,14 +291,16 @@ class MetricsManager:
             error_message, masked = self.pii_policy.redact(error_message)
             redacted += masked
         try:
-            record = OperationRecord(
-                operation_type=operation_type,
-                operation_name=operation_name,
-                duration_ms=duration_ms,
-                timestamp=datetime.now(timezone.utc),
-                success=success,
-                error_message=error_message,
-                metadata=metadata,
+            record = OperationRecord.model_validate(
+                {
+                    "operation_type": operation_type,
+                    "operation_name": operation_name,
+                    "duration_ms": duration_ms,
+                    "timestamp": datetime.now(timezone.utc),
+                    "success": success,
+                    "error_message": error_message,
+                    "metadata": metadata,
+                }
             )
             self.pii_policy.check_metadata(record.metadata)
         except ValidationError as exc:
@@ -448,10 +451,9 @@ class MetricsManager:
             self._cond.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
         for loop, future in waiters:
-            try:
+            # A closed loop raises RuntimeError: nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:
-                pass  # that loop is closed: nobody is waiting any more
 
     # -- the writer thread ---------------------------------------------------------------
 

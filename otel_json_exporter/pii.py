@@ -68,7 +68,9 @@ _NAME_OWNERS = frozenset(
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[.\-\s_]+")
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_EMAIL = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
 _CACHE_LIMIT = 4096
 
 
@@ -117,9 +119,7 @@ class PiiPolicy:
     allowed_keys: frozenset[str] = frozenset()
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __init__(
-        self, blocked_keys: Iterable[str] = (), allowed_keys: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, blocked_keys: Iterable[str] = (), allowed_keys: Iterable[str] = ()) -> None:
         object.__setattr__(self, "blocked_keys", frozenset(map(normalize_key, blocked_keys)))
         object.__setattr__(self, "allowed_keys", frozenset(map(normalize_key, allowed_keys)))
         object.__setattr__(self, "_verdicts", {})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -85,57 +86,58 @@ UtcTimestamp = Annotated[
     datetime,
     PlainValidator(_to_utc),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
-    WithJsonSchema(
-        {"type": "string", "pattern": TIMESTAMP_PATTERN.pattern, "format": "date-time"}
-    ),
+    WithJsonSchema({"type": "string", "pattern": TIMESTAMP_PATTERN.pattern, "format": "date-time"}),
 ]
 """A UTC datetime, written and read back only as ``2025-12-16T08:00:00.000000+00:00``."""
 
 
-def _check_json_value(value: Any, path: str, depth: int) -> None:
-    """Raise ValueError (naming the path, never the value) if not JSON-ready."""
+def _json_copy(value: Any, path: str, depth: int) -> Any:
+    """A copy of ``value`` if JSON-ready; ValueError naming the path (never the value) if not.
+
+    The copy means a caller who changes a dict after recording changes nothing on disk.
+    """
     # bool and int come first: they are the common case, and bool is an int.
     if value is None or isinstance(value, (bool, int)):
-        return
+        return value
     if isinstance(value, str):
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise ValueError(f"metadata {path}: string is not valid Unicode") from None
-        return
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"metadata {path}: float must be finite (no NaN or infinity)")
-        return
+        return value
     if depth >= MAX_METADATA_DEPTH:
         raise ValueError(f"metadata {path}: nested deeper than {MAX_METADATA_DEPTH} levels")
-    if isinstance(value, dict):
-        _check_json_object(value, path, depth + 1)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json_value(item, f"{path}[{index}]", depth + 1)
-    else:
-        raise ValueError(
-            f"metadata {path}: {type(value).__name__} is not allowed; use str, int, "
-            "finite float, bool, None, or lists and dicts of these"
-        )
+    if isinstance(value, Mapping):
+        return _json_object_copy(value, path, depth + 1)
+    if isinstance(value, list):
+        return [_json_copy(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
+    raise ValueError(
+        f"metadata {path}: {type(value).__name__} is not allowed; use str, int, "
+        "finite float, bool, None, or lists and dicts of these"
+    )
 
 
-def _check_json_object(mapping: dict[Any, Any], path: str, depth: int) -> None:
+def _json_object_copy(mapping: Mapping[Any, Any], path: str, depth: int) -> dict[str, Any]:
+    copy = {}
     for key, item in mapping.items():
         if not isinstance(key, str):
-            raise ValueError(f"metadata {path or 'keys'}: keys must be strings, got a {type(key).__name__}")
-        _check_json_value(item, f"{path}.{key}" if path else repr(key), depth)
+            where = path or "keys"
+            raise ValueError(f"metadata {where}: keys must be strings, not {type(key).__name__}")
+        copy[key] = _json_copy(item, f"{path}.{key}" if path else repr(key), depth)
+    return copy
 
 
 def _validate_metadata(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise ValueError(f"metadata must be a dict, got a {type(value).__name__}")
-    _check_json_object(value, "", 0)
-    return value
+    return _json_object_copy(value, "", 0)
 
 
 Metadata = Annotated[
@@ -158,7 +160,7 @@ class OperationRecord(BaseModel):
 
     operation_type: Annotated[str, Field(min_length=1, strict=True)]
     operation_name: Annotated[str, Field(min_length=1, strict=True)]
-    duration_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    duration_ms: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
     timestamp: UtcTimestamp
     success: Annotated[bool, Field(strict=True)] = True
     error_message: Annotated[

@@ -106,9 +106,7 @@ class BatchWriter:
                 exc.errno, f"cannot create storage directory {self.directory}: {exc.strerror}"
             ) from exc
         if not self.directory.is_dir():
-            raise StorageError(
-                errno.ENOTDIR, f"storage path {self.directory} is not a directory"
-            )
+            raise StorageError(errno.ENOTDIR, f"storage path {self.directory} is not a directory")
         probe = self._temp_path()
         try:
             fd = os.open(probe, _FILE_FLAGS, 0o600)
@@ -121,7 +119,9 @@ class BatchWriter:
         os.close(fd)
         os.unlink(probe)
 
-    def write(self, records: Sequence[OperationRecord], now: datetime | None = None) -> WrittenBatch:
+    def write(
+        self, records: Sequence[OperationRecord], now: datetime | None = None
+    ) -> WrittenBatch:
         """Write ``records`` as one new batch file and return what was written.
 
         Raises OSError when the disk refuses; then nothing is left behind under
