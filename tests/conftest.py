@@ -1,0 +1,45 @@
+"""Fixtures shared by the whole suite: a storage directory and a batch-file reader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from otel_json_exporter.records import BATCH_FILE_PATTERN, MetricsBatch, OperationRecord
+
+
+def load_batches(directory: Path) -> list[MetricsBatch]:
+    """Every batch file in ``directory``, parsed and checked against its name."""
+    batches = []
+    for path in sorted(directory.glob("metrics_*.json")):
+        match = BATCH_FILE_PATTERN.match(path.name)
+        assert match, f"unexpected batch file name {path.name}"
+        batch = MetricsBatch.model_validate_json(path.read_bytes())
+        assert batch.batch_id == match.group(1), f"{path.name} holds batch {batch.batch_id}"
+        batches.append(batch)
+    return batches
+
+
+def load_records(directory: Path) -> list[OperationRecord]:
+    """Every record in every batch file of ``directory``, in file order."""
+    return [record for batch in load_batches(directory) for record in batch.records]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    """A storage directory that does not exist yet (the manager creates it)."""
+    return tmp_path / "metrics"
+
+
+@pytest.fixture
+def read_records() -> Callable[[Path], list[OperationRecord]]:
+    """``read_records(directory)``: all records on disk, each file validated."""
+    return load_records
+
+
+@pytest.fixture
+def read_batches() -> Callable[[Path], list[MetricsBatch]]:
+    """``read_batches(directory)``: all batch files, validated against their names."""
+    return load_batches
