@@ -290,6 +290,7 @@ class MetricsManager:
         if isinstance(error_message, str) and contains_email(error_message):
             error_message, masked = self.pii_policy.redact(error_message)
             redacted += masked
+        problem = None
         try:
             record = OperationRecord.model_validate(
                 {
@@ -304,11 +305,14 @@ class MetricsManager:
             )
             self.pii_policy.check_metadata(record.metadata)
         except ValidationError as exc:
+            problem = _validation_message(exc)
+        except ValueError as exc:
+            problem = str(exc)
+        if problem is not None:
+            # Raised outside the except block, so no exception holding the input
+            # (pydantic's keeps it) is chained to the error as its __context__.
             self._count_rejected()
-            raise ValueError(_validation_message(exc)) from None
-        except ValueError:
-            self._count_rejected()
-            raise
+            raise ValueError(problem)
         if redacted:
             with self._lock:
                 self._redacted += redacted

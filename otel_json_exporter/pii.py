@@ -68,9 +68,7 @@ _NAME_OWNERS = frozenset(
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[.\-\s_]+")
-_EMAIL = re.compile(
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-)
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _CACHE_LIMIT = 4096
 
 
@@ -132,7 +130,11 @@ class PiiPolicy:
             if normalized in self.allowed_keys:
                 verdict = False
             else:
-                verdict = normalized in self.blocked_keys or _rule_says_pii(normalized)
+                verdict = (
+                    normalized in self.blocked_keys
+                    or _rule_says_pii(normalized)
+                    or contains_email(key)  # a key that is itself an address
+                )
             if len(self._verdicts) >= _CACHE_LIMIT:
                 self._verdicts.clear()  # a bounded cache: arbitrary keys must not grow memory
             self._verdicts[key] = verdict
@@ -168,9 +170,7 @@ class PiiPolicy:
         Returns the copy and how many keys were dropped or strings masked.
         """
         if isinstance(value, str):
-            if contains_email(value):
-                return _EMAIL.sub(REDACTED, value), 1
-            return value, 0
+            return _mask_emails(value)
         if isinstance(value, Mapping):
             clean: dict[str, Any] = {}
             count = 0
@@ -192,7 +192,7 @@ class PiiPolicy:
         return value, 0
 
     def mask_query(self, query: str) -> tuple[str, int]:
-        """Set the value of every PII query parameter to ``REDACTED``.
+        """Set every PII query parameter to ``REDACTED`` and mask e-mail addresses.
 
         ``email=a@b.io&page=2`` becomes ``email=REDACTED&page=2``; the other
         parameters are kept byte for byte. Returns the query and the count masked.
@@ -204,7 +204,10 @@ class PiiPolicy:
             if sep and self.is_pii_key(unquote_plus(name)):
                 segments[index] = f"{name}=REDACTED"
                 masked += 1
-        return ("&".join(segments), masked) if masked else (query, 0)
+        if masked:
+            query = "&".join(segments)
+        query, emails = _mask_emails(query)
+        return query, masked + emails
 
     def mask_url(self, url: str) -> tuple[str, int]:
         """Mask credentials, PII query parameters and e-mail addresses in a URL.
@@ -217,20 +220,23 @@ class PiiPolicy:
             parts = urlsplit(url)
         except ValueError:
             return REDACTED, 1
-        masked = 0
-        netloc = parts.netloc
+        netloc, masked = parts.netloc, 0
         if "@" in netloc:
-            host = netloc.rpartition("@")[2]
-            netloc = f"REDACTED:REDACTED@{host}"
+            netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
             masked += 1
-        query, query_masked = self.mask_query(parts.query)
-        masked += query_masked
-        if masked:
-            url = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-        if contains_email(url):
-            url = _EMAIL.sub(REDACTED, url)
-            masked += 1
-        return url, masked
+        path, in_path = _mask_emails(parts.path)
+        query, in_query = self.mask_query(parts.query)
+        fragment, in_fragment = _mask_emails(parts.fragment)
+        masked += in_path + in_query + in_fragment
+        if not masked:
+            return url, 0
+        return urlunsplit((parts.scheme, netloc, path, query, fragment)), masked
+
+
+def _mask_emails(text: str) -> tuple[str, int]:
+    if "@" not in text:
+        return text, 0
+    return _EMAIL.subn(REDACTED, text)
 
 
 DEFAULT_POLICY = PiiPolicy()

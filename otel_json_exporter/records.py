@@ -128,7 +128,7 @@ def _json_object_copy(mapping: Mapping[Any, Any], path: str, depth: int) -> dict
         if not isinstance(key, str):
             where = path or "keys"
             raise ValueError(f"metadata {where}: keys must be strings, not {type(key).__name__}")
-        copy[key] = _json_copy(item, f"{path}.{key}" if path else repr(key), depth)
+        copy[key] = _json_copy(item, f"{path}.{key!r}" if path else repr(key), depth)
     return copy
 
 

@@ -1,0 +1,470 @@
+"""MetricsManager: the spec's API, batching rules, flush, stop, stats and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from otel_json_exporter import MetricsManager, OperationRecord, PiiPolicy
+from otel_json_exporter.records import MetricsBatch
+
+from .conftest import load_batches, load_records
+
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00$")
+FILE_NAME = re.compile(r"^metrics_(\d{8}_\d{6}_\d{6})\.json$")
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until ``check()`` holds; fail the test if it never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not check():
+        assert loop.time() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
+
+
+def make(storage: Path, **options: object) -> MetricsManager:
+    settings: dict[str, object] = {"flush_interval_seconds": 60.0, "max_batch_size": 1000}
+    settings.update(options)
+    return MetricsManager(storage, **settings)  # type: ignore[arg-type]
+
+
+class TestRecording:
+    async def test_spec_quick_start(self, storage: Path) -> None:
+        manager = MetricsManager(storage_path=storage)
+        await manager.start()
+        await manager.record_operation(
+            operation_type="api_request",
+            operation_name="GET /api/users",
+            duration_ms=42.5,
+            success=True,
+            metadata={"status_code": 200, "region": "us-east"},
+        )
+        await manager.stop()
+        [record] = load_records(storage)
+        assert record.operation_type == "api_request"
+        assert record.operation_name == "GET /api/users"
+        assert record.duration_ms == 42.5
+        assert record.success is True
+        assert record.error_message is None
+        assert record.metadata == {"status_code": 200, "region": "us-east"}
+        assert abs((datetime.now(timezone.utc) - record.timestamp).total_seconds()) < 60
+
+    async def test_a_hundred_and_fifty_tasks_at_once(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=97, max_queue_size=500)
+        await manager.start()
+
+        async def producer(task: int) -> None:
+            for index in range(40):
+                await manager.record_operation(
+                    "job", f"task {task}", float(index), metadata={"task": task, "i": index}
+                )
+                if index % 10 == 0:
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*(producer(task) for task in range(150)))
+        await manager.stop()
+        stats = await manager.get_stats()
+        assert stats.total_recorded == stats.total_persisted == 6000
+        assert stats.queue_size == 0
+        seen = [(r.metadata["task"], r.metadata["i"]) for r in load_records(storage)]
+        assert sorted(seen) == [(t, i) for t in range(150) for i in range(40)]
+        batches = load_batches(storage)
+        assert all(batch.total_records <= 97 for batch in batches)
+        assert stats.batches_written == len(batches)
+
+    async def test_records_from_other_threads_and_event_loops(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.start()
+
+        def other_thread(worker: int) -> None:
+            async def record_some() -> None:
+                for index in range(50):
+                    await manager.record_operation("t", f"w{worker}", 1.0, metadata={"i": index})
+
+            asyncio.run(record_some())
+
+        threads = [threading.Thread(target=other_thread, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        await manager.stop()
+        assert len(load_records(storage)) == 200
+
+    async def test_submit_records_from_plain_threads(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=64)
+        await manager.start()
+        now = datetime.now(timezone.utc)
+
+        def submit(worker: int) -> None:
+            for index in range(100):
+                made = OperationRecord(
+                    operation_type="span",
+                    operation_name=f"w{worker}",
+                    duration_ms=0.5,
+                    timestamp=now,
+                    metadata={"i": index},
+                )
+                assert manager.submit_records([made], timeout=5.0) == 1
+
+        threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert manager.flush_sync(timeout=5.0)
+        assert len(load_records(storage)) == 800
+        await manager.stop()
+
+
+class TestBatching:
+    async def test_batches_never_exceed_max_batch_size(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=7)
+        await manager.start()
+        for index in range(50):
+            await manager.record_operation("t", "n", float(index))
+        await manager.stop()
+        sizes = [batch.total_records for batch in load_batches(storage)]
+        assert sum(sizes) == 50
+        assert max(sizes) == 7
+        assert sizes.count(7) == 7
+
+    async def test_flushes_as_soon_as_a_batch_is_full(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=5, flush_interval_seconds=3600)
+        await manager.start()
+        for index in range(5):
+            await manager.record_operation("t", "n", float(index))
+        await eventually(lambda: manager.stats().batches_written == 1)
+        assert [b.total_records for b in load_batches(storage)] == [5]
+        await manager.record_operation("t", "n", 1.0)
+        await asyncio.sleep(0.2)
+        assert manager.stats().queue_size == 1  # a partial batch waits for the timer
+        await manager.stop()
+
+    async def test_flushes_partial_batches_on_the_timer(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=1000, flush_interval_seconds=0.1)
+        await manager.start()
+        await manager.record_operation("t", "n", 1.0)
+        await manager.record_operation("t", "n", 2.0)
+        await eventually(lambda: manager.stats().total_persisted == 2)
+        await manager.record_operation("t", "n", 3.0)
+        await eventually(lambda: manager.stats().total_persisted == 3)
+        assert [b.total_records for b in load_batches(storage)] == [2, 1]
+        await manager.stop()
+
+    async def test_flush_returns_once_everything_is_on_disk(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=3)
+        await manager.start()
+        for index in range(10):
+            await manager.record_operation("t", "n", float(index))
+        await manager.flush()
+        assert len(load_records(storage)) == 10
+        assert manager.stats().queue_size == 0
+        assert manager.is_running
+        await manager.stop()
+
+    async def test_stop_persists_everything_accepted(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=400, max_queue_size=5000)
+        await manager.start()
+        for index in range(2500):
+            await manager.record_operation("t", "n", float(index))
+        await manager.stop()
+        assert [r.duration_ms for r in load_records(storage)] == [float(i) for i in range(2500)]
+        stats = await manager.get_stats()
+        assert stats.is_running is False
+        assert stats.total_persisted == 2500
+        assert stats.batches_written == 7
+        assert stats.avg_batch_size == pytest.approx(2500 / 7)
+
+
+class TestFormat:
+    async def test_files_are_exactly_the_specified_format(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=4)
+        await manager.start()
+        for index in range(10):
+            await manager.record_operation(
+                "db_query",
+                f"SELECT {index}",
+                index / 3,
+                success=index % 2 == 0,
+                error_message=None if index % 2 == 0 else "boom",
+                metadata={"rows": index, "tags": ["a", {"b": None}]},
+            )
+        await manager.stop()
+        files = sorted(storage.iterdir())
+        assert len(files) == 3
+        for path in files:
+            name = FILE_NAME.match(path.name)
+            assert name
+            data = json.loads(path.read_text())
+            assert list(data) == ["records", "batch_timestamp", "batch_id", "total_records"]
+            assert data["batch_id"] == name.group(1)
+            assert TIMESTAMP.match(data["batch_timestamp"])
+            assert data["total_records"] == len(data["records"])
+            stamp = datetime.fromisoformat(data["batch_timestamp"])
+            assert stamp.strftime("%Y%m%d_%H%M%S_%f") == data["batch_id"]
+            for record in data["records"]:
+                assert TIMESTAMP.match(record["timestamp"])
+                assert list(record) == [
+                    "operation_type",
+                    "operation_name",
+                    "duration_ms",
+                    "timestamp",
+                    "success",
+                    "error_message",
+                    "metadata",
+                ]
+            MetricsBatch.model_validate_json(path.read_bytes())
+        records = load_records(storage)
+        assert [r.error_message for r in records[:2]] == [None, "boom"]
+        assert records[1].success is False
+
+    async def test_storage_path_is_created(self, tmp_path: Path) -> None:
+        manager = MetricsManager(tmp_path / "deep" / "er" / "metrics")
+        await manager.start()
+        assert (tmp_path / "deep" / "er" / "metrics").is_dir()
+        await manager.stop()
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        ("arguments", "message"),
+        [
+            ({"duration_ms": -1.0}, "duration_ms: Input should be greater than or equal to 0"),
+            ({"duration_ms": float("nan")}, "duration_ms: Input should be a finite number"),
+            ({"duration_ms": float("inf")}, "duration_ms: Input should be a finite number"),
+            ({"operation_type": ""}, "operation_type: String should have at least 1 character"),
+            ({"operation_name": ""}, "operation_name: String should have at least 1 character"),
+            ({"metadata": {3: "x"}}, "keys must be strings"),
+            ({"metadata": {"a": {"b": (1,)}}}, r"metadata 'a'.'b': tuple is not allowed"),
+            ({"metadata": {"x": float("nan")}}, "finite"),
+            ({"metadata": {"user_email": "x"}}, "'user_email' is PII"),
+            ({"metadata": {"list": [{"sessionId": "x"}]}}, r"'list'\[0\]\.'sessionId' is PII"),
+            ({"metadata": {"note": "write to ana@example.com"}}, "e-mail address"),
+        ],
+    )
+    async def test_bad_records_raise_value_error(
+        self, storage: Path, arguments: dict[str, object], message: str
+    ) -> None:
+        manager = make(storage)
+        await manager.start()
+        call: dict[str, object] = {
+            "operation_type": "t",
+            "operation_name": "n",
+            "duration_ms": 1.0,
+        }
+        call.update(arguments)
+        with pytest.raises(ValueError, match=message):
+            await manager.record_operation(**call)  # type: ignore[arg-type]
+        await manager.record_operation("t", "ok", 1.0)
+        await manager.stop()
+        stats = await manager.get_stats()
+        assert stats.total_rejected == 1
+        assert [r.operation_name for r in load_records(storage)] == ["ok"]
+
+    async def test_errors_never_echo_values(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.start()
+        secret = "hunter2-very-secret"
+        for metadata in (
+            {"password": secret},
+            {"ok": {"token": secret}},
+            {"x": {"y": [secret, {1}]}},
+        ):
+            with pytest.raises(ValueError, match="metadata") as caught:
+                await manager.record_operation("t", secret, 1.0, metadata=metadata)
+            assert secret not in str(caught.value)
+            assert caught.value.__cause__ is None
+            assert caught.value.__context__ is None
+        await manager.stop()
+
+    async def test_error_message_is_truncated_and_addresses_masked(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.start()
+        await manager.record_operation(
+            "t", "GET /users/jo@example.com", 1.0, False, "no user jo@example.com" + "!" * 2000
+        )
+        await manager.stop()
+        [record] = load_records(storage)
+        assert record.operation_name == "GET /users/[REDACTED]"
+        assert record.error_message is not None
+        assert record.error_message.startswith("no user [REDACTED]!!!")
+        assert len(record.error_message) == 1000
+        assert (await manager.get_stats()).pii_redacted == 2
+
+    async def test_custom_policy(self, storage: Path) -> None:
+        policy = PiiPolicy(blocked_keys={"tenant"}, allowed_keys={"name"})
+        manager = make(storage, pii_policy=policy)
+        await manager.start()
+        await manager.record_operation("t", "n", 1.0, metadata={"name": "report.pdf"})
+        with pytest.raises(ValueError, match="'Tenant' is PII"):
+            await manager.record_operation("t", "n", 1.0, metadata={"Tenant": "acme"})
+        await manager.stop()
+        assert load_records(storage)[0].metadata == {"name": "report.pdf"}
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            ({"flush_interval_seconds": 0}, "flush_interval_seconds"),
+            ({"flush_interval_seconds": float("inf")}, "finite"),
+            ({"max_batch_size": 0}, "max_batch_size"),
+            ({"max_queue_size": -5}, "max_queue_size"),
+            ({"max_batch_size": True}, "max_batch_size"),
+            ({"queue_full_policy": "wait"}, "queue_full_policy"),
+            ({"retention_days": 0}, "retention_days"),
+        ],
+    )
+    def test_bad_settings(self, storage: Path, options: dict[str, object], message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            MetricsManager(storage, **options)  # type: ignore[arg-type]
+
+
+class TestLifecycle:
+    async def test_start_twice_raises(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.start()
+        with pytest.raises(RuntimeError, match="already running"):
+            await manager.start()
+        await manager.stop()
+
+    async def test_recording_while_not_running_raises(self, storage: Path) -> None:
+        manager = make(storage)
+        with pytest.raises(RuntimeError, match="not running"):
+            await manager.record_operation("t", "n", 1.0)
+        await manager.start()
+        await manager.stop()
+        with pytest.raises(RuntimeError, match="not running"):
+            await manager.record_operation("t", "n", 1.0)
+        with pytest.raises(RuntimeError, match="not running"):
+            await manager.flush()
+
+    async def test_stop_twice_and_stop_without_start_do_nothing(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.stop()
+        await manager.start()
+        await manager.record_operation("t", "n", 1.0)
+        await manager.stop()
+        await manager.stop()
+        assert len(load_records(storage)) == 1
+
+    async def test_restart_after_stop(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.start()
+        await manager.record_operation("t", "first", 1.0)
+        await manager.stop()
+        await manager.start()
+        await manager.record_operation("t", "second", 1.0)
+        await manager.stop()
+        assert [r.operation_name for r in load_records(storage)] == ["first", "second"]
+
+    async def test_stop_timeout_raises_with_the_count_not_persisted(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        manager = make(storage)
+        await manager.start()
+        for index in range(3):
+            await manager.record_operation("t", "n", float(index))
+
+        def broken_fsync(fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(os, "fsync", broken_fsync)
+        with pytest.raises(
+            asyncio.TimeoutError, match=r"3 records were not persisted within 0\.3s"
+        ):
+            await manager.stop(timeout=0.3)
+        assert "3 records were not persisted" in caplog.text
+        stats = manager.stats()
+        assert stats.is_running is False
+        assert stats.queue_size == 3
+        assert stats.write_errors >= 2
+        # The disk recovers: the records were kept, and a restart writes them.
+        monkeypatch.undo()
+        await manager.start()
+        await manager.stop()
+        assert [r.duration_ms for r in load_records(storage)] == [0.0, 1.0, 2.0]
+
+
+class TestQueueFull:
+    @staticmethod
+    def stall_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+        """Make every fsync wait until the returned event is set."""
+        release = threading.Event()
+        real_fsync = os.fsync
+
+        def slow_fsync(fd: int) -> None:
+            release.wait(10)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        return release
+
+    async def test_raise_policy(self, storage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        manager = make(storage, max_queue_size=5, max_batch_size=5, queue_full_policy="raise")
+        await manager.start()
+        release = self.stall_writes(monkeypatch)
+        for index in range(5):
+            await manager.record_operation("t", "n", float(index))
+        with pytest.raises(asyncio.QueueFull, match="5 records"):
+            await manager.record_operation("t", "n", 5.0)
+        release.set()
+        await manager.stop()
+        assert len(load_records(storage)) == 5
+
+    async def test_drop_policy(self, storage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        manager = make(storage, max_queue_size=5, max_batch_size=5, queue_full_policy="drop")
+        await manager.start()
+        release = self.stall_writes(monkeypatch)
+        for index in range(8):
+            await manager.record_operation("t", "n", float(index))
+        stats = manager.stats()
+        assert (stats.total_recorded, stats.total_dropped) == (5, 3)
+        release.set()
+        await manager.stop()
+        assert [r.duration_ms for r in load_records(storage)] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+    async def test_block_policy_waits_for_room(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager = make(storage, max_queue_size=5, max_batch_size=5)
+        await manager.start()
+        release = self.stall_writes(monkeypatch)
+        for index in range(5):
+            await manager.record_operation("t", "n", float(index))
+        blocked = asyncio.ensure_future(manager.record_operation("t", "n", 5.0))
+        await asyncio.sleep(0.2)
+        assert not blocked.done()
+        assert manager.stats().queue_size == 5
+        release.set()
+        await asyncio.wait_for(blocked, 5)
+        await manager.stop()
+        assert len(load_records(storage)) == 6
+        assert manager.stats().total_dropped == 0
+
+    async def test_submit_records_drops_after_its_timeout(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager = make(storage, max_queue_size=4, max_batch_size=4)
+        await manager.start()
+        release = self.stall_writes(monkeypatch)
+        now = datetime.now(timezone.utc)
+        made = [
+            OperationRecord(operation_type="t", operation_name="n", duration_ms=1, timestamp=now)
+            for _ in range(6)
+        ]
+        accepted = await asyncio.to_thread(manager.submit_records, made, timeout=0.05)
+        assert accepted == 4
+        assert manager.stats().total_dropped == 2
+        release.set()
+        await manager.stop()
+        assert len(load_records(storage)) == 4

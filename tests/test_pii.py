@@ -1,0 +1,158 @@
+"""The PII rule: key normalisation, the shared key table, values, policies and URLs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from otel_json_exporter.pii import DEFAULT_POLICY, REDACTED, PiiPolicy, normalize_key
+
+TABLE = json.loads((Path(__file__).parent / "data" / "pii_keys.json").read_text())
+
+
+class TestNormalizeKey:
+    @pytest.mark.parametrize(
+        ("key", "normalized"),
+        [
+            ("userId", "user_id"),
+            ("UserID", "user_id"),
+            ("APIKey", "api_key"),
+            ("x-api-key", "x_api_key"),
+            ("user.full_name", "user_full_name"),
+            ("http.response.header.set-cookie", "http_response_header_set_cookie"),
+            ("First Name", "first_name"),
+            ("HTTPServerURL", "http_server_url"),
+            ("db.system.name", "db_system_name"),
+            ("__weird__key__", "weird_key"),
+        ],
+    )
+    def test_splits_and_lowers(self, key: str, normalized: str) -> None:
+        assert normalize_key(key) == normalized
+
+
+class TestKeyTable:
+    @pytest.mark.parametrize("key", TABLE["blocked"])
+    def test_blocked(self, key: str) -> None:
+        assert DEFAULT_POLICY.is_pii_key(key)
+
+    @pytest.mark.parametrize("key", TABLE["allowed"])
+    def test_allowed(self, key: str) -> None:
+        assert not DEFAULT_POLICY.is_pii_key(key)
+
+    def test_table_is_not_empty(self) -> None:
+        assert len(TABLE["blocked"]) > 40
+        assert len(TABLE["allowed"]) > 25
+
+
+class TestRule:
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "stripe_secret",  # suffix _secret
+            "github.token",  # suffix _token
+            "admin_user_id",  # suffix _user_id
+            "oauth.client_id",
+            "browser_session_id",
+            "contact_email_address",  # token email
+            "primary-username",
+            "person_name",
+            "displayName",
+            "accountName",
+            "enduser_name",
+            "proxy_authorization",
+            "request.cookie",
+            "SET-COOKIE",
+        ],
+    )
+    def test_more_blocked_shapes(self, key: str) -> None:
+        assert DEFAULT_POLICY.is_pii_key(key)
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "hostname",
+            "rename_count",
+            "display",
+            "tokens",
+            "keyspace",
+            "secretariat",
+            "emails_sent_count_total_x",  # "emails" is not the token "email"
+            "table.name",
+            "span.name",
+        ],
+    )
+    def test_more_allowed_shapes(self, key: str) -> None:
+        assert not DEFAULT_POLICY.is_pii_key(key)
+
+
+class TestPolicy:
+    def test_extra_blocked_and_allowed_keys_use_normalised_form(self) -> None:
+        policy = PiiPolicy(blocked_keys={"tenant.ref"}, allowed_keys={"Name"})
+        assert policy.is_pii_key("TenantRef")
+        assert not policy.is_pii_key("name")
+        assert policy.is_pii_key("email")
+        assert not DEFAULT_POLICY.is_pii_key("tenant_ref")
+
+    def test_check_metadata_finds_nested_keys_and_names_the_path(self) -> None:
+        metadata = {"a": [{"b": {"ok": 1}}, {"c": {"api_key": "s3cr3t-value"}}]}
+        with pytest.raises(ValueError, match=r"'a'\[1\]\.'c'\.'api_key' is PII") as caught:
+            DEFAULT_POLICY.check_metadata(metadata)
+        assert "s3cr3t-value" not in str(caught.value)
+
+    def test_email_in_a_value_is_refused_without_echoing_it(self) -> None:
+        with pytest.raises(ValueError, match="e-mail") as caught:
+            DEFAULT_POLICY.check_metadata({"note": ["x", "contact jane.doe@example.org now"]})
+        assert "jane.doe" not in str(caught.value)
+        assert "'note'[1]" in str(caught.value)
+
+    def test_a_key_holding_an_address_is_masked_in_the_error(self) -> None:
+        with pytest.raises(ValueError, match="is PII") as caught:
+            DEFAULT_POLICY.check_metadata({"bob@example.com": 1})
+        assert "bob@example.com" not in str(caught.value)
+        assert REDACTED in str(caught.value)
+
+    def test_clean_metadata_passes(self) -> None:
+        DEFAULT_POLICY.check_metadata({"region": "ca", "n": [1, {"db.name": "x"}], "at": "a@b"})
+
+    def test_redact_drops_keys_masks_values_and_counts(self) -> None:
+        clean, count = DEFAULT_POLICY.redact(
+            {"userId": "u1", "keep": ("mail me: a.b@example.com", 2), "x": {"token": "t"}}
+        )
+        assert clean == {"keep": [f"mail me: {REDACTED}", 2], "x": {}}
+        assert count == 3
+
+    def test_the_verdict_cache_stays_bounded(self) -> None:
+        policy = PiiPolicy()
+        for index in range(10_000):
+            policy.is_pii_key(f"key_number_{index}x")
+        assert len(policy._verdicts) <= 4096
+
+
+class TestUrls:
+    def test_credentials_and_pii_query_parameters(self) -> None:
+        url, count = DEFAULT_POLICY.mask_url(
+            "https://bob:hunter2@api.example.com/v1/items?email=a%40b.io&page=2&apiKey=k#frag"
+        )
+        assert url == (
+            "https://REDACTED:REDACTED@api.example.com/v1/items"
+            "?email=REDACTED&page=2&apiKey=REDACTED#frag"
+        )
+        assert count == 3
+
+    def test_target_and_bare_query(self) -> None:
+        assert DEFAULT_POLICY.mask_url("/search?q=shoes&session_id=abc") == (
+            "/search?q=shoes&session_id=REDACTED",
+            1,
+        )
+        assert DEFAULT_POLICY.mask_query("user_id=7&sort=asc") == ("user_id=REDACTED&sort=asc", 1)
+
+    def test_email_in_the_path_is_masked(self) -> None:
+        url, count = DEFAULT_POLICY.mask_url("https://h.example/users/jane@example.org/profile")
+        assert "jane@example.org" not in url
+        assert count == 1
+
+    def test_clean_url_is_untouched(self) -> None:
+        url = "https://h.example/a b?x=1&y=%20"
+        assert DEFAULT_POLICY.mask_url(url) == (url, 0)
