@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SOURCES := otel_json_exporter tests examples $(wildcard benchmarks)
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +17,8 @@ demo: $(STAMP)
 	$(PY) examples/demo.py ./metrics
 
 lint: $(STAMP)
-	$(PY) -m ruff check otel_json_exporter tests examples benchmarks
-	$(PY) -m ruff format --check otel_json_exporter tests examples benchmarks
+	$(PY) -m ruff check $(SOURCES)
+	$(PY) -m ruff format --check $(SOURCES)
 	$(PY) -m mypy --strict otel_json_exporter
 
 unit: $(STAMP)
