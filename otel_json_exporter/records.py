@@ -91,6 +91,15 @@ UtcTimestamp = Annotated[
 """A UTC datetime, written and read back only as ``2025-12-16T08:00:00.000000+00:00``."""
 
 
+def _check_unicode(text: str, path: str) -> None:
+    # Lone surrogates cannot be written as UTF-8: refuse them rather than mangle them.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"metadata {path}: string is not valid Unicode") from None
+
+
 def _json_copy(value: Any, path: str, depth: int) -> Any:
     """A copy of ``value`` if JSON-ready; ValueError naming the path (never the value) if not.
 
@@ -100,11 +109,7 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, str):
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"metadata {path}: string is not valid Unicode") from None
+        _check_unicode(value, path)
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -128,6 +133,7 @@ def _json_object_copy(mapping: Mapping[Any, Any], path: str, depth: int) -> dict
         if not isinstance(key, str):
             where = path or "keys"
             raise ValueError(f"metadata {where}: keys must be strings, not {type(key).__name__}")
+        _check_unicode(key, f"{path} key" if path else "key")
         copy[key] = _json_copy(item, f"{path}.{key!r}" if path else repr(key), depth)
     return copy
 

@@ -119,6 +119,8 @@ class TestOperationRecord:
             ({"x": b"raw"}, "bytes is not allowed"),
             ({"x": object()}, "object is not allowed"),
             ({"x": "\ud800"}, "not valid Unicode"),
+            ({"x\udfff": 1}, "metadata key: string is not valid Unicode"),
+            ({"a": {"\ud800": 1}}, "metadata 'a' key: string is not valid Unicode"),
             ("not a dict", "must be a dict"),
         ],
     )
