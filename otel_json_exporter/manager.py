@@ -61,6 +61,7 @@ QueueFullPolicy = Literal["block", "raise", "drop"]
 _INITIAL_BACKOFF = 0.1
 _MAX_BACKOFF = 30.0
 _URGENT_RETRY = 0.05  # flush() and stop() retry at once, but never spin on a dead disk
+_POISON_AFTER = 3  # unexpected failures of one batch in a row before records are checked alone
 _RETENTION_EVERY = 3600.0
 _EXIT_FLUSH_TIMEOUT = 10.0
 
@@ -154,6 +155,7 @@ class MetricsManager:
         self._urgent_to = 0  # ... and retry at once until then (flush or stop waits)
         self._accepted = 0
         self._persisted = 0
+        self._settled = 0  # records that left the queue: persisted, or dropped as unencodable
         self._batches = 0
         self._dropped = 0
         self._rejected = 0
@@ -188,7 +190,7 @@ class MetricsManager:
         with self._lock:
             self._accepting = True
             self._stop_deadline = None
-            self._drain_to = self._urgent_to = self._persisted + len(self._buffer)
+            self._drain_to = self._urgent_to = self._settled + len(self._buffer)
             self._start_worker()
 
     def _start_worker(self) -> None:
@@ -379,13 +381,13 @@ class MetricsManager:
         RuntimeError when the manager is not running.
         """
         target = self._request_flush()
-        if not await self._wait_async(lambda: self._persisted >= target, timeout):
+        if not await self._wait_async(lambda: self._settled >= target, timeout):
             raise asyncio.TimeoutError(f"flush did not finish within {timeout}s")
 
     def flush_sync(self, timeout: float | None = None) -> bool:
         """Blocking :meth:`flush` for any thread; False when ``timeout`` passed first."""
         target = self._request_flush()
-        return self._wait_sync(lambda: self._persisted >= target, timeout)
+        return self._wait_sync(lambda: self._settled >= target, timeout)
 
     def _request_flush(self) -> int:
         with self._lock:
@@ -462,30 +464,44 @@ class MetricsManager:
     # -- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        failures = 0
         now = time.monotonic()
         self._next_timed = now + self.flush_interval_seconds
         self._next_retention = now + _RETENTION_EVERY
         self._retry_at = 0.0
+        self._failures = 0
+        self._unexpected_in_row = 0
         while True:
-            with self._cond:
-                batch = self._next_batch()
-                if batch is None:
-                    self._worker_alive = False
+            try:
+                if not self._step():
+                    return
+            except Exception:
+                # The writer must never die silently: log, count, and go on.
+                with self._lock:
+                    self._worker_errors += 1
+                logger.exception("unexpected error in the metrics writer; it goes on")
+                time.sleep(_URGENT_RETRY)
+
+    def _step(self) -> bool:
+        """Wait for work and do it once; False when the writer should exit."""
+        with self._cond:
+            batch = self._next_batch()
             if batch is None:
-                self._wake_waiters()
-                return
-            if not batch:
-                self._apply_retention()
-            elif self._write(batch):
-                failures = 0
-                self._retry_at = 0.0
-            else:
-                failures += 1
-                urgent = not self._accepting or self._persisted < self._urgent_to
-                delay = min(_INITIAL_BACKOFF * 2 ** (failures - 1), _MAX_BACKOFF)
-                self._retry_at = time.monotonic() + (_URGENT_RETRY if urgent else delay)
+                self._worker_alive = False
+        if batch is None:
             self._wake_waiters()
+            return False
+        if not batch:
+            self._apply_retention()
+        elif self._write(batch):
+            self._failures = 0
+            self._retry_at = 0.0
+        else:
+            self._failures += 1
+            urgent = not self._accepting or self._settled < self._urgent_to
+            delay = min(_INITIAL_BACKOFF * 2 ** (self._failures - 1), _MAX_BACKOFF)
+            self._retry_at = time.monotonic() + (_URGENT_RETRY if urgent else delay)
+        self._wake_waiters()
+        return True
 
     def _next_batch(self) -> list[OperationRecord] | None:
         """Wait (lock held) for work: a batch to write, ``[]`` for retention, None to exit."""
@@ -496,11 +512,11 @@ class MetricsManager:
                 self._next_timed = now + self.flush_interval_seconds
             stopping = not self._accepting
             ready = bool(self._buffer) and (
-                len(self._buffer) >= self.max_batch_size or self._persisted < self._drain_to
+                len(self._buffer) >= self.max_batch_size or self._settled < self._drain_to
             )
             if stopping and (not ready or self._stop_expired()):
                 return None
-            if stopping or self._persisted < self._urgent_to:
+            if stopping or self._settled < self._urgent_to:
                 # flush() or stop() is waiting: retry at once, not after the backoff
                 self._retry_at = min(self._retry_at, now + _URGENT_RETRY)
             if ready and now >= self._retry_at:
@@ -534,15 +550,43 @@ class MetricsManager:
             with self._lock:
                 self._worker_errors += 1
             logger.exception("unexpected error in the metrics writer; records stay queued")
+            self._unexpected_in_row += 1
+            if self._unexpected_in_row >= _POISON_AFTER:
+                self._drop_unencodable(len(batch))
             return False
+        self._unexpected_in_row = 0
         with self._lock:
             for _ in range(written.records):
                 self._buffer.popleft()
             self._persisted += written.records
+            self._settled += written.records
             self._batches += 1
             self._bytes += written.bytes
             self._last_flush = datetime.now(timezone.utc)
         return True
+
+    def _drop_unencodable(self, count: int) -> None:
+        """Drop, among the first ``count`` queued records, those that cannot be encoded.
+
+        Validation should make this impossible; it keeps one bad record from
+        stopping every later one. The others keep their place in the queue.
+        """
+        with self._lock:
+            head = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
+            keep = []
+            for record in head:
+                try:
+                    record.model_dump_json()
+                except Exception:
+                    continue
+                keep.append(record)
+            self._buffer.extendleft(reversed(keep))
+            lost = len(head) - len(keep)
+            self._dropped += lost
+            self._settled += lost
+        self._unexpected_in_row = 0
+        if lost:
+            logger.error("dropped %d queued records that cannot be encoded", lost)
 
     def _apply_retention(self) -> None:
         if self.retention_days is None:

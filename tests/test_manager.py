@@ -468,3 +468,35 @@ class TestQueueFull:
         release.set()
         await manager.stop()
         assert len(load_records(storage)) == 4
+
+
+class TestWriterResilience:
+    async def test_a_record_that_cannot_be_encoded_does_not_stop_the_others(
+        self, storage: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # Validation makes such a record impossible through the public API; built
+        # with model_construct, it stands for a bug, and must cost only itself.
+        manager = make(storage)
+        await manager.start()
+        now = datetime.now(timezone.utc)
+
+        def made(name: str, metadata: dict[str, object]) -> OperationRecord:
+            return OperationRecord.model_construct(
+                operation_type="t",
+                operation_name=name,
+                duration_ms=1.0,
+                timestamp=now,
+                success=True,
+                error_message=None,
+                metadata=metadata,
+            )
+
+        batch = [made("before", {}), made("bad", {"x": object()}), made("after", {})]
+        assert manager.submit_records(batch) == 3
+        await manager.flush(timeout=5)
+        await manager.record_operation("t", "later", 1.0)
+        await manager.stop()
+        assert [r.operation_name for r in load_records(storage)] == ["before", "after", "later"]
+        stats = manager.stats()
+        assert (stats.total_dropped, stats.worker_errors, stats.total_persisted) == (1, 3, 3)
+        assert "dropped 1 queued records that cannot be encoded" in caplog.text
