@@ -6,9 +6,12 @@ PII-filtered and written to atomic, fsynced JSON batch files.
 
 from __future__ import annotations
 
+from otel_json_exporter.exporter import OperationSpanExporter
 from otel_json_exporter.manager import MetricsManager, QueueFullPolicy
+from otel_json_exporter.mapping import default_operation_type, default_span_filter, span_to_record
 from otel_json_exporter.pii import PiiPolicy
 from otel_json_exporter.records import MetricsBatch, MetricsStats, OperationRecord
+from otel_json_exporter.tracking import track_operation
 from otel_json_exporter.writer import StorageError, delete_expired_batches
 
 __all__ = [
@@ -16,8 +19,13 @@ __all__ = [
     "MetricsManager",
     "MetricsStats",
     "OperationRecord",
+    "OperationSpanExporter",
     "PiiPolicy",
     "QueueFullPolicy",
     "StorageError",
+    "default_operation_type",
+    "default_span_filter",
     "delete_expired_batches",
+    "span_to_record",
+    "track_operation",
 ]

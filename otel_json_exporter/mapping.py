@@ -1,0 +1,268 @@
+"""A finished OpenTelemetry span -> one operation record, PII-filtered.
+
+:func:`span_to_record` is the whole encoding step of the span exporter; it does
+no I/O and can be tested alone. The fields are taken as follows:
+
+=================  ==================================================================
+record field       from the span
+=================  ==================================================================
+operation_type     ``operation_type(span)``, by default :func:`default_operation_type`
+operation_name     the span name (``"unnamed"`` if empty); e-mail addresses masked
+duration_ms        ``(end_time - start_time) / 1e6``, 0.0 if the clock went backwards
+timestamp          the span's start time, UTC
+success            False when the status is ERROR, or for an HTTP server span whose
+                   response status code is 500 or more; True otherwise
+error_message      None on success; else the status description, else the last
+                   ``exception`` event as ``Type: message``, else ``HTTP <code>``
+metadata           the attributes after the PII filter, plus ``trace_id``,
+                   ``span_id``, ``parent_span_id``, ``span_kind`` and ``service.name``
+=================  ==================================================================
+
+:func:`default_operation_type`, first match wins:
+
+==========================================================  ==================
+the span has                                                operation_type
+==========================================================  ==================
+a non-empty string attribute ``operation.type``             its value
+kind SERVER and ``http.request.method`` or ``http.method``  ``api_request``
+kind CLIENT and ``http.request.method`` or ``http.method``  ``http_client``
+``db.system.name`` or ``db.system``                         ``database_query``
+``messaging.system``                                        ``messaging``
+``rpc.system.name`` or ``rpc.system``                       ``rpc``
+anything else                                               the lower-case kind
+==========================================================  ==================
+
+The PII filter (the manager's :class:`~otel_json_exporter.pii.PiiPolicy`): an
+attribute whose key is PII is dropped, at any depth, and the span is kept;
+e-mail addresses inside strings become ``[REDACTED]``; in ``url.full``,
+``url.original``, ``http.url`` and ``http.target`` user credentials become
+``REDACTED:REDACTED`` and PII query parameters ``REDACTED``, and so do the PII
+parameters of ``url.query``. Every key dropped and every string masked counts
+once in the returned redaction count. Values become JSON-ready: tuples become
+lists, bytes become base64 text, and NaN or infinite floats become the strings
+``"nan"``, ``"inf"`` and ``"-inf"`` (JSON has no such numbers).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.trace import SpanKind, StatusCode
+
+from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy
+from otel_json_exporter.records import OperationRecord
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+__all__ = [
+    "URL_ATTRIBUTES",
+    "OperationTypeFunction",
+    "SpanFilter",
+    "default_operation_type",
+    "default_span_filter",
+    "span_to_record",
+]
+
+OperationTypeFunction = Callable[["ReadableSpan"], str]
+"""Gives a span's ``operation_type``; must return a non-empty string."""
+
+SpanFilter = Callable[["ReadableSpan"], bool]
+"""Returns True for a span that should become a record, False to skip it."""
+
+URL_ATTRIBUTES = frozenset({"url.full", "url.original", "http.url", "http.target"})
+"""Attributes holding a URL or a request target, masked with ``PiiPolicy.mask_url``."""
+
+_QUERY_ATTRIBUTE = "url.query"
+_URL_LIKE = URL_ATTRIBUTES | {_QUERY_ATTRIBUTE}
+_HTTP_METHOD = ("http.request.method", "http.method")
+_HTTP_STATUS = ("http.response.status_code", "http.status_code")
+_KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def default_operation_type(span: ReadableSpan) -> str:
+    """The ``operation_type`` of a span by the table in the module docstring."""
+    attributes = span.attributes or {}
+    declared = attributes.get("operation.type")
+    if isinstance(declared, str) and declared:
+        return declared
+    kind = span.kind
+    if kind is SpanKind.SERVER or kind is SpanKind.CLIENT:
+        for key in _HTTP_METHOD:
+            if key in attributes:
+                return "api_request" if kind is SpanKind.SERVER else "http_client"
+    if "db.system.name" in attributes or "db.system" in attributes:
+        return "database_query"
+    if "messaging.system" in attributes:
+        return "messaging"
+    if "rpc.system.name" in attributes or "rpc.system" in attributes:
+        return "rpc"
+    return _KIND_NAMES[kind]
+
+
+def default_span_filter(span: ReadableSpan) -> bool:
+    """Skip the ASGI instrumentation's per-message ``http send`` / ``http receive`` spans.
+
+    They carry the attribute ``asgi.event.type`` and describe one ASGI message of
+    a request whose own server span is exported anyway, so they are not operations.
+    """
+    attributes = span.attributes
+    return attributes is None or "asgi.event.type" not in attributes
+
+
+def span_to_record(
+    span: ReadableSpan,
+    policy: PiiPolicy = DEFAULT_POLICY,
+    operation_type: OperationTypeFunction = default_operation_type,
+) -> tuple[OperationRecord, int]:
+    """Map a finished span to a validated record and the number of values redacted.
+
+    Raises ValueError (a pydantic ValidationError included) when the span cannot
+    become a valid record, for instance when it has no start time or
+    ``operation_type`` returned an empty string. The message never holds a value.
+    """
+    start, end = span.start_time, span.end_time
+    if start is None:
+        raise ValueError("span has no start time")
+    duration_ms = max(end - start, 0) / 1e6 if end is not None else 0.0
+    attributes = span.attributes or {}
+    redacted = 0
+
+    name = span.name or "unnamed"
+    if "@" in name:
+        name, redacted = policy.redact(name)
+
+    success = True
+    error_message: str | None = None
+    status = span.status
+    # E-mail addresses are masked before the record cuts the message to 1,000
+    # characters, so that a cut never leaves half an address behind.
+    http_status = _http_status(attributes)
+    server_error = http_status is not None and http_status >= 500 and span.kind is SpanKind.SERVER
+    if status.status_code is StatusCode.ERROR or server_error:
+        success = False
+        error_message = status.description or _last_exception(span)
+        if not error_message and http_status is not None:
+            error_message = f"HTTP {http_status}"
+        if error_message and "@" in error_message:
+            error_message, masked = policy.redact(error_message)
+            redacted += masked
+
+    metadata, masked = _clean_attributes(attributes, policy)
+    redacted += masked
+    context = span.context
+    parent = span.parent
+    if context is not None:
+        metadata["trace_id"] = format(context.trace_id, "032x")
+        metadata["span_id"] = format(context.span_id, "016x")
+    metadata["parent_span_id"] = format(parent.span_id, "016x") if parent is not None else None
+    metadata["span_kind"] = _KIND_NAMES[span.kind]
+    service = span.resource.attributes.get("service.name")
+    if service is not None:
+        service, masked = _clean_value(service, policy)
+        redacted += masked
+        metadata["service.name"] = service
+
+    record = OperationRecord.model_validate(
+        {
+            "operation_type": operation_type(span),
+            "operation_name": name,
+            "duration_ms": duration_ms,
+            "timestamp": _EPOCH + timedelta(microseconds=start // 1000),
+            "success": success,
+            "error_message": error_message,
+            "metadata": metadata,
+        }
+    )
+    return record, redacted
+
+
+def _http_status(attributes: Mapping[str, Any]) -> int | None:
+    for key in _HTTP_STATUS:
+        code = attributes.get(key)
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+        if isinstance(code, str) and code.isdigit():
+            return int(code)
+    return None
+
+
+def _last_exception(span: ReadableSpan) -> str | None:
+    for event in reversed(span.events):
+        if event.name == "exception":
+            attributes = event.attributes or {}
+            kind = attributes.get("exception.type")
+            message = attributes.get("exception.message")
+            if kind and message:
+                return f"{kind}: {message}"
+            return str(kind or message or "exception")
+    return None
+
+
+def _clean_attributes(
+    attributes: Mapping[str, Any], policy: PiiPolicy
+) -> tuple[dict[str, Any], int]:
+    """The attributes without PII keys, with masked strings and JSON-ready values."""
+    clean: dict[str, Any] = {}
+    redacted = 0
+    is_pii_key = policy.is_pii_key
+    for key, value in attributes.items():
+        if is_pii_key(key):
+            redacted += 1
+        elif type(value) is str and "@" not in value and key not in _URL_LIKE:
+            clean[key] = value  # the common case, kept cheap
+        elif type(value) is int or type(value) is bool:
+            clean[key] = value
+        elif key in _URL_LIKE and type(value) is str:
+            clean[key], masked = _mask_url_attribute(key, value, policy)
+            redacted += masked
+        else:
+            clean[key], masked = _clean_value(value, policy)
+            redacted += masked
+    return clean, redacted
+
+
+def _mask_url_attribute(key: str, value: str, policy: PiiPolicy) -> tuple[str, int]:
+    if key != _QUERY_ATTRIBUTE:
+        return policy.mask_url(value)
+    query, masked = policy.mask_query(value)
+    if "@" in query:
+        query, more = policy.redact(query)
+        masked += more
+    return query, masked
+
+
+def _clean_value(value: Any, policy: PiiPolicy) -> tuple[Any, int]:
+    """A JSON-ready copy of an attribute value (any depth) and the count redacted."""
+    if value is None or isinstance(value, (bool, int)):
+        return value, 0
+    if isinstance(value, str):
+        return policy.redact(value) if "@" in value else (value, 0)
+    if isinstance(value, float):
+        return (value, 0) if math.isfinite(value) else (str(value), 0)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii"), 0
+    redacted = 0
+    if isinstance(value, Mapping):
+        clean: dict[str, Any] = {}
+        for key, item in value.items():
+            if policy.is_pii_key(key):
+                redacted += 1
+                continue
+            clean[key], masked = _clean_value(item, policy)
+            redacted += masked
+        return clean, redacted
+    if isinstance(value, (tuple, list)):
+        items = []
+        for item in value:
+            clean_item, masked = _clean_value(item, policy)
+            items.append(clean_item)
+            redacted += masked
+        return items, redacted
+    # The SDK turns other types into str before they reach us; be as safe anyway.
+    return _clean_value(str(value), policy)

@@ -1,0 +1,114 @@
+"""``track_operation``: time a block or a coroutine function and record it.
+
+As an async context manager::
+
+    async with track_operation(manager, "computation", "process_user_data"):
+        await expensive_computation()
+
+As a decorator of a coroutine function (each call is timed on its own)::
+
+    @track_operation(manager, "computation", "process_user_data")
+    async def process_user_data() -> None: ...
+
+The duration is measured with ``time.perf_counter``. When the block raises, the
+record has ``success=False`` and ``error_message`` ``"Type: message"``, and the
+exception propagates unchanged; cancellation counts as a failure too
+(``CancelledError``). If recording itself fails (manager stopped, PII in
+``metadata``), that error is raised when the block succeeded, and only logged,
+by type, when the block raised, so that it never hides the original exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from otel_json_exporter.manager import MetricsManager
+
+__all__ = ["track_operation"]
+
+logger = logging.getLogger("otel_json_exporter")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+# Lower-case like contextlib's helpers: it is used like a function.
+class track_operation:
+    """Record how long a block or a coroutine function takes, and whether it raised.
+
+    ``metadata`` is recorded with every operation (checked by the PII rule like
+    any ``record_operation`` metadata). One instance times one block at a time;
+    as a decorator it makes a fresh timer for every call.
+    """
+
+    def __init__(
+        self,
+        manager: MetricsManager,
+        operation_type: str,
+        operation_name: str,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.operation_type = operation_type
+        self.operation_name = operation_name
+        self.metadata = metadata
+        self._started: float | None = None
+
+    async def __aenter__(self) -> None:
+        if self._started is not None:
+            raise RuntimeError("this track_operation is already timing a block")
+        self._started = time.perf_counter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._started is None:
+            raise RuntimeError("track_operation: __aexit__ without __aenter__")
+        duration_ms = (time.perf_counter() - self._started) * 1000
+        self._started = None
+        error_message = None
+        if exc_type is not None:
+            error_message = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
+        try:
+            await self.manager.record_operation(
+                operation_type=self.operation_type,
+                operation_name=self.operation_name,
+                duration_ms=duration_ms,
+                success=exc_type is None,
+                error_message=error_message,
+                metadata=self.metadata,
+            )
+        except Exception as recording_error:
+            if exc_type is None:
+                raise
+            logger.warning(
+                "track_operation could not record a failed operation: %s",
+                type(recording_error).__name__,
+            )
+
+    def __call__(self, func: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+        """Decorate a coroutine function so that every call is tracked."""
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(
+                "track_operation decorates coroutine functions (async def) only; "
+                "use it as 'async with track_operation(...)' elsewhere"
+            )
+
+        @functools.wraps(func)
+        async def tracked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            timer = track_operation(
+                self.manager, self.operation_type, self.operation_name, self.metadata
+            )
+            async with timer:
+                return await func(*args, **kwargs)
+
+        return tracked
