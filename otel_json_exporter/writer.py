@@ -126,6 +126,8 @@ class BatchWriter:
 
         Raises OSError when the disk refuses; then nothing is left behind under
         a ``metrics_*.json`` name and the same records can be written again.
+        A temporary file that cannot be removed is left for
+        :func:`remove_stale_temp_files`; it never makes a written batch count as failed.
         """
         moment = now or datetime.now(timezone.utc)
         if self._last_timestamp is not None and moment <= self._last_timestamp:
@@ -142,11 +144,25 @@ class BatchWriter:
                     moment = next_microsecond(moment)
                     continue
             finally:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     os.unlink(temp)
-            self._fsync_directory()
+            try:
+                self._fsync_directory()
+            except OSError:
+                # The name may not survive a crash: take it back, so that the retry
+                # writes the batch once. If even that fails, the batch stays written.
+                if self._take_back(final):
+                    raise
             self._last_timestamp = moment
             return WrittenBatch(final, batch_id_for(moment), len(records), len(data))
+
+    @staticmethod
+    def _take_back(final: Path) -> bool:
+        try:
+            os.unlink(final)
+        except OSError:
+            return False
+        return True
 
     def _temp_path(self) -> Path:
         return self.directory / f".metrics_{os.getpid()}_{secrets.token_hex(6)}.tmp"

@@ -1,0 +1,104 @@
+"""Disk faults injected at the OS-call boundary, for the reliability tests.
+
+A :class:`Fault` replaces one ``os`` function (``os.open``, ``os.write``,
+``os.fsync``, ``os.link``...) with a wrapper that raises ``OSError(errno)`` for
+the calls it matches while it is armed, and passes every other call to the real
+function. It counts the calls it matched, so a test can say exactly how many
+writes failed. Everything above the ``os`` call (the writer, the manager) runs
+for real.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+WRITER_THREAD = "otel-json-exporter-writer"
+
+
+def on_temp_file(args: tuple[Any, ...]) -> bool:
+    """The call's first argument is a writer's temporary file (``.metrics_<pid>_<hex>.tmp``)."""
+    return os.path.basename(os.fspath(args[0])).startswith(".metrics_")
+
+
+def on_regular_fd(args: tuple[Any, ...]) -> bool:
+    """The call's first argument is a descriptor of a regular file (not the directory)."""
+    return stat.S_ISREG(os.fstat(args[0]).st_mode)
+
+
+def on_directory_fd(args: tuple[Any, ...]) -> bool:
+    """The call's first argument is a descriptor of a directory."""
+    return stat.S_ISDIR(os.fstat(args[0]).st_mode)
+
+
+class Fault:
+    """Make ``os.<name>`` fail with ``error`` for matching calls while armed.
+
+    ``failures`` limits how many calls fail (None: every matching call while
+    armed). ``match`` picks calls by their arguments; ``writer_thread_only``
+    restricts the fault to the manager's writer thread, so the test's own file
+    access is never affected. ``delay`` makes every matching call slow instead
+    of (or before) failing: a slow disk.
+    """
+
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        name: str,
+        error: int | None,
+        *,
+        failures: int | None = None,
+        match: Callable[[tuple[Any, ...]], bool] | None = None,
+        writer_thread_only: bool = True,
+        delay: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.error = error
+        self.failures_left = failures
+        self.match = match
+        self.writer_thread_only = writer_thread_only
+        self.delay = delay
+        self.armed = True
+        self.calls = 0
+        self.failed = 0
+        self.call_times: list[float] = []
+        self._lock = threading.Lock()
+        self._real: Callable[..., Any] = getattr(os, name)
+        monkeypatch.setattr(os, name, self._call)
+
+    def heal(self) -> None:
+        """The disk recovers: every later call goes through."""
+        self.armed = False
+
+    def _matches(self, args: tuple[Any, ...]) -> bool:
+        if self.writer_thread_only and threading.current_thread().name != WRITER_THREAD:
+            return False
+        return self.match is None or self.match(args)
+
+    def _call(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._matches(args):
+            return self._real(*args, **kwargs)
+        with self._lock:
+            self.calls += 1
+            self.call_times.append(time.monotonic())
+            fail = (
+                self.error is not None
+                and self.armed
+                and (self.failures_left is None or self.failures_left > 0)
+            )
+            if fail:
+                self.failed += 1
+                if self.failures_left is not None:
+                    self.failures_left -= 1
+        if self.delay:
+            time.sleep(self.delay)
+        if fail:
+            assert self.error is not None
+            raise OSError(self.error, os.strerror(self.error))
+        return self._real(*args, **kwargs)
