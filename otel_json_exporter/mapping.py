@@ -219,22 +219,13 @@ def _clean_attributes(
         elif type(value) is int or type(value) is bool:
             clean[key] = value
         elif key in _URL_LIKE and type(value) is str:
-            clean[key], masked = _mask_url_attribute(key, value, policy)
+            mask = policy.mask_query if key == _QUERY_ATTRIBUTE else policy.mask_url
+            clean[key], masked = mask(value)
             redacted += masked
         else:
             clean[key], masked = _clean_value(value, policy)
             redacted += masked
     return clean, redacted
-
-
-def _mask_url_attribute(key: str, value: str, policy: PiiPolicy) -> tuple[str, int]:
-    if key != _QUERY_ATTRIBUTE:
-        return policy.mask_url(value)
-    query, masked = policy.mask_query(value)
-    if "@" in query:
-        query, more = policy.redact(query)
-        masked += more
-    return query, masked
 
 
 def _clean_value(value: Any, policy: PiiPolicy) -> tuple[Any, int]:
