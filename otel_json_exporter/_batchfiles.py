@@ -1,0 +1,77 @@
+"""Reading batch files back: which files are batch files, and is each one valid.
+
+A batch file is read whole (one file holds at most ``max_batch_size`` records)
+and checked with :class:`~otel_json_exporter.records.MetricsBatch`, which checks
+the keys, the types, the timestamp format, ``total_records`` and ``batch_id``
+against ``batch_timestamp``; the name is then checked against ``batch_id``.
+
+Every reason given for a bad file is built from pydantic's error locations and
+messages only, never from the input, because metadata may hold personal data.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from otel_json_exporter.records import MetricsBatch, parse_batch_id
+from otel_json_exporter.writer import iter_batch_files
+
+__all__ = ["InvalidBatchFile", "describe_errors", "other_metrics_names", "read"]
+
+_MAX_ERRORS_SHOWN = 3
+
+
+class InvalidBatchFile(Exception):
+    """A batch file that cannot be read or breaks the format; ``reason`` is safe to print."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line naming where each error is and what it is, never the offending value."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = []
+    for error in errors[:_MAX_ERRORS_SHOWN]:
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    if len(errors) > _MAX_ERRORS_SHOWN:
+        parts.append(f"and {len(errors) - _MAX_ERRORS_SHOWN} more errors")
+    return "; ".join(parts)
+
+
+def read(path: Path, batch_id: str) -> MetricsBatch:
+    """The batch in ``path``, named after ``batch_id``; :class:`InvalidBatchFile` if bad."""
+    try:
+        parse_batch_id(batch_id)
+    except ValueError:
+        raise InvalidBatchFile(path, "the name is not a real date and time") from None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidBatchFile(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        batch = MetricsBatch.model_validate_json(data)
+    except ValidationError as exc:
+        raise InvalidBatchFile(path, describe_errors(exc)) from None
+    if batch.batch_id != batch_id:
+        raise InvalidBatchFile(
+            path, f"the file holds batch_id {batch.batch_id}, its name says {batch_id}"
+        )
+    return batch
+
+
+def other_metrics_names(directory: str | os.PathLike[str]) -> Iterator[str]:
+    """Names like ``metrics_*.json`` that are not batch files (left alone by every command)."""
+    batch_names = {path.name for path, _ in iter_batch_files(directory)}
+    for name in sorted(os.listdir(directory)):
+        if fnmatch.fnmatchcase(name, "metrics_*.json") and name not in batch_names:
+            yield name

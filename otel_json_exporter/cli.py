@@ -1,0 +1,399 @@
+"""The ``otel-json-exporter`` command: look at batch files without writing code.
+
+::
+
+    otel-json-exporter summarize DIR [--by operation|type|name] [--since T] [--until T] [--json]
+    otel-json-exporter validate DIR
+    otel-json-exporter cleanup DIR --older-than 30d [--dry-run]
+    otel-json-exporter schema
+
+Exit codes: 0 fine; 1 findings (an invalid batch file, a file that could not be
+deleted); 2 usage error (bad arguments, DIR is not a directory). Only exact
+``metrics_YYYYMMDD_HHMMSS_ffffff.json`` names are batch files; every other file
+is left alone. Nothing printed ever quotes a record's values: reasons for a bad
+file name the place and the rule broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from otel_json_exporter import _batchfiles
+from otel_json_exporter._sketch import DEFAULT_RELATIVE_ACCURACY
+from otel_json_exporter._summary import PERCENTILES, GroupStats, Summary, summarize
+from otel_json_exporter.records import MetricsBatch, format_timestamp
+from otel_json_exporter.writer import delete_expired_batches, iter_batch_files
+
+__all__ = ["main"]
+
+PROG = "otel-json-exporter"
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_MAX_NAME_WIDTH = 48
+_ACCURACY_PERCENT = f"{DEFAULT_RELATIVE_ACCURACY:.0%}"
+
+_DESCRIPTION = """\
+Look at the JSON batch files written by otel-json-exporter.
+
+Only exact metrics_YYYYMMDD_HHMMSS_ffffff.json names are batch files; every
+other file (metrics_latest.json, notes.txt, temporary files) is left alone.
+
+exit codes: 0 fine, 1 findings (invalid batch files, a failed deletion),
+2 usage error."""
+
+_SUMMARIZE_HELP = f"""\
+Per group of records: count, errors and error rate, p50 / p95 / p99 and maximum
+duration, first and last timestamp; then totals. Files are read one at a time,
+so memory does not grow with the number of records.
+
+percentiles: each group keeps a log-bucketed histogram (the DDSketch scheme),
+so p50 / p95 / p99 are within {_ACCURACY_PERCENT} of the exact value (the value at rank
+floor(q * (n - 1)) of the sorted durations). Memory per group is one counter per
+2%-wide band of durations seen: at most 1,260 for anything between 1 us and a
+day. Counts, errors, maximum and timestamps are exact.
+
+Invalid batch files are skipped with a warning on stderr; the summary of the
+valid ones is still printed, and the exit code is then 1."""
+
+_VALIDATE_HELP = """\
+Check every batch file: valid JSON, the keys and types of the format, the
+timestamp format (2025-12-16T08:00:00.000000+00:00), total_records equal to the
+number of records, batch_id equal to the batch_timestamp's and to the file
+name's. Prints one line per bad file, saying why (never a record's values),
+and exits 1 if any file is bad."""
+
+_CLEANUP_HELP = """\
+Delete batch files whose batch_id (the time in the name, UTC) is older than
+--older-than; the file's modification time plays no part. Only exact batch
+file names are considered."""
+
+_SCHEMA_HELP = """\
+Print the JSON Schema (draft 2020-12) of a batch file, generated from the
+pydantic models. JSON Schema cannot say that total_records equals the number
+of records nor that batch_id is the batch_timestamp's: `validate` checks those."""
+
+
+class _UsageError(Exception):
+    """A bad argument found after parsing; exit code 2."""
+
+
+def _directory(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise argparse.ArgumentTypeError(f"{text} {what}")
+    return path
+
+
+def _timestamp(text: str) -> datetime:
+    """An ISO-8601 time; a trailing Z means UTC, and a time without offset is UTC."""
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 time (e.g. 2025-12-16, 2025-12-16T08:00:00, "
+            "2025-12-16T08:00:00+02:00)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _age(text: str) -> timedelta:
+    """A whole number and a unit: 90s, 90m, 12h, 30d, 4w."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age: use a whole number and one of s, m, h, d, w "
+            "(e.g. 30d, 12h, 90m)"
+        )
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount == 0:
+        raise argparse.ArgumentTypeError("the age must be more than 0")
+    try:
+        age = timedelta(**{_UNITS[unit]: amount})
+        datetime.now(timezone.utc) - age
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} reaches before the year 1") from None
+    return age
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    window = "(ISO-8601; UTC unless it has an offset)"
+
+    summarize_cmd = _add_command(
+        commands,
+        _summarize,
+        "per-operation counts, error rates and duration percentiles",
+        _SUMMARIZE_HELP,
+    )
+    summarize_cmd.add_argument(
+        "--by",
+        choices=("operation", "type", "name"),
+        default="operation",
+        help="group by operation type and name together (default), by type, or by name",
+    )
+    summarize_cmd.add_argument(
+        "--since",
+        type=_timestamp,
+        metavar="TIME",
+        help=f"only records with timestamp >= TIME {window}",
+    )
+    summarize_cmd.add_argument(
+        "--until",
+        type=_timestamp,
+        metavar="TIME",
+        help=f"only records with timestamp < TIME {window}",
+    )
+    summarize_cmd.add_argument(
+        "--json", action="store_true", help="print one JSON document (stable keys) instead"
+    )
+
+    _add_command(commands, _validate, "check every batch file against the format", _VALIDATE_HELP)
+
+    cleanup_cmd = _add_command(
+        commands, _cleanup, "delete batch files older than an age", _CLEANUP_HELP
+    )
+    cleanup_cmd.add_argument(
+        "--older-than",
+        type=_age,
+        required=True,
+        metavar="AGE",
+        help="a whole number and a unit: s (seconds), m (minutes), h (hours), d (days), "
+        "w (weeks); e.g. 30d, 12h, 90m",
+    )
+    cleanup_cmd.add_argument(
+        "--dry-run", action="store_true", help="list what would be deleted, delete nothing"
+    )
+
+    _add_command(
+        commands, _schema, "print the JSON Schema of a batch file", _SCHEMA_HELP, directory=False
+    )
+    return parser
+
+
+def _add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    handler: Callable[[argparse.Namespace], int],
+    summary: str,
+    description: str,
+    *,
+    directory: bool = True,
+) -> argparse.ArgumentParser:
+    """A sub-command named after its handler (``_summarize`` -> ``summarize``)."""
+    command = commands.add_parser(
+        handler.__name__.lstrip("_"),
+        help=summary,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if directory:
+        command.add_argument(
+            "directory", type=_directory, metavar="DIR", help="the directory the batch files are in"
+        )
+    command.set_defaults(handler=handler)
+    return command
+
+
+def _version() -> str:
+    try:
+        return metadata.version("otel-json-exporter")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code (argparse exits 2 on bad usage)."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except _UsageError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, and keep Python's exit
+        # flush from raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FINDINGS
+    return code
+
+
+# -- summarize -------------------------------------------------------------------
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    if args.since and args.until and args.since >= args.until:
+        raise _UsageError("--since must be earlier than --until")
+
+    def warn(bad: _batchfiles.InvalidBatchFile) -> None:
+        print(f"{PROG}: warning: skipped {bad.path}: {bad.reason}", file=sys.stderr)
+
+    summary = summarize(
+        args.directory, group_by=args.by, since=args.since, until=args.until, on_invalid=warn
+    )
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(_render_table(summary))
+    return EXIT_FINDINGS if summary.invalid_files else EXIT_OK
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if moment else "-"
+
+
+def _clip(text: str | None) -> str:
+    text = text or ""
+    return text if len(text) <= _MAX_NAME_WIDTH else text[: _MAX_NAME_WIDTH - 1] + "…"
+
+
+def _stat_cells(stats: GroupStats) -> list[str]:
+    sketch = stats.durations
+    rate = f"{100 * stats.errors / stats.count:.1f}" if stats.count else "-"
+    cells = [str(stats.count), str(stats.errors), rate]
+    cells += [_ms(sketch.quantile(p / 100)) for p in PERCENTILES]
+    cells += [_ms(sketch.max if stats.count else None), _when(stats.first), _when(stats.last)]
+    return cells
+
+
+def _render_table(summary: Summary) -> str:
+    """An aligned table: one row per group, then a totals row, then what was read."""
+    keys = {"operation": ["type", "name"], "type": ["type"], "name": ["name"]}[summary.group_by]
+    stat_headers = ["count", "errors", "error %"]
+    stat_headers += [f"p{p} ms" for p in PERCENTILES] + ["max ms", "first (UTC)", "last (UTC)"]
+    rows = []
+    for (op_type, op_name), stats in summary.sorted_groups():
+        labels = {"type": _clip(op_type), "name": _clip(op_name)}
+        rows.append([labels[key] for key in keys] + _stat_cells(stats))
+    total_row = ["TOTAL"] + [""] * (len(keys) - 1) + _stat_cells(summary.totals())
+    headers = keys + stat_headers
+    widths = [max(len(row[i]) for row in [headers, *rows, total_row]) for i in range(len(headers))]
+    # Labels and timestamps read left to right; numbers line up on the right.
+    numeric = range(len(keys), len(keys) + len(stat_headers) - 2)
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(headers)]
+    out += [line(row) for row in rows] if rows else ["(no records)"]
+    out += ["-" * len(line(headers)), line(total_row), ""]
+    out.append(_footer(summary))
+    return "\n".join(out)
+
+
+def _footer(summary: Summary) -> str:
+    read = f"{summary.files_read} batch file{'s' if summary.files_read != 1 else ''} read"
+    if summary.invalid_files:
+        read += f", {len(summary.invalid_files)} invalid skipped (see warnings)"
+    window = ""
+    if summary.since or summary.until:
+        start = format_timestamp(summary.since) if summary.since else "the start"
+        end = format_timestamp(summary.until) if summary.until else "the end"
+        window = f"; records from {start} until {end}"
+    accuracy = f"; percentiles within {_ACCURACY_PERCENT} (log-bucketed histogram)"
+    return read + window + accuracy
+
+
+# -- validate --------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    valid = invalid = records = 0
+    for path, batch_id in iter_batch_files(args.directory):
+        try:
+            batch = _batchfiles.read(path, batch_id)
+        except _batchfiles.InvalidBatchFile as bad:
+            print(f"{bad.path}: {bad.reason}")
+            invalid += 1
+            continue
+        valid += 1
+        records += batch.total_records
+    others = sum(1 for _ in _batchfiles.other_metrics_names(args.directory))
+    checked = valid + invalid
+    report = (
+        f"{checked} batch file{'s' if checked != 1 else ''} checked in {args.directory}: "
+        f"{valid} valid ({records} records), {invalid} invalid"
+    )
+    if others:
+        report += f"; {others} other metrics_*.json name{'s' if others != 1 else ''} left alone"
+    print(report)
+    return EXIT_FINDINGS if invalid else EXIT_OK
+
+
+# -- cleanup ---------------------------------------------------------------------
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    now = datetime.now(timezone.utc)
+    before = format_timestamp(now - args.older_than)
+    expired = delete_expired_batches(args.directory, args.older_than, now=now, dry_run=True)
+    if args.dry_run:
+        for path in expired:
+            print(f"would delete {path}")
+        print(f"dry run: {len(expired)} batch files written before {before} would be deleted")
+        return EXIT_OK
+    try:
+        deleted = delete_expired_batches(args.directory, args.older_than, now=now)
+    except OSError as exc:
+        gone = [path for path in expired if not path.exists()]
+        for path in gone:
+            print(f"deleted {path}")
+        print(f"{PROG}: error: cannot delete {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"deleted {len(gone)} of {len(expired)} batch files written before {before}")
+        return EXIT_FINDINGS
+    for path in deleted:
+        print(f"deleted {path}")
+    print(f"deleted {len(deleted)} batch files written before {before}")
+    return EXIT_OK
+
+
+# -- schema ----------------------------------------------------------------------
+
+
+def _schema(args: argparse.Namespace) -> int:
+    schema: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    schema.update(MetricsBatch.model_json_schema())
+    schema["$comment"] = (
+        "Also required, and checked by `otel-json-exporter validate`: total_records equals "
+        "the number of records, batch_id is the YYYYMMDD_HHMMSS_ffffff of batch_timestamp, "
+        "and the file is named metrics_<batch_id>.json."
+    )
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
