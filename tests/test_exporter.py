@@ -1,0 +1,662 @@
+"""OperationSpanExporter with the real SDK: both processors, both modes, the export contract.
+
+Spans are produced by a real TracerProvider and end up in real batch files; the
+only thing replaced is ``os.fsync`` (through :class:`tests._faults.Fault`) where
+a test needs a disk that fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from otel_json_exporter import MetricsManager, OperationSpanExporter, StorageError
+from otel_json_exporter.config import (
+    ENV_FLUSH_INTERVAL,
+    ENV_MAX_BATCH_SIZE,
+    ENV_MAX_QUEUE_SIZE,
+    ENV_PATH,
+    ENV_RETENTION_DAYS,
+    resolve_settings,
+)
+from tests._faults import Fault
+from tests.conftest import load_batches, load_records
+
+ProcessorFactory = Callable[[SpanExporter], SpanProcessor]
+
+PROCESSORS: dict[str, ProcessorFactory] = {
+    "simple": SimpleSpanProcessor,
+    "batch": lambda exporter: BatchSpanProcessor(exporter, schedule_delay_millis=50),
+}
+ENV_NAMES = (
+    ENV_PATH,
+    ENV_FLUSH_INTERVAL,
+    ENV_MAX_BATCH_SIZE,
+    ENV_MAX_QUEUE_SIZE,
+    ENV_RETENTION_DAYS,
+)
+PII_KEYS = json.loads((Path(__file__).parent / "data" / "pii_keys.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(params=sorted(PROCESSORS))
+def processor(request: pytest.FixtureRequest) -> ProcessorFactory:
+    return PROCESSORS[request.param]
+
+
+def provider_for(exporter: SpanExporter, processor: ProcessorFactory) -> TracerProvider:
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "orders"}), shutdown_on_exit=False
+    )
+    provider.add_span_processor(processor(exporter))
+    return provider
+
+
+@pytest.fixture
+def exporters() -> Iterator[Callable[..., OperationSpanExporter]]:
+    """Builds standalone exporters and shuts down whatever a test left running."""
+    made: list[OperationSpanExporter] = []
+
+    def make(*args: object, **kwargs: object) -> OperationSpanExporter:
+        exporter = OperationSpanExporter(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(exporter)
+        return exporter
+
+    yield make
+    for exporter in made:
+        if exporter.manager.is_running:
+            exporter.manager.stop_sync(5.0)
+
+
+@pytest.fixture
+def finished_spans() -> Iterator[Callable[..., list[ReadableSpan]]]:
+    """``finished_spans(n, prefix)``: n real ended spans, to hand to ``export`` directly."""
+    captured = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    tracer = provider.get_tracer("tests")
+
+    def make(count: int, prefix: str = "span") -> list[ReadableSpan]:
+        captured.clear()
+        for index in range(count):
+            with tracer.start_as_current_span(f"{prefix}-{index}"):
+                pass
+        return list(captured.get_finished_spans())
+
+    yield make
+    provider.shutdown()
+
+
+def emit_workload(provider: TracerProvider) -> None:
+    """A request with two queries, one of which fails, and an ASGI message span."""
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span(
+        "GET /orders/{id}",
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "GET", "http.response.status_code": 200},
+    ):
+        with tracer.start_as_current_span(
+            "SELECT orders", kind=SpanKind.CLIENT, attributes={"db.system.name": "postgresql"}
+        ):
+            pass
+        with tracer.start_as_current_span(
+            "SELECT stock", kind=SpanKind.CLIENT, attributes={"db.system.name": "postgresql"}
+        ) as failing:
+            failing.set_status(Status(StatusCode.ERROR, "deadlock detected"))
+        with tracer.start_as_current_span(
+            "GET /orders/{id} http send", attributes={"asgi.event.type": "http.response.start"}
+        ):
+            pass
+
+
+def check_workload(storage: Path) -> None:
+    records = {record.operation_name: record for record in load_records(storage)}
+    assert sorted(records) == ["GET /orders/{id}", "SELECT orders", "SELECT stock"]
+    server = records["GET /orders/{id}"]
+    assert (server.operation_type, server.success) == ("api_request", True)
+    assert server.metadata["service.name"] == "orders"
+    failed = records["SELECT stock"]
+    assert (failed.operation_type, failed.success) == ("database_query", False)
+    assert failed.error_message == "deadlock detected"
+    assert failed.metadata["parent_span_id"] == server.metadata["span_id"]
+
+
+class TestStandalone:
+    def test_every_span_becomes_a_record(
+        self,
+        storage: Path,
+        processor: ProcessorFactory,
+        exporters: Callable[..., OperationSpanExporter],
+    ) -> None:
+        exporter = exporters(storage, flush_interval_seconds=0.05)
+        provider = provider_for(exporter, processor)
+        emit_workload(provider)
+        provider.shutdown()
+        check_workload(storage)
+        stats = exporter.manager.stats()
+        assert (stats.total_persisted, stats.queue_size, stats.is_running) == (3, 0, False)
+
+    def test_no_arguments_read_the_environment(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        exporters: Callable[..., OperationSpanExporter],
+        finished_spans: Callable[..., list[ReadableSpan]],
+    ) -> None:
+        monkeypatch.setenv(ENV_PATH, str(tmp_path / "from-env"))
+        monkeypatch.setenv(ENV_FLUSH_INTERVAL, "0.05")
+        monkeypatch.setenv(ENV_MAX_BATCH_SIZE, "2")
+        monkeypatch.setenv(ENV_MAX_QUEUE_SIZE, "50")
+        exporter = exporters()
+        manager = exporter.manager
+        assert manager.storage_path == tmp_path / "from-env"
+        assert (manager.flush_interval_seconds, manager.max_batch_size) == (0.05, 2)
+        assert manager.max_queue_size == 50
+        assert exporter.export(finished_spans(5)) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        batches = load_batches(tmp_path / "from-env")
+        assert sorted(len(batch.records) for batch in batches) == [1, 2, 2]
+
+    def test_no_arguments_and_no_environment_use_the_defaults(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        exporters: Callable[..., OperationSpanExporter],
+        finished_spans: Callable[..., list[ReadableSpan]],
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        exporter = exporters()
+        manager = exporter.manager
+        assert manager.storage_path == Path("metrics")
+        assert (manager.flush_interval_seconds, manager.max_batch_size) == (5.0, 1000)
+        assert (manager.max_queue_size, manager.retention_days) == (10000, None)
+        exporter.export(finished_spans(1))
+        exporter.shutdown()
+        assert [r.operation_name for r in load_records(tmp_path / "metrics")] == ["span-0"]
+
+    def test_code_wins_over_the_environment(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        exporters: Callable[..., OperationSpanExporter],
+    ) -> None:
+        monkeypatch.setenv(ENV_PATH, str(tmp_path / "from-env"))
+        monkeypatch.setenv(ENV_MAX_BATCH_SIZE, "2")
+        exporter = exporters(tmp_path / "from-code", max_batch_size=7)
+        assert exporter.manager.storage_path == tmp_path / "from-code"
+        assert exporter.manager.max_batch_size == 7
+        assert not (tmp_path / "from-env").exists()
+
+    def test_retention_days_is_passed_through(
+        self,
+        storage: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        exporters: Callable[..., OperationSpanExporter],
+    ) -> None:
+        storage.mkdir()
+        expired = storage / "metrics_20000101_000000_000000.json"
+        expired.write_text("{}")
+        monkeypatch.setenv(ENV_RETENTION_DAYS, "30")
+        exporter = exporters(storage)
+        assert exporter.manager.retention_days == 30.0
+        assert not expired.exists()  # deleted when the exporter's manager started
+
+    def test_invalid_values_in_code_are_errors(self, storage: Path) -> None:
+        with pytest.raises(ValueError, match="max_batch_size"):
+            OperationSpanExporter(storage, max_batch_size=0)
+        with pytest.raises(ValueError, match="export_timeout_seconds"):
+            OperationSpanExporter(storage, export_timeout_seconds=-1)
+
+    @pytest.mark.parametrize("from_env", [False, True])
+    def test_an_unusable_storage_path_is_a_clear_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_env: bool
+    ) -> None:
+        not_a_directory = tmp_path / "file"
+        not_a_directory.write_text("")
+        if from_env:
+            monkeypatch.setenv(ENV_PATH, str(not_a_directory))
+        with pytest.raises(StorageError) as caught:
+            OperationSpanExporter(None if from_env else not_a_directory)
+        message = str(caught.value)
+        assert "not a directory" in message
+        assert (ENV_PATH if from_env else "argument") in message
+
+    def test_attached_mode_takes_no_storage_settings(self, storage: Path) -> None:
+        manager = MetricsManager(storage)
+        with pytest.raises(ValueError, match=r"storage_path, max_batch_size cannot be combined"):
+            OperationSpanExporter(storage, max_batch_size=5, manager=manager)
+
+
+class TestConfiguration:
+    def test_environment_values_are_parsed(self) -> None:
+        settings = resolve_settings(
+            environ={
+                ENV_PATH: " /var/lib/ops ",
+                ENV_FLUSH_INTERVAL: "2.5",
+                ENV_MAX_BATCH_SIZE: "100",
+                ENV_MAX_QUEUE_SIZE: "500",
+                ENV_RETENTION_DAYS: "7",
+            }
+        )
+        assert settings.storage_path == Path("/var/lib/ops")
+        assert settings.storage_path_source == ENV_PATH
+        assert (settings.flush_interval_seconds, settings.max_batch_size) == (2.5, 100)
+        assert (settings.max_queue_size, settings.retention_days) == (500, 7.0)
+
+    def test_empty_values_count_as_unset(self) -> None:
+        settings = resolve_settings(environ=dict.fromkeys(ENV_NAMES, ""))
+        assert (settings.storage_path, settings.storage_path_source) == (
+            Path("metrics"),
+            "default",
+        )
+        assert settings.flush_interval_seconds == 5.0
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            (ENV_FLUSH_INTERVAL, "soon"),
+            (ENV_FLUSH_INTERVAL, "0"),
+            (ENV_FLUSH_INTERVAL, "-3"),
+            (ENV_FLUSH_INTERVAL, "nan"),
+            (ENV_FLUSH_INTERVAL, "inf"),
+            (ENV_MAX_BATCH_SIZE, "1.5"),
+            (ENV_MAX_BATCH_SIZE, "0"),
+            (ENV_MAX_QUEUE_SIZE, "-10"),
+            (ENV_MAX_QUEUE_SIZE, "lots"),
+            (ENV_RETENTION_DAYS, "forever"),
+            (ENV_RETENTION_DAYS, "-1"),
+        ],
+    )
+    def test_an_invalid_value_warns_and_uses_the_default(
+        self, caplog: pytest.LogCaptureFixture, name: str, value: str
+    ) -> None:
+        with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
+            settings = resolve_settings(environ={name: value})
+        assert settings == resolve_settings(environ={})
+        assert len(caplog.records) == 1
+        message = caplog.records[0].getMessage()
+        assert name in message
+        assert "default" in message
+        assert repr(value) not in message
+
+
+class TestContract:
+    def test_export_after_shutdown_fails_and_writes_nothing(
+        self,
+        storage: Path,
+        exporters: Callable[..., OperationSpanExporter],
+        finished_spans: Callable[..., list[ReadableSpan]],
+    ) -> None:
+        exporter = exporters(storage)
+        assert exporter.export(finished_spans(2, "before")) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert exporter.export(finished_spans(2, "after")) is SpanExportResult.FAILURE
+        names = sorted(record.operation_name for record in load_records(storage))
+        assert names == ["before-0", "before-1"]
+
+    def test_shutdown_is_idempotent_and_warns_the_second_time(
+        self,
+        storage: Path,
+        exporters: Callable[..., OperationSpanExporter],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        exporter = exporters(storage)
+        exporter.shutdown()
+        with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
+            exporter.shutdown()
+        assert "already shutdown" in caplog.text
+        assert exporter.force_flush() is True
+        assert exporter.manager.is_running is False
+
+    def test_concurrent_export_from_many_threads(
+        self, storage: Path, exporters: Callable[..., OperationSpanExporter]
+    ) -> None:
+        threads, per_thread = 8, 150
+        exporter = exporters(storage, flush_interval_seconds=0.05, max_batch_size=100)
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        tracer = provider.get_tracer("tests")
+        start = threading.Barrier(threads)
+
+        def work(worker: int) -> None:
+            start.wait()
+            for index in range(per_thread):
+                with tracer.start_as_current_span(f"w{worker}-{index}"):
+                    pass
+
+        pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        provider.shutdown()
+
+        records = load_records(storage)
+        names = Counter(record.operation_name for record in records)
+        assert len(names) == threads * per_thread
+        assert set(names.values()) == {1}
+        assert len({record.metadata["span_id"] for record in records}) == threads * per_thread
+        stats = exporter.manager.stats()
+        assert (stats.total_persisted, stats.total_dropped) == (threads * per_thread, 0)
+
+    def test_a_full_queue_drops_counts_and_reports_failure(
+        self,
+        storage: Path,
+        exporters: Callable[..., OperationSpanExporter],
+        finished_spans: Callable[..., list[ReadableSpan]],
+    ) -> None:
+        exporter = exporters(
+            storage, flush_interval_seconds=3600, max_queue_size=5, export_timeout_seconds=0.02
+        )
+        assert exporter.export(finished_spans(8)) is SpanExportResult.FAILURE
+        stats = exporter.manager.stats()
+        assert (stats.total_recorded, stats.total_dropped) == (5, 3)
+        assert exporter.force_flush() is True
+        assert [r.operation_name for r in load_records(storage)] == [f"span-{n}" for n in range(5)]
+
+    def test_force_flush_returns_false_when_the_disk_fails_past_the_timeout(
+        self,
+        storage: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        exporters: Callable[..., OperationSpanExporter],
+        finished_spans: Callable[..., list[ReadableSpan]],
+    ) -> None:
+        exporter = exporters(storage, flush_interval_seconds=3600)
+        fsync = Fault(monkeypatch, "fsync", errno.EIO)
+        assert exporter.export(finished_spans(4)) is SpanExportResult.SUCCESS
+        assert exporter.force_flush(timeout_millis=200) is False
+        assert fsync.failed >= 1
+        assert load_records(storage) == []
+        fsync.heal()
+        assert exporter.force_flush(timeout_millis=10_000) is True
+        names = [record.operation_name for record in load_records(storage)]
+        assert names == [f"span-{n}" for n in range(4)]  # each exactly once
+        assert exporter.manager.stats().write_errors == fsync.failed
+
+    def test_shutdown_gives_up_after_its_timeout_on_a_dead_disk(
+        self,
+        storage: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        exporters: Callable[..., OperationSpanExporter],
+        finished_spans: Callable[..., list[ReadableSpan]],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        exporter = exporters(storage, flush_interval_seconds=3600)
+        Fault(monkeypatch, "fsync", errno.EIO)
+        exporter.export(finished_spans(3))
+        with caplog.at_level(logging.ERROR, logger="otel_json_exporter"):
+            exporter.shutdown(timeout_millis=200)
+        assert "3 records were not persisted" in caplog.text
+        assert exporter.force_flush() is False
+        assert load_records(storage) == []
+
+    def test_a_span_that_cannot_become_a_record_is_skipped_and_counted(
+        self,
+        storage: Path,
+        exporters: Callable[..., OperationSpanExporter],
+        finished_spans: Callable[..., list[ReadableSpan]],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        exporter = exporters(
+            storage, operation_type=lambda span: "" if span.name == "span-1" else "job"
+        )
+        with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
+            assert exporter.export(finished_spans(3)) is SpanExportResult.FAILURE
+        assert "1 spans could not become records" in caplog.text
+        assert exporter.force_flush() is True
+        names = [record.operation_name for record in load_records(storage)]
+        assert names == ["span-0", "span-2"]
+        assert exporter.manager.stats().total_rejected == 1
+
+    def test_a_failing_user_function_never_logs_its_message(
+        self,
+        storage: Path,
+        exporters: Callable[..., OperationSpanExporter],
+        finished_spans: Callable[..., list[ReadableSpan]],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        def leaky_filter(span: ReadableSpan) -> bool:
+            raise RuntimeError("jane@example.com broke it")
+
+        exporter = exporters(storage, span_filter=leaky_filter)
+        with caplog.at_level(logging.DEBUG, logger="otel_json_exporter"):
+            assert exporter.export(finished_spans(2)) is SpanExportResult.FAILURE
+        assert "RuntimeError" in caplog.text
+        assert "jane" not in caplog.text
+
+    def test_a_custom_span_filter(
+        self, storage: Path, exporters: Callable[..., OperationSpanExporter]
+    ) -> None:
+        exporter = exporters(storage, span_filter=lambda span: span.name != "GET /health")
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        tracer = provider.get_tracer("tests")
+        for name in ("GET /health", "GET /orders", "GET /health"):
+            with tracer.start_as_current_span(name, kind=SpanKind.SERVER):
+                pass
+        provider.shutdown()
+        assert [record.operation_name for record in load_records(storage)] == ["GET /orders"]
+
+    def test_pii_in_spans_is_dropped_masked_and_counted(
+        self, storage: Path, exporters: Callable[..., OperationSpanExporter]
+    ) -> None:
+        exporter = exporters(storage)
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        blocked = PII_KEYS["blocked"]
+        attributes: dict[str, str] = {key: f"secret-value-{n}" for n, key in enumerate(blocked)}
+        attributes["url.full"] = "https://ann:pw1@shop.example/p?email=ann%40mail.example&page=1"
+        attributes["note"] = "reply to ann@mail.example"
+        with provider.get_tracer("tests").start_as_current_span("login", attributes=attributes):
+            pass
+        provider.shutdown()
+        (record,) = load_records(storage)
+        assert set(record.metadata).isdisjoint(blocked)
+        assert record.metadata["note"] == "reply to [REDACTED]"
+        raw = b"".join(path.read_bytes() for path in storage.glob("metrics_*.json"))
+        assert b"secret-value" not in raw
+        assert b"ann" not in raw
+        assert b"pw1" not in raw
+        # every dropped key, the credentials, the query parameter, the address in note
+        assert exporter.manager.stats().pii_redacted == len(blocked) + 3
+
+
+class TestAttached:
+    async def test_spans_and_direct_records_share_one_pipeline(
+        self, storage: Path, processor: ProcessorFactory
+    ) -> None:
+        manager = MetricsManager(storage, flush_interval_seconds=0.05)
+        await manager.start()
+        exporter = OperationSpanExporter(manager=manager)
+        provider = provider_for(exporter, processor)
+        emit_workload(provider)
+        await manager.record_operation("business_event", "order_placed", 1.5)
+        provider.shutdown()  # on the event loop's thread, as FastAPI shutdown code does
+        assert manager.is_running, "an attached manager belongs to the application"
+        check_records = {record.operation_name for record in load_records(storage)}
+        assert {"GET /orders/{id}", "SELECT orders", "SELECT stock"} <= check_records
+        await manager.record_operation("business_event", "order_shipped", 2.0)
+        await manager.stop()
+        names = sorted(record.operation_name for record in load_records(storage))
+        assert names == sorted(
+            ["GET /orders/{id}", "SELECT orders", "SELECT stock", "order_placed", "order_shipped"]
+        )
+
+    def test_shutdown_on_the_managers_loop_thread_flushes_without_deadlock(
+        self, storage: Path
+    ) -> None:
+        persisted_at_shutdown: list[int] = []
+        failures: list[BaseException] = []
+
+        async def application() -> None:
+            manager = MetricsManager(storage, flush_interval_seconds=3600)
+            await manager.start()
+            exporter = OperationSpanExporter(manager=manager)
+            provider = TracerProvider(shutdown_on_exit=False)
+            provider.add_span_processor(
+                BatchSpanProcessor(exporter, schedule_delay_millis=3_600_000)
+            )
+            tracer = provider.get_tracer("tests")
+            for index in range(20):
+                with tracer.start_as_current_span(f"request-{index}"):
+                    await asyncio.sleep(0)
+            provider.shutdown()  # blocks this loop's thread while the spans are written
+            persisted_at_shutdown.append(len(load_records(storage)))
+            assert manager.is_running
+            await manager.stop()
+
+        def run() -> None:
+            try:
+                asyncio.run(application())
+            except BaseException as exc:
+                failures.append(exc)
+
+        loop_thread = threading.Thread(target=run, daemon=True)
+        loop_thread.start()
+        loop_thread.join(timeout=60)
+        assert not loop_thread.is_alive(), "shutdown on the event-loop thread deadlocked"
+        assert failures == []
+        assert persisted_at_shutdown == [20]
+
+    async def test_export_after_exporter_shutdown_fails_but_the_manager_goes_on(
+        self, storage: Path, finished_spans: Callable[..., list[ReadableSpan]]
+    ) -> None:
+        manager = MetricsManager(storage, flush_interval_seconds=0.05)
+        await manager.start()
+        exporter = OperationSpanExporter(manager=manager)
+        exporter.shutdown()
+        assert exporter.export(finished_spans(1)) is SpanExportResult.FAILURE
+        await manager.record_operation("business_event", "still_recorded", 1.0)
+        await manager.stop()
+        assert [r.operation_name for r in load_records(storage)] == ["still_recorded"]
+
+    async def test_spans_after_the_manager_stopped_are_refused_not_raised(
+        self, storage: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        manager = MetricsManager(storage, flush_interval_seconds=0.05)
+        await manager.start()
+        exporter = OperationSpanExporter(manager=manager)
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        tracer = provider.get_tracer("tests")
+        with tracer.start_as_current_span("before-stop"):
+            pass
+        await manager.stop()
+        with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
+            with tracer.start_as_current_span("after-stop"):
+                pass
+            provider.shutdown()
+        assert "not running" in caplog.text
+        assert exporter.force_flush() is True  # nothing left behind: stop() wrote it all
+        assert [r.operation_name for r in load_records(storage)] == ["before-stop"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_after_fork_the_child_writes_its_own_spans_once(
+    storage: Path, processor: ProcessorFactory
+) -> None:
+    exporter = OperationSpanExporter(storage, flush_interval_seconds=3600)
+    provider = provider_for(exporter, processor)
+    tracer = provider.get_tracer("tests")
+    for index in range(5):
+        with tracer.start_as_current_span(f"parent-before-{index}"):
+            pass
+    # The parent's records are still queued (flush in an hour) when it forks.
+    assert exporter.manager.stats().total_persisted == 0
+
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            for index in range(3):
+                with tracer.start_as_current_span(f"child-{index}"):
+                    pass
+            flushed = provider.force_flush(10_000) and exporter.force_flush(10_000)
+            code = 0 if flushed else 2
+        finally:
+            os._exit(code)
+
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for index in range(2):
+        with tracer.start_as_current_span(f"parent-after-{index}"):
+            pass
+    provider.shutdown()
+
+    counts = Counter(record.operation_name for record in load_records(storage))
+    expected = [f"parent-before-{n}" for n in range(5)]
+    expected += [f"child-{n}" for n in range(3)]
+    expected += [f"parent-after-{n}" for n in range(2)]
+    assert counts == Counter(expected)
+
+
+EXIT_SCRIPT = """
+import sys
+
+storage, order, processor = sys.argv[1:4]
+if order == "provider-first":  # the SDK's atexit hook is registered before ours
+    from opentelemetry.sdk.trace import TracerProvider
+    provider = TracerProvider()
+    from otel_json_exporter import OperationSpanExporter
+else:
+    from otel_json_exporter import OperationSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    provider = TracerProvider()
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+exporter = OperationSpanExporter(storage, flush_interval_seconds=3600)
+if processor == "batch":
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=3_600_000))
+else:
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+tracer = provider.get_tracer("exit")
+for index in range(25):
+    with tracer.start_as_current_span(f"last-{index}"):
+        pass
+# No shutdown, no flush: the interpreter exits with every span still in memory.
+"""
+
+
+@pytest.mark.parametrize("order", ["exporter-first", "provider-first"])
+@pytest.mark.parametrize("processor_name", sorted(PROCESSORS))
+def test_spans_ended_just_before_interpreter_exit_are_persisted(
+    tmp_path: Path, order: str, processor_name: str
+) -> None:
+    storage = tmp_path / "metrics"
+    script = tmp_path / "exit_app.py"
+    script.write_text(textwrap.dedent(EXIT_SCRIPT))
+    result = subprocess.run(
+        [sys.executable, str(script), str(storage), order, processor_name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    names = Counter(record.operation_name for record in load_records(storage))
+    assert names == Counter(f"last-{n}" for n in range(25))
