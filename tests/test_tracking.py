@@ -1,0 +1,117 @@
+"""``track_operation``: the specification's timing helper, as context manager and decorator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from otel_json_exporter import MetricsManager, track_operation
+from tests.conftest import load_records
+
+
+@pytest.fixture
+async def manager(storage: Path) -> AsyncIterator[MetricsManager]:
+    manager = MetricsManager(storage, flush_interval_seconds=0.05)
+    await manager.start()
+    yield manager
+    await manager.stop()
+
+
+class TestContextManager:
+    async def test_a_successful_block(self, manager: MetricsManager, storage: Path) -> None:
+        async with track_operation(manager, "computation", "process_user_data", {"rows": 3}):
+            await asyncio.sleep(0.01)
+        await manager.flush()
+        (record,) = load_records(storage)
+        assert (record.operation_type, record.operation_name) == (
+            "computation",
+            "process_user_data",
+        )
+        assert record.success is True
+        assert record.error_message is None
+        assert record.duration_ms > 0
+        assert record.metadata == {"rows": 3}
+
+    async def test_a_failing_block_is_recorded_and_the_error_propagates(
+        self, manager: MetricsManager, storage: Path
+    ) -> None:
+        with pytest.raises(KeyError, match="missing"):
+            async with track_operation(manager, "computation", "lookup"):
+                raise KeyError("missing")
+        await manager.flush()
+        (record,) = load_records(storage)
+        assert record.success is False
+        assert record.error_message == "KeyError: 'missing'"
+
+    async def test_cancellation_counts_as_failure(
+        self, manager: MetricsManager, storage: Path
+    ) -> None:
+        async def slow() -> None:
+            async with track_operation(manager, "computation", "slow"):
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(slow())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await manager.flush()
+        (record,) = load_records(storage)
+        assert (record.success, record.error_message) == (False, "CancelledError")
+
+    async def test_a_recording_error_after_success_is_raised(self, storage: Path) -> None:
+        stopped = MetricsManager(storage)
+        with pytest.raises(RuntimeError, match="not running"):
+            async with track_operation(stopped, "computation", "never_recorded"):
+                pass
+
+    async def test_a_recording_error_never_hides_the_original_exception(
+        self, storage: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        stopped = MetricsManager(storage)
+        with (
+            caplog.at_level(logging.WARNING, logger="otel_json_exporter"),
+            pytest.raises(ZeroDivisionError),
+        ):
+            async with track_operation(stopped, "computation", "divide"):
+                _ = 1 / 0
+        assert "could not record a failed operation: RuntimeError" in caplog.text
+
+    async def test_one_instance_times_one_block_at_a_time(self, manager: MetricsManager) -> None:
+        timer = track_operation(manager, "computation", "nested")
+        async with timer:
+            with pytest.raises(RuntimeError, match="already timing"):
+                async with timer:
+                    pass
+
+
+class TestDecorator:
+    async def test_every_call_is_recorded(self, manager: MetricsManager, storage: Path) -> None:
+        @track_operation(manager, "database_query", "SELECT users")
+        async def select_users(limit: int) -> list[str]:
+            await asyncio.sleep(0)
+            if limit < 0:
+                raise ValueError("limit must not be negative")
+            return ["ann", "bob"][:limit]
+
+        results = await asyncio.gather(select_users(1), select_users(2))
+        assert results == [["ann"], ["ann", "bob"]]
+        with pytest.raises(ValueError, match="negative"):
+            await select_users(-1)
+        assert select_users.__name__ == "select_users"
+        await manager.flush()
+        records = load_records(storage)
+        assert [record.success for record in records].count(True) == 2
+        (failed,) = [record for record in records if not record.success]
+        assert failed.error_message == "ValueError: limit must not be negative"
+
+    def test_only_coroutine_functions_can_be_decorated(self, storage: Path) -> None:
+        def not_async() -> None:
+            pass
+
+        with pytest.raises(TypeError, match="coroutine functions"):
+            track_operation(MetricsManager(storage), "computation", "sync")(not_async)  # type: ignore[arg-type]
