@@ -92,9 +92,9 @@ class MetricsManager:
     ...     await manager.record_operation("api_request", "GET /users", 42.5)
     ...     await manager.stop()
 
-    A batch is written as soon as ``max_batch_size`` records wait, and at the
-    latest every ``flush_interval_seconds``; a file never holds more than
-    ``max_batch_size`` records. ``queue_full_policy`` says what
+    A batch is written as soon as ``max_batch_size`` records wait (or the queue
+    is full), and at the latest every ``flush_interval_seconds``; a file never
+    holds more than ``max_batch_size`` records. ``queue_full_policy`` says what
     ``record_operation`` does when ``max_queue_size`` records wait (see
     :data:`QueueFullPolicy`). ``pii_policy`` adds blocked or allowed keys to the
     PII rule. With ``retention_days``, batch files older than that are deleted
@@ -134,6 +134,8 @@ class MetricsManager:
         self.flush_interval_seconds = float(flush_interval_seconds)
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
+        # A full queue is written at once too: blocked producers must not wait for the timer.
+        self._write_at = min(max_batch_size, max_queue_size)
         self.queue_full_policy: QueueFullPolicy = queue_full_policy
         self.pii_policy = pii_policy or DEFAULT_POLICY
         self.retention_days = retention_days
@@ -332,7 +334,7 @@ class MetricsManager:
                 return False
             self._buffer.append(record)
             self._accepted += 1
-            if len(self._buffer) >= self.max_batch_size:
+            if len(self._buffer) >= self._write_at:
                 self._cond.notify_all()
             return True
 
@@ -368,7 +370,7 @@ class MetricsManager:
                 self._buffer.append(record)
                 self._accepted += 1
                 accepted += 1
-            if len(self._buffer) >= self.max_batch_size:
+            if len(self._buffer) >= self._write_at:
                 self._cond.notify_all()
         return accepted
 
@@ -512,7 +514,7 @@ class MetricsManager:
                 self._next_timed = now + self.flush_interval_seconds
             stopping = not self._accepting
             ready = bool(self._buffer) and (
-                len(self._buffer) >= self.max_batch_size or self._settled < self._drain_to
+                len(self._buffer) >= self._write_at or self._settled < self._drain_to
             )
             if stopping and (not ready or self._stop_expired()):
                 return None
