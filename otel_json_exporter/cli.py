@@ -103,14 +103,14 @@ def _timestamp(text: str) -> datetime:
         value = value[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO-8601 time (e.g. 2025-12-16, 2025-12-16T08:00:00, "
             "2025-12-16T08:00:00+02:00)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 def _age(text: str) -> timedelta:
@@ -214,6 +214,10 @@ def _add_command(
     return command
 
 
+def _files(count: int) -> str:
+    return f"{count} batch file{'' if count == 1 else 's'}"
+
+
 def _version() -> str:
     try:
         return metadata.version("otel-json-exporter")
@@ -235,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # flush from raising again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FINDINGS
+    except OSError as exc:  # the directory itself cannot be listed
+        print(f"{PROG} {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_FINDINGS
     return code
 
@@ -319,7 +326,7 @@ def _render_table(summary: Summary) -> str:
 
 
 def _footer(summary: Summary) -> str:
-    read = f"{summary.files_read} batch file{'s' if summary.files_read != 1 else ''} read"
+    read = f"{_files(summary.files_read)} read"
     if summary.invalid_files:
         read += f", {len(summary.invalid_files)} invalid skipped (see warnings)"
     window = ""
@@ -348,7 +355,7 @@ def _validate(args: argparse.Namespace) -> int:
     others = sum(1 for _ in _batchfiles.other_metrics_names(args.directory))
     checked = valid + invalid
     report = (
-        f"{checked} batch file{'s' if checked != 1 else ''} checked in {args.directory}: "
+        f"{_files(checked)} checked in {args.directory}: "
         f"{valid} valid ({records} records), {invalid} invalid"
     )
     if others:
@@ -367,7 +374,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     if args.dry_run:
         for path in expired:
             print(f"would delete {path}")
-        print(f"dry run: {len(expired)} batch files written before {before} would be deleted")
+        print(f"dry run: {_files(len(expired))} written before {before} would be deleted")
         return EXIT_OK
     try:
         deleted = delete_expired_batches(args.directory, args.older_than, now=now)
@@ -376,11 +383,11 @@ def _cleanup(args: argparse.Namespace) -> int:
         for path in gone:
             print(f"deleted {path}")
         print(f"{PROG}: error: cannot delete {exc.filename}: {exc.strerror}", file=sys.stderr)
-        print(f"deleted {len(gone)} of {len(expired)} batch files written before {before}")
+        print(f"deleted {len(gone)} of {_files(len(expired))} written before {before}")
         return EXIT_FINDINGS
     for path in deleted:
         print(f"deleted {path}")
-    print(f"deleted {len(deleted)} batch files written before {before}")
+    print(f"deleted {_files(len(deleted))} written before {before}")
     return EXIT_OK
 
 

@@ -236,6 +236,20 @@ class TestEntryPoints:
         assert result.returncode == 1
         assert "Invalid JSON" in result.stdout
 
+    def test_an_unreadable_directory_is_reported(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        def scandir(path: Any) -> Any:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        monkeypatch.setattr("os.scandir", scandir)
+        assert main(["validate", str(tmp_path)]) == 1
+        _, err = capsys.readouterr()
+        assert err == f"otel-json-exporter validate: error: {tmp_path}: Permission denied\n"
+
     def test_version(self) -> None:
         result = run("--version")
         assert result.returncode == 0
