@@ -100,7 +100,9 @@ async def demo(storage: Path) -> None:
             client.get("/api/payments/health", headers=headers),
         ):
             response = await request
-            print(f"{response.request.method} {response.request.url.path} -> {response.status_code}")
+            print(
+                f"{response.request.method} {response.request.url.path} -> {response.status_code}"
+            )
 
     for path in sorted(storage.glob("metrics_*.json")):
         for record in json.loads(path.read_text())["records"]:

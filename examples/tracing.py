@@ -51,7 +51,9 @@ def place_order(tracer: trace.Tracer, order_id: int) -> None:
             request.set_attribute("http.response.status_code", 402)
             request.record_exception(exc)
             request.set_status(Status(StatusCode.ERROR, "payment declined"))
-        with tracer.start_as_current_span("render receipt", attributes={"operation.type": "render"}):
+        with tracer.start_as_current_span(
+            "render receipt", attributes={"operation.type": "render"}
+        ):
             pass
 
 
