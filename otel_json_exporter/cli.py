@@ -11,7 +11,8 @@ Exit codes: 0 fine; 1 findings (an invalid batch file, a file that could not be
 deleted); 2 usage error (bad arguments, DIR is not a directory). Only exact
 ``metrics_YYYYMMDD_HHMMSS_ffffff.json`` names are batch files; every other file
 is left alone. Nothing printed ever quotes a record's values: reasons for a bad
-file name the place and the rule broken.
+file name the place and the rule broken. A closed pipe (``| head``) ends a
+command quietly with exit code 1.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ and exits 1 if any file is bad."""
 _CLEANUP_HELP = """\
 Delete batch files whose batch_id (the time in the name, UTC) is older than
 --older-than; the file's modification time plays no part. Only exact batch
-file names are considered."""
+file names are considered. If a file cannot be deleted, says which and how
+many were deleted before it, and exits 1."""
 
 _SCHEMA_HELP = """\
 Print the JSON Schema (draft 2020-12) of a batch file, generated from the
