@@ -41,7 +41,7 @@ from otel_json_exporter.config import (
     ENV_RETENTION_DAYS,
     resolve_settings,
 )
-from tests._faults import Fault
+from tests._faults import WRITER_THREAD, Fault
 from tests.conftest import load_batches, load_records
 
 ProcessorFactory = Callable[[SpanExporter], SpanProcessor]
@@ -368,15 +368,30 @@ class TestContract:
     def test_a_full_queue_drops_counts_and_reports_failure(
         self,
         storage: Path,
+        monkeypatch: pytest.MonkeyPatch,
         exporters: Callable[..., OperationSpanExporter],
         finished_spans: Callable[..., list[ReadableSpan]],
     ) -> None:
+        # A stuck disk: the writer thread's fsync waits until the test lets it go,
+        # so the queue stays full however fast the writer would otherwise drain it.
+        disk_released = threading.Event()
+        real_fsync = os.fsync
+
+        def stuck_fsync(fd: int) -> None:
+            if threading.current_thread().name == WRITER_THREAD:
+                disk_released.wait(30)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", stuck_fsync)
         exporter = exporters(
             storage, flush_interval_seconds=3600, max_queue_size=5, export_timeout_seconds=0.02
         )
-        assert exporter.export(finished_spans(8)) is SpanExportResult.FAILURE
-        stats = exporter.manager.stats()
-        assert (stats.total_recorded, stats.total_dropped) == (5, 3)
+        try:
+            assert exporter.export(finished_spans(8)) is SpanExportResult.FAILURE
+            stats = exporter.manager.stats()
+            assert (stats.total_recorded, stats.total_dropped) == (5, 3)
+        finally:
+            disk_released.set()
         assert exporter.force_flush() is True
         assert [r.operation_name for r in load_records(storage)] == [f"span-{n}" for n in range(5)]
 
