@@ -181,19 +181,23 @@ class MetricsManager:
     def start_sync(self) -> None:
         """Blocking :meth:`start`, for code that runs on no event loop."""
         with self._lock:
-            if self._accepting:
-                raise RuntimeError("MetricsManager is already running")
-            if self._worker_alive:
-                raise RuntimeError("MetricsManager is still stopping; await stop() first")
+            self._check_startable()
         self._writer.prepare()
         for path in remove_stale_temp_files(self.storage_path):
             logger.info("removed stale temporary file %s", path.name)
         self._apply_retention()
         with self._lock:
+            self._check_startable()  # again: another thread may have started it meanwhile
             self._accepting = True
             self._stop_deadline = None
             self._drain_to = self._urgent_to = self._settled + len(self._buffer)
             self._start_worker()
+
+    def _check_startable(self) -> None:
+        if self._accepting:
+            raise RuntimeError("MetricsManager is already running")
+        if self._worker_alive:
+            raise RuntimeError("MetricsManager is still stopping; await stop() first")
 
     def _start_worker(self) -> None:
         self._worker_alive = True
