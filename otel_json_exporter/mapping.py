@@ -214,8 +214,10 @@ def _clean_attributes(
     for key, value in attributes.items():
         if is_pii_key(key):
             redacted += 1
-        elif type(value) is str and "@" not in value and key not in _URL_LIKE:
-            clean[key] = value  # the common case, kept cheap
+        elif type(value) is str and "@" not in value and ("=" not in value or key not in _URL_LIKE):
+            # The common case, kept cheap. Without "@" a string holds no address and
+            # no credentials, and without "=" a URL has no query parameter value.
+            clean[key] = value
         elif type(value) is int or type(value) is bool:
             clean[key] = value
         elif key in _URL_LIKE and type(value) is str:
