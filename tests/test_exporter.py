@@ -19,6 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -79,39 +80,41 @@ def provider_for(exporter: SpanExporter, processor: ProcessorFactory) -> TracerP
     return provider
 
 
-@pytest.fixture
-def exporters() -> Iterator[Callable[..., OperationSpanExporter]]:
-    """Builds standalone exporters and shuts down whatever a test left running."""
-    made: list[OperationSpanExporter] = []
+class Kit:
+    """Builds standalone exporters (stopped after the test) and real finished spans."""
 
-    def make(*args: object, **kwargs: object) -> OperationSpanExporter:
-        exporter = OperationSpanExporter(*args, **kwargs)  # type: ignore[arg-type]
-        made.append(exporter)
+    def __init__(self) -> None:
+        self.made: list[OperationSpanExporter] = []
+        self._captured = InMemorySpanExporter()
+        self._provider = TracerProvider(shutdown_on_exit=False)
+        self._provider.add_span_processor(SimpleSpanProcessor(self._captured))
+
+    def exporter(self, *args: Any, **kwargs: Any) -> OperationSpanExporter:
+        exporter = OperationSpanExporter(*args, **kwargs)
+        self.made.append(exporter)
         return exporter
 
-    yield make
-    for exporter in made:
-        if exporter.manager.is_running:
-            exporter.manager.stop_sync(5.0)
-
-
-@pytest.fixture
-def finished_spans() -> Iterator[Callable[..., list[ReadableSpan]]]:
-    """``finished_spans(n, prefix)``: n real ended spans, to hand to ``export`` directly."""
-    captured = InMemorySpanExporter()
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(captured))
-    tracer = provider.get_tracer("tests")
-
-    def make(count: int, prefix: str = "span") -> list[ReadableSpan]:
-        captured.clear()
+    def spans(self, count: int, prefix: str = "span") -> list[ReadableSpan]:
+        """``count`` real ended spans named ``<prefix>-<n>``, to hand to ``export`` directly."""
+        self._captured.clear()
+        tracer = self._provider.get_tracer("tests")
         for index in range(count):
             with tracer.start_as_current_span(f"{prefix}-{index}"):
                 pass
-        return list(captured.get_finished_spans())
+        return list(self._captured.get_finished_spans())
 
-    yield make
-    provider.shutdown()
+    def close(self) -> None:
+        self._provider.shutdown()
+        for exporter in self.made:
+            if exporter.manager.is_running:
+                exporter.manager.stop_sync(5.0)
+
+
+@pytest.fixture
+def kit() -> Iterator[Kit]:
+    made = Kit()
+    yield made
+    made.close()
 
 
 def emit_workload(provider: TracerProvider) -> None:
@@ -153,9 +156,9 @@ class TestStandalone:
         self,
         storage: Path,
         processor: ProcessorFactory,
-        exporters: Callable[..., OperationSpanExporter],
+        kit: Kit,
     ) -> None:
-        exporter = exporters(storage, flush_interval_seconds=0.05)
+        exporter = kit.exporter(storage, flush_interval_seconds=0.05)
         provider = provider_for(exporter, processor)
         emit_workload(provider)
         provider.shutdown()
@@ -167,19 +170,18 @@ class TestStandalone:
         self,
         tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
-        exporters: Callable[..., OperationSpanExporter],
-        finished_spans: Callable[..., list[ReadableSpan]],
+        kit: Kit,
     ) -> None:
         monkeypatch.setenv(ENV_PATH, str(tmp_path / "from-env"))
         monkeypatch.setenv(ENV_FLUSH_INTERVAL, "0.05")
         monkeypatch.setenv(ENV_MAX_BATCH_SIZE, "2")
         monkeypatch.setenv(ENV_MAX_QUEUE_SIZE, "50")
-        exporter = exporters()
+        exporter = kit.exporter()
         manager = exporter.manager
         assert manager.storage_path == tmp_path / "from-env"
         assert (manager.flush_interval_seconds, manager.max_batch_size) == (0.05, 2)
         assert manager.max_queue_size == 50
-        assert exporter.export(finished_spans(5)) is SpanExportResult.SUCCESS
+        assert exporter.export(kit.spans(5)) is SpanExportResult.SUCCESS
         exporter.shutdown()
         batches = load_batches(tmp_path / "from-env")
         assert sorted(len(batch.records) for batch in batches) == [1, 2, 2]
@@ -188,16 +190,15 @@ class TestStandalone:
         self,
         tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
-        exporters: Callable[..., OperationSpanExporter],
-        finished_spans: Callable[..., list[ReadableSpan]],
+        kit: Kit,
     ) -> None:
         monkeypatch.chdir(tmp_path)
-        exporter = exporters()
+        exporter = kit.exporter()
         manager = exporter.manager
         assert manager.storage_path == Path("metrics")
         assert (manager.flush_interval_seconds, manager.max_batch_size) == (5.0, 1000)
         assert (manager.max_queue_size, manager.retention_days) == (10000, None)
-        exporter.export(finished_spans(1))
+        exporter.export(kit.spans(1))
         exporter.shutdown()
         assert [r.operation_name for r in load_records(tmp_path / "metrics")] == ["span-0"]
 
@@ -205,11 +206,11 @@ class TestStandalone:
         self,
         tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
-        exporters: Callable[..., OperationSpanExporter],
+        kit: Kit,
     ) -> None:
         monkeypatch.setenv(ENV_PATH, str(tmp_path / "from-env"))
         monkeypatch.setenv(ENV_MAX_BATCH_SIZE, "2")
-        exporter = exporters(tmp_path / "from-code", max_batch_size=7)
+        exporter = kit.exporter(tmp_path / "from-code", max_batch_size=7)
         assert exporter.manager.storage_path == tmp_path / "from-code"
         assert exporter.manager.max_batch_size == 7
         assert not (tmp_path / "from-env").exists()
@@ -218,13 +219,13 @@ class TestStandalone:
         self,
         storage: Path,
         monkeypatch: pytest.MonkeyPatch,
-        exporters: Callable[..., OperationSpanExporter],
+        kit: Kit,
     ) -> None:
         storage.mkdir()
         expired = storage / "metrics_20000101_000000_000000.json"
         expired.write_text("{}")
         monkeypatch.setenv(ENV_RETENTION_DAYS, "30")
-        exporter = exporters(storage)
+        exporter = kit.exporter(storage)
         assert exporter.manager.retention_days == 30.0
         assert not expired.exists()  # deleted when the exporter's manager started
 
@@ -311,23 +312,22 @@ class TestContract:
     def test_export_after_shutdown_fails_and_writes_nothing(
         self,
         storage: Path,
-        exporters: Callable[..., OperationSpanExporter],
-        finished_spans: Callable[..., list[ReadableSpan]],
+        kit: Kit,
     ) -> None:
-        exporter = exporters(storage)
-        assert exporter.export(finished_spans(2, "before")) is SpanExportResult.SUCCESS
+        exporter = kit.exporter(storage)
+        assert exporter.export(kit.spans(2, "before")) is SpanExportResult.SUCCESS
         exporter.shutdown()
-        assert exporter.export(finished_spans(2, "after")) is SpanExportResult.FAILURE
+        assert exporter.export(kit.spans(2, "after")) is SpanExportResult.FAILURE
         names = sorted(record.operation_name for record in load_records(storage))
         assert names == ["before-0", "before-1"]
 
     def test_shutdown_is_idempotent_and_warns_the_second_time(
         self,
         storage: Path,
-        exporters: Callable[..., OperationSpanExporter],
+        kit: Kit,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        exporter = exporters(storage)
+        exporter = kit.exporter(storage)
         exporter.shutdown()
         with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
             exporter.shutdown()
@@ -335,11 +335,9 @@ class TestContract:
         assert exporter.force_flush() is True
         assert exporter.manager.is_running is False
 
-    def test_concurrent_export_from_many_threads(
-        self, storage: Path, exporters: Callable[..., OperationSpanExporter]
-    ) -> None:
+    def test_concurrent_export_from_many_threads(self, storage: Path, kit: Kit) -> None:
         threads, per_thread = 8, 150
-        exporter = exporters(storage, flush_interval_seconds=0.05, max_batch_size=100)
+        exporter = kit.exporter(storage, flush_interval_seconds=0.05, max_batch_size=100)
         provider = provider_for(exporter, SimpleSpanProcessor)
         tracer = provider.get_tracer("tests")
         start = threading.Barrier(threads)
@@ -369,8 +367,7 @@ class TestContract:
         self,
         storage: Path,
         monkeypatch: pytest.MonkeyPatch,
-        exporters: Callable[..., OperationSpanExporter],
-        finished_spans: Callable[..., list[ReadableSpan]],
+        kit: Kit,
     ) -> None:
         # A stuck disk: the writer thread's fsync waits until the test lets it go,
         # so the queue stays full however fast the writer would otherwise drain it.
@@ -383,11 +380,11 @@ class TestContract:
             real_fsync(fd)
 
         monkeypatch.setattr(os, "fsync", stuck_fsync)
-        exporter = exporters(
+        exporter = kit.exporter(
             storage, flush_interval_seconds=3600, max_queue_size=5, export_timeout_seconds=0.02
         )
         try:
-            assert exporter.export(finished_spans(8)) is SpanExportResult.FAILURE
+            assert exporter.export(kit.spans(8)) is SpanExportResult.FAILURE
             stats = exporter.manager.stats()
             assert (stats.total_recorded, stats.total_dropped) == (5, 3)
         finally:
@@ -399,12 +396,11 @@ class TestContract:
         self,
         storage: Path,
         monkeypatch: pytest.MonkeyPatch,
-        exporters: Callable[..., OperationSpanExporter],
-        finished_spans: Callable[..., list[ReadableSpan]],
+        kit: Kit,
     ) -> None:
-        exporter = exporters(storage, flush_interval_seconds=3600)
+        exporter = kit.exporter(storage, flush_interval_seconds=3600)
         fsync = Fault(monkeypatch, "fsync", errno.EIO)
-        assert exporter.export(finished_spans(4)) is SpanExportResult.SUCCESS
+        assert exporter.export(kit.spans(4)) is SpanExportResult.SUCCESS
         assert exporter.force_flush(timeout_millis=200) is False
         assert fsync.failed >= 1
         assert load_records(storage) == []
@@ -418,13 +414,12 @@ class TestContract:
         self,
         storage: Path,
         monkeypatch: pytest.MonkeyPatch,
-        exporters: Callable[..., OperationSpanExporter],
-        finished_spans: Callable[..., list[ReadableSpan]],
+        kit: Kit,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        exporter = exporters(storage, flush_interval_seconds=3600)
+        exporter = kit.exporter(storage, flush_interval_seconds=3600)
         Fault(monkeypatch, "fsync", errno.EIO)
-        exporter.export(finished_spans(3))
+        exporter.export(kit.spans(3))
         with caplog.at_level(logging.ERROR, logger="otel_json_exporter"):
             exporter.shutdown(timeout_millis=200)
         assert "3 records were not persisted" in caplog.text
@@ -434,15 +429,14 @@ class TestContract:
     def test_a_span_that_cannot_become_a_record_is_skipped_and_counted(
         self,
         storage: Path,
-        exporters: Callable[..., OperationSpanExporter],
-        finished_spans: Callable[..., list[ReadableSpan]],
+        kit: Kit,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        exporter = exporters(
+        exporter = kit.exporter(
             storage, operation_type=lambda span: "" if span.name == "span-1" else "job"
         )
         with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
-            assert exporter.export(finished_spans(3)) is SpanExportResult.FAILURE
+            assert exporter.export(kit.spans(3)) is SpanExportResult.FAILURE
         assert "1 spans could not become records" in caplog.text
         assert exporter.force_flush() is True
         names = [record.operation_name for record in load_records(storage)]
@@ -452,23 +446,20 @@ class TestContract:
     def test_a_failing_user_function_never_logs_its_message(
         self,
         storage: Path,
-        exporters: Callable[..., OperationSpanExporter],
-        finished_spans: Callable[..., list[ReadableSpan]],
+        kit: Kit,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         def leaky_filter(span: ReadableSpan) -> bool:
             raise RuntimeError("jane@example.com broke it")
 
-        exporter = exporters(storage, span_filter=leaky_filter)
+        exporter = kit.exporter(storage, span_filter=leaky_filter)
         with caplog.at_level(logging.DEBUG, logger="otel_json_exporter"):
-            assert exporter.export(finished_spans(2)) is SpanExportResult.FAILURE
+            assert exporter.export(kit.spans(2)) is SpanExportResult.FAILURE
         assert "RuntimeError" in caplog.text
         assert "jane" not in caplog.text
 
-    def test_a_custom_span_filter(
-        self, storage: Path, exporters: Callable[..., OperationSpanExporter]
-    ) -> None:
-        exporter = exporters(storage, span_filter=lambda span: span.name != "GET /health")
+    def test_a_custom_span_filter(self, storage: Path, kit: Kit) -> None:
+        exporter = kit.exporter(storage, span_filter=lambda span: span.name != "GET /health")
         provider = provider_for(exporter, SimpleSpanProcessor)
         tracer = provider.get_tracer("tests")
         for name in ("GET /health", "GET /orders", "GET /health"):
@@ -477,10 +468,8 @@ class TestContract:
         provider.shutdown()
         assert [record.operation_name for record in load_records(storage)] == ["GET /orders"]
 
-    def test_pii_in_spans_is_dropped_masked_and_counted(
-        self, storage: Path, exporters: Callable[..., OperationSpanExporter]
-    ) -> None:
-        exporter = exporters(storage)
+    def test_pii_in_spans_is_dropped_masked_and_counted(self, storage: Path, kit: Kit) -> None:
+        exporter = kit.exporter(storage)
         provider = provider_for(exporter, SimpleSpanProcessor)
         blocked = PII_KEYS["blocked"]
         attributes: dict[str, str] = {key: f"secret-value-{n}" for n, key in enumerate(blocked)}
@@ -558,13 +547,13 @@ class TestAttached:
         assert persisted_at_shutdown == [20]
 
     async def test_export_after_exporter_shutdown_fails_but_the_manager_goes_on(
-        self, storage: Path, finished_spans: Callable[..., list[ReadableSpan]]
+        self, storage: Path, kit: Kit
     ) -> None:
         manager = MetricsManager(storage, flush_interval_seconds=0.05)
         await manager.start()
         exporter = OperationSpanExporter(manager=manager)
         exporter.shutdown()
-        assert exporter.export(finished_spans(1)) is SpanExportResult.FAILURE
+        assert exporter.export(kit.spans(1)) is SpanExportResult.FAILURE
         await manager.record_operation("business_event", "still_recorded", 1.0)
         await manager.stop()
         assert [r.operation_name for r in load_records(storage)] == ["still_recorded"]
