@@ -191,13 +191,17 @@ class MetricsManager:
             self._accepting = True
             self._stop_deadline = None
             self._drain_to = self._urgent_to = self._settled + len(self._buffer)
-            self._start_worker()
+            if self._worker_alive:
+                # A stop() that gave up (or is still waiting) left its writer finishing
+                # an attempt: that writer goes on, and the waiting stop() returns.
+                self._cond.notify_all()
+            else:
+                self._start_worker()
+        self._wake_waiters()
 
     def _check_startable(self) -> None:
         if self._accepting:
             raise RuntimeError("MetricsManager is already running")
-        if self._worker_alive:
-            raise RuntimeError("MetricsManager is still stopping; await stop() first")
 
     def _start_worker(self) -> None:
         self._worker_alive = True
@@ -235,10 +239,13 @@ class MetricsManager:
             return True
 
     def _stopped(self) -> bool:
-        return not self._worker_alive
+        # Started again meanwhile also ends a stop(): nothing it held is lost.
+        return not self._worker_alive or self._accepting
 
     def _end_stop(self, timeout: float) -> None:
         with self._lock:
+            if self._accepting:
+                return
             left = len(self._buffer)
             if self._stopped():
                 self._thread = None

@@ -10,6 +10,7 @@ hang fails the test instead of blocking the suite.
 | ``record_operation()``/``flush()`` before start or after stop | RuntimeError "not running" |
 | ``stop()`` while producers wait for room | they get RuntimeError; stop returns |
 | ``start()`` again after ``stop()`` | works; records still held are written |
+| ``start()`` while a ``stop()`` still waits | the manager runs again; that ``stop()`` returns |
 | another thread / another event loop | works, same results |
 """
 
@@ -187,6 +188,25 @@ class TestMisuse:
         await capped(manager.stop())
         assert rids_on_disk(storage) == [0, 1, 2, 3, 4]
         assert_writer_threads_end(writer_threads() - before)
+
+    async def test_start_while_a_stop_is_still_waiting(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The later call wins: the manager runs again, and the waiting stop() returns.
+        manager = make(storage)
+        await capped(manager.start())
+        disk = Fault(monkeypatch, "fsync", errno.EIO)
+        await record(manager, 0)
+        stopping = asyncio.ensure_future(manager.stop(timeout=3 * CAP))
+        await asyncio.sleep(0.1)
+        assert not stopping.done()
+        await capped(manager.start())
+        assert await capped(stopping) is None
+        assert manager.is_running
+        await record(manager, 1)
+        disk.heal()
+        await capped(manager.stop())
+        assert rids_on_disk(storage) == [0, 1]
 
     async def test_stop_cancelled_by_its_caller_can_be_called_again(self, storage: Path) -> None:
         manager = make(storage)
