@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ WRITER_THREAD = "otel-json-exporter-writer"
 
 def on_temp_file(args: tuple[Any, ...]) -> bool:
     """The call's first argument is a writer's temporary file (``.metrics_<pid>_<hex>.tmp``)."""
-    return os.path.basename(os.fspath(args[0])).startswith(".metrics_")
+    return Path(os.fspath(args[0])).name.startswith(".metrics_")
 
 
 def on_regular_fd(args: tuple[Any, ...]) -> bool:
