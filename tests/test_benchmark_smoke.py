@@ -1,0 +1,118 @@
+"""``make bench`` at a tiny size: it runs, prints a complete table and loses nothing.
+
+Timings are never asserted: only that every figure exists, is a positive
+number, that every target has a verdict, and that every scenario wrote all
+its records (a benchmark that drops data would prove nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = (
+    "≥ 5x logging",
+    "≥ 100,000 records/s",
+    "≤ 25 µs",
+    "< 1 ms",
+    "≥ 0.80x",
+    "≥ 2.00x",
+    "≤ 600 bytes",
+)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any], Path]:
+    """One quick run: its stdout, its JSON report and its scratch directory."""
+    workdir = tmp_path_factory.mktemp("bench")
+    report = workdir / "report.json"
+    scratch = workdir / "scratch"
+    scratch.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--quick",
+            "--dir",
+            str(scratch),
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(report.read_text(encoding="utf-8")), scratch
+
+
+class TestQuickRun:
+    def test_prints_the_machine_and_one_markdown_table(
+        self, bench: tuple[str, dict[str, Any], Path]
+    ) -> None:
+        stdout, _, _ = bench
+        assert stdout.startswith("Machine: cpu: ")
+        for field in ("cores: ", "python: CPython", "filesystem: "):
+            assert field in stdout
+        assert "| Measurement | Result | Compared with | Ratio | Target | This run |" in stdout
+
+    def test_every_target_has_a_verdict(self, bench: tuple[str, dict[str, Any], Path]) -> None:
+        stdout, report, _ = bench
+        verdicts = {row["target"]: row["verdict"] for row in report["table"]}
+        for target in TARGETS:
+            assert verdicts.get(target) in ("MET", "NOT MET"), target
+            line = next(line for line in stdout.splitlines() if f"| {target} |" in line)
+            assert line.endswith(("| MET |", "| NOT MET |"))
+
+    def test_verdicts_follow_the_figures(self, bench: tuple[str, dict[str, Any], Path]) -> None:
+        _, report, _ = bench
+        results = report["results"]
+        verdicts = {row["target"]: row["verdict"] == "MET" for row in report["table"]}
+        ours = results["direct_ours"]
+        assert verdicts["≤ 25 µs"] == (ours["p99_us"] <= 25)
+        assert verdicts["< 1 ms"] == (ours["p999_us"] < 1000)
+        assert verdicts["≥ 100,000 records/s"] == (ours["end_to_end_per_second"] >= 100_000)
+        ratio = ours["end_to_end_per_second"] / results["direct_logging"]["end_to_end_per_second"]
+        assert verdicts["≥ 5x logging"] == (ratio >= 5)
+        spans = results["spans"]
+        rate = spans["ours"]["end_to_end_per_second"]
+        assert verdicts["≥ 0.80x"] == (rate >= 0.8 * spans["noop"]["end_to_end_per_second"])
+        assert verdicts["≥ 2.00x"] == (rate >= 2 * spans["otlp_file"]["end_to_end_per_second"])
+        assert verdicts["≤ 600 bytes"] == (results["memory_queued"]["bytes_per_record"] <= 600)
+
+    def test_figures_are_measured_and_nothing_is_lost(
+        self, bench: tuple[str, dict[str, Any], Path]
+    ) -> None:
+        _, report, _ = bench
+        results = report["results"]
+        for name in ("direct_ours", "direct_logging"):
+            result = results[name]
+            assert result["records"] == report["sizes"]["records"]
+            assert result["on_disk"] == result["records"]
+            assert math.isfinite(result["end_to_end_per_second"])
+            assert result["end_to_end_per_second"] > 0
+            assert 0 < result["p50_us"] <= result["p99_us"] <= result["p999_us"]
+        assert results["direct_ours"]["batches"] >= 2  # max_batch_size 1000, 2000 records
+        for exporter in ("ours", "noop", "otlp_file", "console"):
+            result = results["spans"][exporter]
+            assert result["on_disk"] == result["spans"] == report["sizes"]["spans"], exporter
+            assert result["end_to_end_per_second"] > 0
+        queued = results["memory_queued"]
+        assert queued["queued"] == queued["on_disk"] == report["sizes"]["queue"]
+        assert queued["bytes_per_record"] > 0
+        overload = results["memory_overload"]
+        assert overload["on_disk"] == overload["produced"] > 0
+        assert overload["peak_rss_kib"] >= overload["rss_before_kib"] > 0
+
+    def test_leaves_no_scratch_files(self, bench: tuple[str, dict[str, Any], Path]) -> None:
+        _, _, scratch = bench
+        assert list(scratch.iterdir()) == []
