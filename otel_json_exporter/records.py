@@ -30,6 +30,7 @@ from pydantic import (
 __all__ = [
     "BATCH_FILE_PATTERN",
     "MAX_ERROR_MESSAGE_LENGTH",
+    "MAX_INTEGER_DIGITS",
     "MAX_METADATA_DEPTH",
     "MetricsBatch",
     "MetricsStats",
@@ -44,6 +45,11 @@ MAX_ERROR_MESSAGE_LENGTH = 1000
 
 MAX_METADATA_DEPTH = 32
 """Deepest nesting of dicts and lists accepted in ``metadata``."""
+
+MAX_INTEGER_DIGITS = 4300
+"""Most digits of an integer in ``metadata``: JSON readers (pydantic, Python's
+``json``) refuse longer ones, and with them the whole batch file."""
+_INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 
 TIMESTAMP_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00$")
 BATCH_ID_PATTERN = re.compile(r"^\d{8}_\d{6}_\d{6}$")
@@ -105,9 +111,13 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
 
     The copy means a caller who changes a dict after recording changes nothing on disk.
     """
-    # bool and int come first: they are the common case, and bool is an int.
-    if value is None or isinstance(value, (bool, int)):
+    # None and int (bool is an int) come first: they are the common case.
+    if value is None:
         return value
+    if isinstance(value, int):
+        if -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
+            return value
+        raise ValueError(f"metadata {path}: integer has more than {MAX_INTEGER_DIGITS} digits")
     if isinstance(value, str):
         _check_unicode(value, path)
         return value
