@@ -80,7 +80,9 @@ def _validation_message(exc: ValidationError) -> str:
         where = ".".join(str(part) for part in error["loc"]) or "record"
         message = error["msg"].removeprefix("Value error, ")
         parts.append(message if message.startswith("metadata") else f"{where}: {message}")
-    return "invalid operation record: " + "; ".join(parts)
+    # A metadata path names keys, and a key can itself be an e-mail address.
+    masked, _ = DEFAULT_POLICY.redact("invalid operation record: " + "; ".join(parts))
+    return str(masked)
 
 
 class MetricsManager:
