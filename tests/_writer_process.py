@@ -17,6 +17,9 @@ Modes:
     Records rids from FIRST on and flushes, forever; after every flush prints
     ``persisted <last rid>``.
     The parent kills it with SIGKILL at a random moment.
+``exit STORAGE COUNT``
+    Records COUNT rids and returns without ``stop()``: the interpreter-exit hook
+    must write them.
 ``die STORAGE CALL``
     Kills itself with SIGKILL inside the writer's ``os.CALL`` (``fsync`` of the
     temporary file, ``link``, or ``unlink`` of the temporary file after the link).
@@ -99,6 +102,14 @@ async def loop_mode(storage: Path, first: int) -> None:
         print(f"persisted {rid - 1}", flush=True)
 
 
+async def exit_mode(storage: Path, count: int) -> None:
+    manager = MetricsManager(storage, flush_interval_seconds=3600, max_batch_size=1000)
+    await manager.start()
+    for rid in range(count):
+        await manager.record_operation("job", "step", 1.0, metadata={"rid": rid})
+    print("leaving", manager.stats().total_persisted, flush=True)
+
+
 def die_mode(storage: Path, call: str) -> None:
     real = getattr(os, call)
 
@@ -136,6 +147,8 @@ def main(argv: list[str]) -> None:
         clash_mode(storage, int(argv[2]), int(argv[3]), float(argv[4]))
     elif mode == "loop":
         asyncio.run(loop_mode(storage, int(argv[2])))
+    elif mode == "exit":
+        asyncio.run(exit_mode(storage, int(argv[2])))
     elif mode == "die":
         die_mode(storage, argv[2])
     else:

@@ -99,6 +99,14 @@ class TestConcurrentProcesses:
         assert temp_files(storage) == set()
 
 
+class TestProcessExit:
+    def test_records_are_written_at_exit_without_stop(self, storage: Path) -> None:
+        out = finish(spawn("exit", storage, 250))
+        assert out.split() == ["leaving", "0"]  # nothing was on disk when it returned
+        assert rids(storage) == list(range(250))
+        assert temp_files(storage) == set()
+
+
 class TestKilledWriters:
     def test_sigkill_at_random_moments_never_leaves_a_partial_batch(self, storage: Path) -> None:
         chance = random.Random(20251216)
