@@ -70,6 +70,7 @@ _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[.\-\s_]+")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _CACHE_LIMIT = 4096
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def normalize_key(key: str) -> str:
@@ -145,7 +146,19 @@ class PiiPolicy:
 
         The message names where the problem is, never the value.
         """
-        self._check(metadata, "")
+        # Fast path for the common case, a flat dict whose keys are known to be
+        # fine: nothing to report, so no error paths are built. Anything else
+        # (a new or PII key, a nested value, an "@") takes the full walk.
+        verdicts = self._verdicts
+        for key, item in metadata.items():
+            kind = type(item)
+            if (
+                verdicts.get(key) is not False
+                or kind not in _PLAIN_SCALARS
+                or (kind is str and "@" in item)
+            ):
+                self._check(metadata, "")
+                return
 
     def _check(self, value: Any, path: str) -> None:
         if isinstance(value, str):
