@@ -148,9 +148,38 @@ def _json_object_copy(mapping: Mapping[Any, Any], path: str, depth: int) -> dict
     return copy
 
 
+def _flat_copy(mapping: dict[Any, Any]) -> dict[str, Any] | None:
+    """A copy of a flat dict of ASCII keys and plain scalars; None for anything else.
+
+    The common case, checked without building error paths. What it accepts,
+    :func:`_json_object_copy` accepts with the same result; everything else is
+    left to that function, which also words the errors.
+    """
+    for key, item in mapping.items():
+        if type(key) is not str or not key.isascii():
+            return None
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                return None
+        elif kind is int:
+            if not -_INTEGER_LIMIT < item < _INTEGER_LIMIT:
+                return None
+        elif kind is float:
+            if not math.isfinite(item):
+                return None
+        elif item is not None and kind is not bool:
+            return None
+    return mapping.copy()
+
+
 def _validate_metadata(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
+    if type(value) is dict:
+        copy = _flat_copy(value)
+        if copy is not None:
+            return copy
     if not isinstance(value, Mapping):
         raise ValueError(f"metadata must be a dict, got a {type(value).__name__}")
     return _json_object_copy(value, "", 0)
