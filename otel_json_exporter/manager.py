@@ -39,7 +39,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy, contains_email
-from otel_json_exporter.records import MetricsStats, OperationRecord
+from otel_json_exporter.records import MetricsStats, OperationRecord, build_record
 from otel_json_exporter.writer import (
     BatchWriter,
     delete_expired_batches,
@@ -309,16 +309,14 @@ class MetricsManager:
             redacted += masked
         problem = None
         try:
-            record = OperationRecord.model_validate(
-                {
-                    "operation_type": operation_type,
-                    "operation_name": operation_name,
-                    "duration_ms": duration_ms,
-                    "timestamp": datetime.now(timezone.utc),
-                    "success": success,
-                    "error_message": error_message,
-                    "metadata": metadata,
-                }
+            record = build_record(
+                operation_type,
+                operation_name,
+                duration_ms,
+                datetime.now(timezone.utc),
+                success,
+                error_message,
+                metadata,
             )
             self.pii_policy.check_metadata(record.metadata)
         except ValidationError as exc:
