@@ -230,6 +230,11 @@ class MetricsManager:
             self._end_stop(timeout)
 
     def _begin_stop(self, timeout: float) -> bool:
+        # Checked before anything changes: a bad timeout must not leave a half-stopped manager.
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        if math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds, not NaN")
         with self._lock:
             if self._thread is None:
                 return False

@@ -7,6 +7,7 @@ hang fails the test instead of blocking the suite.
 | --- | --- |
 | ``start()`` twice | RuntimeError "already running"; the running manager is unaffected |
 | ``stop()`` twice, ``stop()`` without ``start()`` | nothing happens |
+| ``stop(timeout=None)`` or another non-number | TypeError/ValueError; still running |
 | ``record_operation()``/``flush()`` before start or after stop | RuntimeError "not running" |
 | ``stop()`` while producers wait for room | they get RuntimeError; stop returns |
 | ``start()`` again after ``stop()`` | works; records still held are written |
@@ -205,6 +206,22 @@ class TestMisuse:
         assert manager.is_running
         await record(manager, 1)
         disk.heal()
+        await capped(manager.stop())
+        assert rids_on_disk(storage) == [0, 1]
+
+    @pytest.mark.parametrize("timeout", [None, "10", float("nan")])
+    async def test_stop_with_a_bad_timeout_changes_nothing(
+        self, storage: Path, timeout: Any
+    ) -> None:
+        manager = make(storage)
+        await capped(manager.start())
+        await record(manager, 0)
+        with pytest.raises((TypeError, ValueError), match="timeout must be a number of seconds"):
+            await capped(manager.stop(timeout=timeout))
+        with pytest.raises((TypeError, ValueError), match="timeout must be a number of seconds"):
+            manager.stop_sync(timeout=timeout)
+        assert manager.is_running  # still running, still accepting
+        await record(manager, 1)
         await capped(manager.stop())
         assert rids_on_disk(storage) == [0, 1]
 
