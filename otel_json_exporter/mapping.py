@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy
-from otel_json_exporter.records import OperationRecord
+from otel_json_exporter.records import OperationRecord, build_record
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -168,16 +168,14 @@ def span_to_record(
         redacted += masked
         metadata["service.name"] = service
 
-    record = OperationRecord.model_validate(
-        {
-            "operation_type": operation_type(span),
-            "operation_name": name,
-            "duration_ms": duration_ms,
-            "timestamp": _EPOCH + timedelta(microseconds=start // 1000),
-            "success": success,
-            "error_message": error_message,
-            "metadata": metadata,
-        }
+    record = build_record(
+        operation_type(span),
+        name,
+        duration_ms,
+        _EPOCH + timedelta(microseconds=start // 1000),
+        success,
+        error_message,
+        metadata,
     )
     return record, redacted
 
