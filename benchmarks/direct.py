@@ -50,14 +50,14 @@ MAX_BATCH_SIZE = 1000
 MAX_QUEUE_SIZE = 10_000
 
 
-async def run_ours(records: int, directory: Path) -> dict[str, Any]:
+async def run_ours(records: int, directory: Path, max_batch_size: int) -> dict[str, Any]:
     """Time ``record_operation`` for ``records`` calls plus ``stop()``."""
     pool = record_pool()
     manager = MetricsManager(
         directory,
         flush_interval_seconds=FLUSH_INTERVAL_SECONDS,
-        max_batch_size=MAX_BATCH_SIZE,
-        max_queue_size=MAX_QUEUE_SIZE,
+        max_batch_size=max_batch_size,
+        max_queue_size=max(MAX_QUEUE_SIZE, max_batch_size),
     )
     await manager.start()
     record = manager.record_operation
@@ -86,8 +86,8 @@ async def run_ours(records: int, directory: Path) -> dict[str, Any]:
         "end_to_end_per_second": records / (finished - started),
         "settings": {
             "flush_interval_seconds": FLUSH_INTERVAL_SECONDS,
-            "max_batch_size": MAX_BATCH_SIZE,
-            "max_queue_size": MAX_QUEUE_SIZE,
+            "max_batch_size": manager.max_batch_size,
+            "max_queue_size": manager.max_queue_size,
             "queue_full_policy": manager.queue_full_policy,
         },
         **latency_summary(latencies),
@@ -164,12 +164,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", choices=("ours", "logging"), required=True)
     parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE)
     parser.add_argument("--dir", default=None, help="parent of the scratch directory")
     args = parser.parse_args()
     directory = scratch_dir(args.dir, f"direct-{args.system}")
     try:
         if args.system == "ours":
-            result = asyncio.run(run_ours(args.records, directory))
+            result = asyncio.run(run_ours(args.records, directory, args.max_batch_size))
         else:
             result = run_logging(args.records, directory)
     finally:
