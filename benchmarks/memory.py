@@ -4,8 +4,9 @@
 ``python benchmarks/memory.py --mode overload --seconds S [--dir D]``
 
 * ``queued``: ``tracemalloc`` counts what ``N`` accepted records cost while they
-  all wait in the queue (``max_queue_size=N``; no batch is due, because the
-  batch size is above ``N`` and the flush interval is an hour). The records
+  all wait in the queue. No batch is due: the flush interval is an hour, the
+  batch size is above ``N``, and the queue holds ``N + 1`` (a full queue is
+  written at once, which would free records while they are being counted). The records
   are the realistic ones of ``_common.record_pool``, each call passing its own
   fresh metadata dict as an application would (the manager copies it). A
   warm-up record is written first so that one-off costs (caches, the writer
@@ -50,8 +51,8 @@ async def run_queued(queue_size: int, directory: Path) -> dict[str, Any]:
     manager = MetricsManager(
         directory,
         flush_interval_seconds=3600.0,
-        max_batch_size=queue_size + 1,
-        max_queue_size=queue_size,
+        max_batch_size=queue_size + 2,
+        max_queue_size=queue_size + 1,
     )
     await manager.start()
     for start in range(0, len(pool), queue_size):  # warm-up: every key through the PII cache
@@ -74,8 +75,8 @@ async def run_queued(queue_size: int, directory: Path) -> dict[str, Any]:
         "on_disk": count_batch_records(directory) - len(pool),
         "bytes_per_record": (after - before) / waiting,
         "settings": {
-            "max_queue_size": queue_size,
-            "max_batch_size": queue_size + 1,
+            "max_queue_size": queue_size + 1,
+            "max_batch_size": queue_size + 2,
             "flush_interval_seconds": 3600.0,
         },
     }
