@@ -67,7 +67,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from pydantic import ValidationError
 
 from otel_json_exporter.config import resolve_settings
-from otel_json_exporter.manager import MetricsManager, _validation_message
+from otel_json_exporter.manager import MetricsManager
 from otel_json_exporter.mapping import (
     OperationTypeFunction,
     SpanFilter,
@@ -75,7 +75,7 @@ from otel_json_exporter.mapping import (
     default_span_filter,
     span_to_record,
 )
-from otel_json_exporter.pii import PiiPolicy
+from otel_json_exporter.pii import PiiPolicy, safe_validation_message
 from otel_json_exporter.records import OperationRecord
 from otel_json_exporter.writer import StorageError
 
@@ -208,7 +208,7 @@ class OperationSpanExporter(SpanExporter):
                     continue
                 record, masked = span_to_record(span, self._policy, self._operation_type)
             except ValidationError as exc:
-                failed, problem = failed + 1, _validation_message(exc)
+                failed, problem = failed + 1, safe_validation_message(exc)
                 continue
             except Exception as exc:  # a user's function, or a malformed span
                 # The type only: a message could carry a value from the span.
@@ -217,14 +217,12 @@ class OperationSpanExporter(SpanExporter):
             records.append(record)
             redacted += masked
         if failed:
-            for _ in range(failed):  # counted in the manager's total_rejected
-                self._manager._count_rejected()
             logger.warning("export: %d spans could not become records (%s)", failed, problem)
-        if not records:
-            return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
+        elif not records:
+            return SpanExportResult.SUCCESS
         try:
             accepted = self._manager.submit_records(
-                records, timeout=self._export_timeout, redacted=redacted
+                records, timeout=self._export_timeout, redacted=redacted, rejected=failed
             )
         except RuntimeError:
             logger.warning(

@@ -38,7 +38,12 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy, contains_email
+from otel_json_exporter.pii import (
+    DEFAULT_POLICY,
+    PiiPolicy,
+    contains_email,
+    safe_validation_message,
+)
 from otel_json_exporter.records import MetricsStats, OperationRecord, build_record
 from otel_json_exporter.writer import (
     BatchWriter,
@@ -71,18 +76,6 @@ _MANAGERS: weakref.WeakSet[MetricsManager] = weakref.WeakSet()
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _validation_message(exc: ValidationError) -> str:
-    # Built from locations and messages only: pydantic's own str() echoes input values.
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        where = ".".join(str(part) for part in error["loc"]) or "record"
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(message if message.startswith("metadata") else f"{where}: {message}")
-    # A metadata path names keys, and a key can itself be an e-mail address.
-    masked, _ = DEFAULT_POLICY.redact("invalid operation record: " + "; ".join(parts))
-    return str(masked)
 
 
 class MetricsManager:
@@ -306,12 +299,10 @@ class MetricsManager:
         error_message: str | None,
         metadata: Mapping[str, Any] | None,
     ) -> OperationRecord:
-        redacted = 0
-        if isinstance(operation_name, str) and contains_email(operation_name):
-            operation_name, redacted = self.pii_policy.redact(operation_name)
-        if isinstance(error_message, str) and contains_email(error_message):
-            error_message, masked = self.pii_policy.redact(error_message)
-            redacted += masked
+        operation_type, in_type = self._mask_emails(operation_type)
+        operation_name, in_name = self._mask_emails(operation_name)
+        error_message, in_error = self._mask_emails(error_message)
+        redacted = in_type + in_name + in_error
         problem = None
         try:
             record = build_record(
@@ -325,7 +316,7 @@ class MetricsManager:
             )
             self.pii_policy.check_metadata(record.metadata)
         except ValidationError as exc:
-            problem = _validation_message(exc)
+            problem = safe_validation_message(exc)
         except ValueError as exc:
             problem = str(exc)
         if problem is not None:
@@ -337,6 +328,12 @@ class MetricsManager:
             with self._lock:
                 self._redacted += redacted
         return record
+
+    def _mask_emails(self, text: Any) -> tuple[Any, int]:
+        # Names and error messages are free text: an address there is masked, not refused.
+        if isinstance(text, str) and contains_email(text):
+            return self.pii_policy.redact(text)
+        return text, 0
 
     def _count_rejected(self) -> None:
         with self._lock:
@@ -358,15 +355,22 @@ class MetricsManager:
         return len(self._buffer) < self.max_queue_size or not self._accepting
 
     def submit_records(
-        self, records: Iterable[OperationRecord], *, timeout: float = 0.0, redacted: int = 0
+        self,
+        records: Iterable[OperationRecord],
+        *,
+        timeout: float = 0.0,
+        redacted: int = 0,
+        rejected: int = 0,
     ) -> int:
         """Queue records that are already validated and PII-clean, from any thread.
 
         Waits at most ``timeout`` seconds for room; records that still do not
-        fit are dropped and counted in ``total_dropped``. Returns how many were
-        accepted. ``redacted`` adds to the ``pii_redacted`` count. Raises
-        RuntimeError when the manager is not running. This is how the span
-        exporter hands records over.
+        fit, or that were still waiting when the manager stopped, are dropped
+        and counted in ``total_dropped``. Returns how many were accepted.
+        ``redacted`` and ``rejected`` add to the ``pii_redacted`` and
+        ``total_rejected`` counts (values the caller masked, items it could not
+        turn into records). Raises RuntimeError when the manager is not running.
+        This is how the span exporter hands records over.
         """
         accepted = 0
         deadline = time.monotonic() + timeout
@@ -374,15 +378,15 @@ class MetricsManager:
             if not self._accepting:
                 raise RuntimeError("MetricsManager is not running")
             self._redacted += redacted
+            self._rejected += rejected
             pending = list(records)
             for index, record in enumerate(pending):
                 if len(self._buffer) >= self.max_queue_size:
                     self._cond.notify_all()
-                    if not self._cond.wait_for(self._has_room, deadline - time.monotonic()):
+                    waited = self._cond.wait_for(self._has_room, deadline - time.monotonic())
+                    if not (waited and self._accepting):
                         self._dropped += len(pending) - index
                         break
-                    if not self._accepting:
-                        raise RuntimeError("MetricsManager stopped while waiting for room")
                 self._buffer.append(record)
                 self._accepted += 1
                 accepted += 1

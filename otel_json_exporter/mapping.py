@@ -6,7 +6,8 @@ no I/O and can be tested alone. The fields are taken as follows:
 =================  ==================================================================
 record field       from the span
 =================  ==================================================================
-operation_type     ``operation_type(span)``, by default :func:`default_operation_type`
+operation_type     ``operation_type(span)``, by default :func:`default_operation_type`;
+                   e-mail addresses masked
 operation_name     the span name (``"unnamed"`` if empty); e-mail addresses masked
 duration_ms        ``(end_time - start_time) / 1e6``, 0.0 if the clock went backwards
 timestamp          the span's start time, UTC
@@ -168,8 +169,12 @@ def span_to_record(
         redacted += masked
         metadata["service.name"] = service
 
+    kind_of_operation = operation_type(span)
+    if isinstance(kind_of_operation, str) and "@" in kind_of_operation:
+        kind_of_operation, masked = policy.redact(kind_of_operation)
+        redacted += masked
     record = build_record(
-        operation_type(span),
+        kind_of_operation,
         name,
         duration_ms,
         _EPOCH + timedelta(microseconds=start // 1000),

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
+from pydantic import ValidationError
+
 __all__ = [
     "DEFAULT_POLICY",
     "FORBIDDEN_KEYS",
@@ -40,6 +42,7 @@ __all__ = [
     "PiiPolicy",
     "contains_email",
     "normalize_key",
+    "safe_validation_message",
 ]
 
 REDACTED = "[REDACTED]"
@@ -254,3 +257,18 @@ def _mask_emails(text: str) -> tuple[str, int]:
 
 DEFAULT_POLICY = PiiPolicy()
 """The rule with no additions."""
+
+
+def safe_validation_message(exc: ValidationError) -> str:
+    """A one-line account of a pydantic error that holds no input value.
+
+    Built from locations and messages only, since pydantic's own ``str()`` echoes
+    the input; a location names keys, and a key can itself be an e-mail address,
+    so addresses are masked too.
+    """
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"]) or "record"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(message if message.startswith("metadata") else f"{where}: {message}")
+    return _mask_emails("invalid operation record: " + "; ".join(parts))[0]

@@ -292,15 +292,21 @@ class TestValidation:
         manager = make(storage)
         await manager.start()
         await manager.record_operation(
-            "t", "GET /users/jo@example.com", 1.0, False, "no user jo@example.com" + "!" * 2000
+            "report for ann@example.org",
+            "GET /users/jo@example.com",
+            1.0,
+            False,
+            "no user jo@example.com" + "!" * 2000,
         )
         await manager.stop()
         [record] = load_records(storage)
+        assert record.operation_type == "report for [REDACTED]"
         assert record.operation_name == "GET /users/[REDACTED]"
         assert record.error_message is not None
         assert record.error_message.startswith("no user [REDACTED]!!!")
         assert len(record.error_message) == 1000
-        assert (await manager.get_stats()).pii_redacted == 2
+        assert (await manager.get_stats()).pii_redacted == 3
+        assert b"@example" not in b"".join(path.read_bytes() for path in storage.iterdir())
 
     async def test_custom_policy(self, storage: Path) -> None:
         policy = PiiPolicy(blocked_keys={"tenant"}, allowed_keys={"name"})
@@ -468,6 +474,30 @@ class TestQueueFull:
         release.set()
         await manager.stop()
         assert len(load_records(storage)) == 4
+
+    async def test_submit_records_waiting_when_the_manager_stops(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager = make(storage, max_queue_size=2, max_batch_size=2)
+        await manager.start()
+        release = self.stall_writes(monkeypatch)
+        now = datetime.now(timezone.utc)
+        made = [
+            OperationRecord(operation_type="t", operation_name="n", duration_ms=1, timestamp=now)
+            for _ in range(5)
+        ]
+        submitting = asyncio.ensure_future(
+            asyncio.to_thread(manager.submit_records, made, timeout=30.0)
+        )
+        await eventually(lambda: manager.stats().queue_size == 2)
+        stopping = asyncio.ensure_future(manager.stop(timeout=10))
+        await asyncio.sleep(0.05)
+        release.set()
+        # The waiting submitter is told how many got in; it does not raise.
+        assert await asyncio.wait_for(submitting, 10) == 2
+        await asyncio.wait_for(stopping, 10)
+        stats = manager.stats()
+        assert (stats.total_recorded, stats.total_dropped, stats.total_persisted) == (2, 3, 2)
 
 
 class TestWriterResilience:

@@ -111,6 +111,13 @@ class TestOperationType:
         record, _ = span_to_record(span, PiiPolicy(), lambda s: f"custom_{s.kind.name.lower()}")
         assert record.operation_type == "custom_server"
 
+    def test_an_address_in_the_declared_type_is_masked(self, spans: SpanFactory) -> None:
+        span = spans.make(attributes={"operation.type": "export for ann@example.org"})
+        record, redacted = span_to_record(span, PiiPolicy())
+        assert record.operation_type == "export for [REDACTED]"
+        assert record.metadata["operation.type"] == "export for [REDACTED]"
+        assert redacted == 2
+
     def test_an_empty_custom_type_is_refused(self, spans: SpanFactory) -> None:
         span = spans.make()
         with pytest.raises(ValidationError):
