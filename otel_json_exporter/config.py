@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from otel_json_exporter.writer import MAX_RETENTION_DAYS
+
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL_SECONDS",
     "DEFAULT_MAX_BATCH_SIZE",
@@ -112,7 +114,7 @@ def resolve_settings(
         retention_days=(
             retention_days
             if retention_days is not None
-            else _from_env(env, ENV_RETENTION_DAYS, _positive_float, None)
+            else _from_env(env, ENV_RETENTION_DAYS, _retention_days, None)
         ),
         storage_path_source=source,
     )
@@ -134,11 +136,24 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _retention_days(raw: str) -> float:
+    value = _positive_float(raw)
+    if value > MAX_RETENTION_DAYS:
+        raise ValueError(f"must be at most {MAX_RETENTION_DAYS}")
+    return value
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise ValueError("must be a positive integer")
     return value
+
+
+_EXPECTED: dict[object, str] = {
+    _positive_int: "a positive integer",
+    _retention_days: f"a positive number of days, at most {MAX_RETENTION_DAYS}",
+}
 
 
 def _from_env(
@@ -152,7 +167,7 @@ def _from_env(
         return parse(raw)
     except ValueError:
         # The value is not repeated: the message must never carry data.
-        expected = "a positive integer" if parse is _positive_int else "a positive number"
+        expected = _EXPECTED.get(parse, "a positive number")
         shown = "unset" if default is None else default
         logger.warning("%s must be %s; using the default (%s)", name, expected, shown)
         return None

@@ -229,6 +229,9 @@ class OperationSpanExporter(SpanExporter):
                 "export: the metrics manager is not running; %d spans dropped", len(records)
             )
             return SpanExportResult.FAILURE
+        except ValueError as exc:  # the mapping missed PII: refuse rather than write it
+            logger.error("export: %d spans refused by the PII rule (%s)", len(records), exc)
+            return SpanExportResult.FAILURE
         if accepted < len(records):
             logger.warning(
                 "export: queue full for %.3gs; %d spans dropped",

@@ -46,6 +46,7 @@ from otel_json_exporter.pii import (
 )
 from otel_json_exporter.records import MetricsStats, OperationRecord, build_record
 from otel_json_exporter.writer import (
+    MAX_RETENTION_DAYS,
     BatchWriter,
     delete_expired_batches,
     remove_stale_temp_files,
@@ -65,12 +66,18 @@ QueueFullPolicy = Literal["block", "raise", "drop"]
 
 _INITIAL_BACKOFF = 0.1
 _MAX_BACKOFF = 30.0
+_MAX_DOUBLINGS = 16  # 0.1 * 2**16 is well past the cap, and 2**n never overflows
 _URGENT_RETRY = 0.05  # flush() and stop() retry at once, but never spin on a dead disk
 _POISON_AFTER = 3  # unexpected failures of one batch in a row before records are checked alone
 _RETENTION_EVERY = 3600.0
 _EXIT_FLUSH_TIMEOUT = 10.0
 
 _MANAGERS: weakref.WeakSet[MetricsManager] = weakref.WeakSet()
+
+
+def _bounded(timeout: float | None) -> float | None:
+    """A timeout that threading accepts: a huge or infinite one means no timeout."""
+    return None if timeout is None or timeout >= threading.TIMEOUT_MAX else max(timeout, 0.0)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -121,10 +128,10 @@ class MetricsManager:
                 raise ValueError(f"{label} must be a positive integer")
         if queue_full_policy not in ("block", "raise", "drop"):
             raise ValueError("queue_full_policy must be 'block', 'raise' or 'drop'")
-        if retention_days is not None and not (
-            math.isfinite(retention_days) and retention_days > 0
-        ):
-            raise ValueError("retention_days must be a positive number of days")
+        if retention_days is not None and not (0 < retention_days <= MAX_RETENTION_DAYS):
+            raise ValueError(
+                f"retention_days must be a positive number of days, at most {MAX_RETENTION_DAYS}"
+            )
         self.storage_path = Path(storage_path)
         self.flush_interval_seconds = float(flush_interval_seconds)
         self.max_batch_size = max_batch_size
@@ -148,8 +155,8 @@ class MetricsManager:
         self._worker_alive = False
         self._accepting = False
         self._stop_deadline: float | None = None
-        self._drain_to = 0  # write until this many records are persisted
-        self._urgent_to = 0  # ... and retry at once until then (flush or stop waits)
+        self._drain_to = 0  # write until this many records have left the queue
+        self._urgent_waiters = 0  # flush() calls waiting: retry at once, not after the backoff
         self._accepted = 0
         self._persisted = 0
         self._settled = 0  # records that left the queue: persisted, or dropped as unencodable
@@ -169,7 +176,10 @@ class MetricsManager:
 
         Creates ``storage_path`` if needed and raises OSError (a
         :class:`~otel_json_exporter.writer.StorageError`) at once when it cannot
-        be used. Removes temporary files that dead writers left behind.
+        be used. Removes temporary files that dead writers left behind, and
+        expired batch files with ``retention_days``. This is brief blocking
+        file-system work, done once, on the caller's thread: errors belong to
+        ``start()``, not to a background task.
         """
         self.start_sync()
 
@@ -185,7 +195,7 @@ class MetricsManager:
             self._check_startable()  # again: another thread may have started it meanwhile
             self._accepting = True
             self._stop_deadline = None
-            self._drain_to = self._urgent_to = self._settled + len(self._buffer)
+            self._drain_to = self._settled + len(self._buffer)
             if self._worker_alive:
                 # A stop() that gave up (or is still waiting) left its writer finishing
                 # an attempt: that writer goes on, and the waiting stop() returns.
@@ -226,15 +236,15 @@ class MetricsManager:
         # Checked before anything changes: a bad timeout must not leave a half-stopped manager.
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-        if math.isnan(timeout):
-            raise ValueError("timeout must be a number of seconds, not NaN")
+        if math.isnan(timeout) or timeout < 0:
+            raise ValueError("timeout must be a number of seconds, at least 0")
         with self._lock:
             if self._thread is None:
                 return False
             if self._accepting:
                 self._accepting = False
                 self._stop_deadline = time.monotonic() + timeout
-                self._drain_to = self._urgent_to = self._accepted
+                self._drain_to = self._accepted
                 self._cond.notify_all()
             return True
 
@@ -335,6 +345,19 @@ class MetricsManager:
             return self.pii_policy.redact(text)
         return text, 0
 
+    def _pii_problem(self, records: list[OperationRecord]) -> str | None:
+        """What breaks the PII rule in ``records`` (a place, never a value), or None."""
+        for index, record in enumerate(records):
+            try:
+                self.pii_policy.check_metadata(record.metadata)
+            except ValueError as exc:
+                return f"record {index}: {exc}"
+            for field in ("operation_type", "operation_name", "error_message"):
+                text = getattr(record, field)
+                if text is not None and contains_email(text):
+                    return f"record {index}: {field} contains an e-mail address (PII)"
+        return None
+
     def _count_rejected(self) -> None:
         with self._lock:
             self._rejected += 1
@@ -362,16 +385,21 @@ class MetricsManager:
         redacted: int = 0,
         rejected: int = 0,
     ) -> int:
-        """Queue records that are already validated and PII-clean, from any thread.
+        """Queue validated records from any thread, without an event loop.
 
-        Waits at most ``timeout`` seconds for room; records that still do not
-        fit, or that were still waiting when the manager stopped, are dropped
-        and counted in ``total_dropped``. Returns how many were accepted.
-        ``redacted`` and ``rejected`` add to the ``pii_redacted`` and
-        ``total_rejected`` counts (values the caller masked, items it could not
-        turn into records). Raises RuntimeError when the manager is not running.
-        This is how the span exporter hands records over.
+        The records are checked against the PII rule first: if any holds a PII
+        key, an e-mail address or credentials, ValueError says where (never the
+        value) and none is queued. Waits at most ``timeout`` seconds for room;
+        records that still do not fit, or that were still waiting when the
+        manager stopped, are dropped and counted in ``total_dropped``. Returns
+        how many were accepted. ``redacted`` and ``rejected`` add to the
+        ``pii_redacted`` and ``total_rejected`` counts (values the caller
+        masked, items it could not turn into records). Raises RuntimeError
+        when the manager is not running. This is how the span exporter, which
+        masks PII rather than refusing it, hands records over.
         """
+        pending = list(records)
+        problem = self._pii_problem(pending)
         accepted = 0
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -379,11 +407,14 @@ class MetricsManager:
                 raise RuntimeError("MetricsManager is not running")
             self._redacted += redacted
             self._rejected += rejected
-            pending = list(records)
+            if problem is not None:
+                self._rejected += len(pending)
+                raise ValueError(f"submit_records: none queued: {problem}")
             for index, record in enumerate(pending):
                 if len(self._buffer) >= self.max_queue_size:
                     self._cond.notify_all()
-                    waited = self._cond.wait_for(self._has_room, deadline - time.monotonic())
+                    remaining = _bounded(deadline - time.monotonic())
+                    waited = self._cond.wait_for(self._has_room, remaining)
                     if not (waited and self._accepting):
                         self._dropped += len(pending) - index
                         break
@@ -400,16 +431,28 @@ class MetricsManager:
         """Write everything accepted so far; return once it is on disk.
 
         Raises ``asyncio.TimeoutError`` if ``timeout`` seconds pass first, and
-        RuntimeError when the manager is not running.
+        RuntimeError when the manager is not running, or stops (a ``stop()``
+        that gave up) before the records are written.
         """
         target = self._request_flush()
-        if not await self._wait_async(lambda: self._settled >= target, timeout):
+        try:
+            finished = await self._wait_async(lambda: self._flush_over(target), timeout)
+        finally:
+            self._end_flush()
+        if not self._flushed(target, finished):
             raise asyncio.TimeoutError(f"flush did not finish within {timeout}s")
 
     def flush_sync(self, timeout: float | None = None) -> bool:
-        """Blocking :meth:`flush` for any thread; False when ``timeout`` passed first."""
+        """Blocking :meth:`flush` for any thread; False when it did not finish in time."""
         target = self._request_flush()
-        return self._wait_sync(lambda: self._settled >= target, timeout)
+        try:
+            finished = self._wait_sync(lambda: self._flush_over(target), timeout)
+        finally:
+            self._end_flush()
+        try:
+            return self._flushed(target, finished)
+        except RuntimeError:
+            return False
 
     def _request_flush(self) -> int:
         with self._lock:
@@ -417,9 +460,28 @@ class MetricsManager:
                 raise RuntimeError("MetricsManager is not running")
             target = self._accepted
             self._drain_to = max(self._drain_to, target)
-            self._urgent_to = max(self._urgent_to, target)
+            self._urgent_waiters += 1
             self._cond.notify_all()
             return target
+
+    def _flush_over(self, target: int) -> bool:
+        # Written, or no writer left to write it: either way, stop waiting.
+        return self._settled >= target or not self._worker_alive
+
+    def _end_flush(self) -> None:
+        with self._lock:
+            self._urgent_waiters -= 1
+
+    def _flushed(self, target: int, finished: bool) -> bool:
+        """True when written; False on timeout; RuntimeError when the writer is gone."""
+        if self._settled >= target:
+            return True
+        if finished:
+            raise RuntimeError(
+                f"MetricsManager stopped before the flush finished: "
+                f"{target - self._settled} records are not on disk"
+            )
+        return False
 
     async def get_stats(self) -> MetricsStats:
         """A snapshot of the counters (see :class:`MetricsStats`)."""
@@ -471,7 +533,7 @@ class MetricsManager:
 
     def _wait_sync(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         with self._cond:
-            return self._cond.wait_for(predicate, timeout)
+            return self._cond.wait_for(predicate, _bounded(timeout))
 
     def _wake_waiters(self) -> None:
         """Wake every waiter so it re-checks its condition (called by the writer thread)."""
@@ -519,8 +581,9 @@ class MetricsManager:
             self._retry_at = 0.0
         else:
             self._failures += 1
-            urgent = not self._accepting or self._settled < self._urgent_to
-            delay = min(_INITIAL_BACKOFF * 2 ** (self._failures - 1), _MAX_BACKOFF)
+            urgent = not self._accepting or self._urgent_waiters > 0
+            doublings = min(self._failures - 1, _MAX_DOUBLINGS)
+            delay = min(_INITIAL_BACKOFF * 2**doublings, _MAX_BACKOFF)
             self._retry_at = time.monotonic() + (_URGENT_RETRY if urgent else delay)
         self._wake_waiters()
         return True
@@ -538,7 +601,7 @@ class MetricsManager:
             )
             if stopping and (not ready or self._stop_expired()):
                 return None
-            if stopping or self._settled < self._urgent_to:
+            if stopping or self._urgent_waiters > 0:
                 # flush() or stop() is waiting: retry at once, not after the backoff
                 self._retry_at = min(self._retry_at, now + _URGENT_RETRY)
             if ready and now >= self._retry_at:

@@ -40,6 +40,7 @@ from otel_json_exporter.records import (
 )
 
 __all__ = [
+    "MAX_RETENTION_DAYS",
     "STALE_TEMP_SECONDS",
     "BatchWriter",
     "StorageError",
@@ -48,6 +49,9 @@ __all__ = [
     "iter_batch_files",
     "remove_stale_temp_files",
 ]
+
+MAX_RETENTION_DAYS = 36_500
+"""The longest retention accepted (a hundred years); use no retention to keep everything."""
 
 STALE_TEMP_SECONDS = 600.0
 """A temporary file older than this is stale even if its writer's PID is alive."""
@@ -96,7 +100,7 @@ class BatchWriter:
         error here: writes are retried later.
         """
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self.directory, exist_ok=True)
         except FileExistsError:
             raise StorageError(
                 errno.ENOTDIR, f"storage path {self.directory} exists and is not a directory"
@@ -117,7 +121,18 @@ class BatchWriter:
                 exc.errno, f"storage directory {self.directory} is not writable: {exc.strerror}"
             ) from exc
         os.close(fd)
-        os.unlink(probe)
+        linked = self._temp_path()
+        try:
+            os.link(probe, linked)  # every batch is published with a hard link
+        except OSError as exc:
+            raise StorageError(
+                exc.errno,
+                f"storage directory {self.directory} does not support hard links, which "
+                f"atomic batch files need: {exc.strerror}",
+            ) from exc
+        finally:
+            os.unlink(probe)
+        os.unlink(linked)
 
     def write(
         self, records: Sequence[OperationRecord], now: datetime | None = None
@@ -190,8 +205,8 @@ class BatchWriter:
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False  # gone, or no process can have that number
     except PermissionError:
         return True  # it exists, under another user
     return True
@@ -258,7 +273,10 @@ def delete_expired_batches(
     """
     if older_than < timedelta(0):
         raise ValueError("older_than must not be negative")
-    cutoff = (now or datetime.now(timezone.utc)) - older_than
+    try:
+        cutoff = (now or datetime.now(timezone.utc)) - older_than
+    except OverflowError:
+        return []  # older than the calendar: nothing is
     expired: list[Path] = []
     for path, batch_id in iter_batch_files(directory):
         try:

@@ -293,6 +293,7 @@ class TestConfiguration:
             (ENV_MAX_QUEUE_SIZE, "lots"),
             (ENV_RETENTION_DAYS, "forever"),
             (ENV_RETENTION_DAYS, "-1"),
+            (ENV_RETENTION_DAYS, "1000000"),
         ],
     )
     def test_an_invalid_value_warns_and_uses_the_default(

@@ -11,10 +11,11 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from otel_json_exporter import MetricsManager, OperationRecord, PiiPolicy
+from otel_json_exporter import MetricsManager, OperationRecord, PiiPolicy, StorageError
 from otel_json_exporter.records import MetricsBatch
 
 from .conftest import load_batches, load_records
@@ -530,3 +531,128 @@ class TestWriterResilience:
         stats = manager.stats()
         assert (stats.total_dropped, stats.worker_errors, stats.total_persisted) == (1, 3, 3)
         assert "dropped 1 queued records that cannot be encoded" in caplog.text
+
+
+class TestEdges:
+    """Corners found in review: each once hung, spun or crashed."""
+
+    async def test_flush_waiting_when_stop_gives_up_is_told_at_once(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager = make(storage)
+        await manager.start()
+        for index in range(5):
+            await manager.record_operation("t", "n", float(index))
+
+        def broken_fsync(fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(os, "fsync", broken_fsync)
+        flushing = asyncio.ensure_future(manager.flush())  # no timeout of its own
+        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.TimeoutError, match="5 records were not persisted"):
+            await manager.stop(timeout=0.3)
+        with pytest.raises(RuntimeError, match="stopped before the flush finished: 5 records"):
+            await asyncio.wait_for(flushing, 5)
+
+    async def test_backoff_resumes_when_a_flush_gives_up(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from otel_json_exporter import manager as manager_module
+
+        monkeypatch.setattr(manager_module, "_INITIAL_BACKOFF", 3600.0)
+        manager = make(storage)
+        await manager.start()
+        await manager.record_operation("t", "n", 1.0)
+
+        def full_disk(fd: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "fsync", full_disk)
+        with pytest.raises(asyncio.TimeoutError):
+            await manager.flush(timeout=0.3)  # retried every 50 ms while it waited
+        errors_when_flush_gave_up = manager.stats().write_errors
+        assert errors_when_flush_gave_up >= 2
+        await asyncio.sleep(0.5)
+        # Back to the (one-hour) backoff: at most the attempt already under way.
+        assert manager.stats().write_errors <= errors_when_flush_gave_up + 1
+        monkeypatch.undo()
+        await manager.stop()
+        assert len(load_records(storage)) == 1
+
+    async def test_infinite_timeouts_mean_no_timeout(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.start()
+        await manager.record_operation("t", "n", 1.0)
+        assert manager.flush_sync(float("inf"))
+        now = datetime.now(timezone.utc)
+        made = OperationRecord(operation_type="t", operation_name="m", duration_ms=1, timestamp=now)
+        assert manager.submit_records([made], timeout=float("inf")) == 1
+        await asyncio.to_thread(manager.stop_sync, float("inf"))
+        assert not manager.is_running
+        assert len(load_records(storage)) == 2
+
+    @pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+    async def test_a_negative_or_nan_stop_timeout_changes_nothing(
+        self, storage: Path, timeout: float
+    ) -> None:
+        manager = make(storage)
+        await manager.start()
+        with pytest.raises(ValueError, match="at least 0"):
+            await manager.stop(timeout)
+        assert manager.is_running
+        await manager.stop()
+
+    async def test_a_temporary_file_with_an_impossible_pid_is_just_stale(
+        self, storage: Path
+    ) -> None:
+        storage.mkdir()
+        stray = storage / ".metrics_99999999999999999999_abcdef.tmp"
+        stray.write_text("")
+        manager = make(storage)
+        await manager.start()
+        await manager.stop()
+        assert not stray.exists()
+
+    async def test_a_filesystem_without_hard_links_is_a_start_error(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def no_links(source: str, target: str) -> None:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+        monkeypatch.setattr(os, "link", no_links)
+        manager = make(storage)
+        with pytest.raises(StorageError, match="does not support hard links"):
+            await manager.start()
+        assert not manager.is_running
+        assert os.listdir(storage) == []
+
+    async def test_submit_records_applies_the_pii_rule(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.start()
+        now = datetime.now(timezone.utc)
+
+        def made(**fields: Any) -> OperationRecord:
+            base: dict[str, Any] = {
+                "operation_type": "t",
+                "operation_name": "n",
+                "duration_ms": 1.0,
+                "timestamp": now,
+            }
+            return OperationRecord.model_validate({**base, **fields})
+
+        clean = made()
+        for dirty, where in [
+            (made(metadata={"nested": {"sessionId": "s-123"}}), "'sessionId' is PII"),
+            (made(metadata={"note": "ann@example.org"}), "e-mail"),
+            (made(operation_name="GET /u/ann@example.org"), "operation_name contains"),
+        ]:
+            with pytest.raises(ValueError, match=where) as caught:
+                manager.submit_records([clean, dirty])
+            assert "ann@example.org" not in str(caught.value)
+            assert "s-123" not in str(caught.value)
+        assert manager.stats().queue_size == 0
+        assert manager.stats().total_rejected == 6
+        assert manager.submit_records([clean]) == 1
+        await manager.stop()
+        assert len(load_records(storage)) == 1

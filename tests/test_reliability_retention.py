@@ -121,7 +121,7 @@ class TestRetentionOption:
         files.assert_only_old_batches_went()
         await asyncio.wait_for(manager.stop(), CAP)
 
-    @pytest.mark.parametrize("days", [0, -1, float("nan"), float("inf")])
+    @pytest.mark.parametrize("days", [0, -1, float("nan"), float("inf"), 36_501, 1e9])
     def test_invalid_retention_days(self, storage: Path, days: float) -> None:
         with pytest.raises(ValueError, match="retention_days must be a positive number"):
             MetricsManager(storage, retention_days=days)

@@ -168,3 +168,9 @@ class TestRetention:
     def test_negative_age_is_refused(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="must not be negative"):
             delete_expired_batches(tmp_path, timedelta(days=-1))
+
+    def test_an_age_beyond_the_calendar_deletes_nothing(self, tmp_path: Path) -> None:
+        old = tmp_path / "metrics_00010101_000000_000000.json"
+        old.write_text("{}")
+        assert delete_expired_batches(tmp_path, timedelta(days=999_999_999)) == []
+        assert old.exists()
