@@ -330,8 +330,12 @@ class MetricsStats(BaseModel):
         description="UTC time of the last successful batch write."
     )
     avg_batch_size: float = Field(description="total_persisted / batches_written.")
-    is_running: bool = Field(description="Whether the background writer is running.")
-    total_dropped: int = Field(description="Records not accepted because the queue was full.")
+    is_running: bool = Field(description="Whether the manager accepts records.")
+    total_dropped: int = Field(
+        description="Records dropped: not accepted because the queue was full (or the "
+        "manager stopped while they waited for room), or, rarely, queued but impossible "
+        "to encode."
+    )
     total_rejected: int = Field(description="Records refused by validation or the PII rule.")
     write_errors: int = Field(description="Failed batch writes (each retried).")
     bytes_written: int = Field(description="Bytes of batch files written.")
