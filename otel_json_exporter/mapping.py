@@ -35,7 +35,8 @@ anything else                                               the lower-case kind
 
 The PII filter (the manager's :class:`~otel_json_exporter.pii.PiiPolicy`): an
 attribute whose key is PII is dropped, at any depth, and the span is kept;
-e-mail addresses inside strings become ``[REDACTED]``; in ``url.full``,
+e-mail addresses inside strings become ``[REDACTED]`` and a URL's user
+credentials inside any string ``REDACTED:REDACTED``; in ``url.full``,
 ``url.original``, ``http.url`` and ``http.target`` user credentials become
 ``REDACTED:REDACTED`` and PII query parameters ``REDACTED``, and so do the PII
 parameters of ``url.query``. Every key dropped and every string masked counts

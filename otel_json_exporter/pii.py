@@ -18,7 +18,11 @@ A key is normalised first: camelCase and acronym boundaries are split
 
 So ``service.name``, ``token_count``, ``monkey`` and ``user_hash`` pass, while
 ``user.email``, ``x-api-key`` and ``http.request.header.cookie`` do not. A string
-value containing an e-mail address is PII as well.
+value is PII as well when it contains an e-mail address or a URL's user
+credentials (``postgresql://admin:pw@db/app``, anything between ``//`` and the
+last ``@`` before the host): :func:`contains_pii_text` finds both and
+:meth:`PiiPolicy.redact` masks both, the credentials first, so that no part of a
+password is ever left behind as what looks like the start of an address.
 
 :class:`PiiPolicy` adds the caller's own blocked and allowed keys (compared in
 normalised form) on top of the rule. Nothing here ever puts a value into an
@@ -41,12 +45,16 @@ __all__ = [
     "REDACTED",
     "PiiPolicy",
     "contains_email",
+    "contains_pii_text",
+    "mask_text",
     "normalize_key",
     "safe_validation_message",
 ]
 
 REDACTED = "[REDACTED]"
 """What an e-mail address inside a masked string becomes."""
+
+_CREDENTIALS_MASK = "//REDACTED:REDACTED@"
 
 FORBIDDEN_KEYS = frozenset(
     {
@@ -71,7 +79,18 @@ _NAME_OWNERS = frozenset(
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[.\-\s_]+")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_LOCAL_PART = r"[A-Za-z0-9._%+-]"
+# The look-behind makes a match start only where a run of address characters
+# starts; without it a long run before a lone "@" took quadratic time.
+_EMAIL = rf"(?<!{_LOCAL_PART}){_LOCAL_PART}+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{{2,}}"
+# A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it.
+_CREDENTIALS = r"//[^\s/?#]*@"
+# Credentials already masked are matched first and skipped, so that masking is
+# idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken
+# for credentials or for the address "REDACTED@h.example" when checked again.
+_PII_TEXT = re.compile(
+    f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})|{_EMAIL}"
+)
 _CACHE_LIMIT = 4096
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
@@ -95,14 +114,46 @@ def _rule_says_pii(normalized: str) -> bool:
     )
 
 
-def contains_email(text: str) -> bool:
-    """Whether a string contains something shaped like an e-mail address."""
-    return "@" in text and _EMAIL.search(text) is not None
+def _find_pii_text(text: str) -> re.Match[str] | None:
+    if "@" in text:
+        for match in _PII_TEXT.finditer(text):
+            if not match["masked"]:
+                return match
+    return None
+
+
+def contains_pii_text(text: str) -> bool:
+    """Whether a string contains an e-mail address or a URL's user credentials."""
+    return _find_pii_text(text) is not None
+
+
+contains_email = contains_pii_text
+"""The older name of :func:`contains_pii_text`, which the manager gates masking on."""
+
+
+def mask_text(text: str) -> tuple[str, int]:
+    """``text`` with URL credentials and e-mail addresses masked, and how many were.
+
+    >>> mask_text("postgresql://admin:pw@db.example.com/app for ann@example.org")
+    ('postgresql://REDACTED:REDACTED@db.example.com/app for [REDACTED]', 2)
+    """
+    if "@" not in text:
+        return text, 0
+    count = 0
+
+    def mask(match: re.Match[str]) -> str:
+        nonlocal count
+        if match["masked"]:
+            return match[0]
+        count += 1
+        return _CREDENTIALS_MASK if match["credentials"] else REDACTED
+
+    return _PII_TEXT.sub(mask, text), count
 
 
 def _describe_key(key: str) -> str:
     # An error names the offending key; a key that itself holds an address is masked.
-    return repr(_EMAIL.sub(REDACTED, key)) if "@" in key else repr(key)
+    return repr(mask_text(key)[0])
 
 
 @dataclass(frozen=True)
@@ -137,7 +188,7 @@ class PiiPolicy:
                 verdict = (
                     normalized in self.blocked_keys
                     or _rule_says_pii(normalized)
-                    or contains_email(key)  # a key that is itself an address
+                    or contains_pii_text(key)  # a key that is itself an address
                 )
             if len(self._verdicts) >= _CACHE_LIMIT:
                 self._verdicts.clear()  # a bounded cache: arbitrary keys must not grow memory
@@ -145,7 +196,7 @@ class PiiPolicy:
         return verdict
 
     def check_metadata(self, metadata: Mapping[str, Any]) -> None:
-        """Raise ValueError naming the first PII key (at any depth) or e-mail value.
+        """Raise ValueError naming the first PII key (at any depth) or PII string value.
 
         The message names where the problem is, never the value.
         """
@@ -165,8 +216,10 @@ class PiiPolicy:
 
     def _check(self, value: Any, path: str) -> None:
         if isinstance(value, str):
-            if contains_email(value):
-                raise ValueError(f"metadata {path} contains an e-mail address (PII)")
+            found = _find_pii_text(value)
+            if found is not None:
+                what = "URL credentials" if found["credentials"] else "an e-mail address"
+                raise ValueError(f"metadata {path} contains {what} (PII)")
         elif isinstance(value, Mapping):
             for key, item in value.items():
                 where = f"{path}.{_describe_key(key)}" if path else _describe_key(key)
@@ -181,12 +234,12 @@ class PiiPolicy:
                 self._check(item, f"{path}[{index}]")
 
     def redact(self, value: Any) -> tuple[Any, int]:
-        """A copy of ``value`` with PII keys dropped and e-mail addresses masked.
+        """A copy of ``value`` with PII keys dropped and strings masked by :func:`mask_text`.
 
         Returns the copy and how many keys were dropped or strings masked.
         """
         if isinstance(value, str):
-            return _mask_emails(value)
+            return mask_text(value)
         if isinstance(value, Mapping):
             clean: dict[str, Any] = {}
             count = 0
@@ -222,7 +275,7 @@ class PiiPolicy:
                 masked += 1
         if masked:
             query = "&".join(segments)
-        query, emails = _mask_emails(query)
+        query, emails = mask_text(query)
         return query, masked + emails
 
     def mask_url(self, url: str) -> tuple[str, int]:
@@ -240,19 +293,13 @@ class PiiPolicy:
         if "@" in netloc:
             netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
             masked += 1
-        path, in_path = _mask_emails(parts.path)
+        path, in_path = mask_text(parts.path)
         query, in_query = self.mask_query(parts.query)
-        fragment, in_fragment = _mask_emails(parts.fragment)
+        fragment, in_fragment = mask_text(parts.fragment)
         masked += in_path + in_query + in_fragment
         if not masked:
             return url, 0
         return urlunsplit((parts.scheme, netloc, path, query, fragment)), masked
-
-
-def _mask_emails(text: str) -> tuple[str, int]:
-    if "@" not in text:
-        return text, 0
-    return _EMAIL.subn(REDACTED, text)
 
 
 DEFAULT_POLICY = PiiPolicy()
@@ -271,4 +318,4 @@ def safe_validation_message(exc: ValidationError) -> str:
         where = ".".join(str(part) for part in error["loc"]) or "record"
         message = error["msg"].removeprefix("Value error, ")
         parts.append(message if message.startswith("metadata") else f"{where}: {message}")
-    return _mask_emails("invalid operation record: " + "; ".join(parts))[0]
+    return mask_text("invalid operation record: " + "; ".join(parts))[0]

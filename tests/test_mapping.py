@@ -321,6 +321,7 @@ class TestPii:
         assert redacted == 3
         assert "hunter2" not in record.model_dump_json()
         assert "abc123" not in record.model_dump_json()
+        PiiPolicy().check_metadata(record.metadata)  # what the manager checks again
 
     def test_http_target_is_masked_too(self, spans: SpanFactory) -> None:
         span = spans.make(attributes={"http.target": "/cart?sessionId=s3cr3t&page=2"})
@@ -350,6 +351,37 @@ class TestPii:
         record = record_of(span)
         assert record.error_message is not None
         assert "jane" not in record.error_message
+
+    @pytest.mark.parametrize(
+        ("dsn", "masked"),
+        [
+            (
+                "postgresql://admin:hunter2@db.example.com:5432/app",
+                "postgresql://REDACTED:REDACTED@db.example.com:5432/app",
+            ),
+            (
+                "postgresql://admin:hunter2@localhost:5432/app",
+                "postgresql://REDACTED:REDACTED@localhost:5432/app",
+            ),
+        ],
+    )
+    def test_credentials_in_any_string_are_masked(
+        self, spans: SpanFactory, dsn: str, masked: str
+    ) -> None:
+        span = spans.make(
+            "connect",
+            SpanKind.CLIENT,
+            {"db.system.name": "postgresql", "db.connection_string": dsn, "hosts": ("a", dsn)},
+            status=Status(StatusCode.ERROR, f"cannot connect to {dsn}"),
+        )
+        record, redacted = span_to_record(span)
+        assert record.metadata["db.connection_string"] == masked
+        assert record.metadata["hosts"] == ["a", masked]
+        assert record.error_message == f"cannot connect to {masked}"
+        assert redacted == 3
+        assert "hunter2" not in record.model_dump_json()
+        assert "admin" not in record.model_dump_json()
+        PiiPolicy().check_metadata(record.metadata)
 
     def test_the_managers_policy_adds_keys(self, spans: SpanFactory) -> None:
         span = spans.make(attributes={"tenant": "acme", "name": "checkout-flow"})

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from otel_json_exporter.pii import DEFAULT_POLICY, REDACTED, PiiPolicy, normalize_key
+from otel_json_exporter import MetricsManager
+from otel_json_exporter.pii import (
+    DEFAULT_POLICY,
+    REDACTED,
+    PiiPolicy,
+    contains_email,
+    contains_pii_text,
+    mask_text,
+    normalize_key,
+)
 
 TABLE = json.loads((Path(__file__).parent / "data" / "pii_keys.json").read_text())
 
@@ -156,3 +165,112 @@ class TestUrls:
     def test_clean_url_is_untouched(self) -> None:
         url = "https://h.example/a b?x=1&y=%20"
         assert DEFAULT_POLICY.mask_url(url) == (url, 0)
+
+
+class TestCredentials:
+    @pytest.mark.parametrize(
+        ("text", "masked"),
+        [
+            (
+                "postgresql://admin:hunter2@db.example.com:5432/app",
+                "postgresql://REDACTED:REDACTED@db.example.com:5432/app",
+            ),
+            # No dot in the host: no e-mail shape at all, masked all the same.
+            ("postgres://bob:hunter2@localhost/db", "postgres://REDACTED:REDACTED@localhost/db"),
+            # An unencoded "@" in the password: everything up to the last "@" goes.
+            ("mysql://root:p@ss@w0rd@10.0.0.5/x", "mysql://REDACTED:REDACTED@10.0.0.5/x"),
+            ("redis://:hunter2@cache:6379/0", "redis://REDACTED:REDACTED@cache:6379/0"),
+            (
+                "connect to //svc:hunter2@10.1.2.3 failed",
+                "connect to //REDACTED:REDACTED@10.1.2.3 failed",
+            ),
+            (
+                "amqp://guest:hunter2@mq.example.org and ops@example.org",
+                "amqp://REDACTED:REDACTED@mq.example.org and [REDACTED]",
+            ),
+        ],
+    )
+    def test_userinfo_is_masked_before_any_address(self, text: str, masked: str) -> None:
+        assert contains_pii_text(text)
+        assert contains_email(text)  # the older name the manager gates masking on
+        assert mask_text(text)[0] == masked
+        assert DEFAULT_POLICY.redact(text)[0] == masked
+        assert "hunter2" not in masked
+        assert "admin" not in masked
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "https://example.com/a/b?x=1",
+            "a // b @ c",
+            "x@y",
+            "see //docs/@latest",
+            # Already masked: checking the output of masking again finds nothing.
+            "https://REDACTED:REDACTED@payments.example.com/charge",
+        ],
+    )
+    def test_urls_without_userinfo_are_not_credentials(self, text: str) -> None:
+        assert not contains_pii_text(text)
+        assert mask_text(text) == (text, 0)
+
+    def test_check_metadata_refuses_credentials_naming_the_path_only(self) -> None:
+        metadata = {"db": {"connection_string": "postgresql://admin:hunter2@localhost:5432/app"}}
+        with pytest.raises(ValueError, match=r"metadata 'db'\.'connection_string' contains URL c"):
+            DEFAULT_POLICY.check_metadata(metadata)
+
+    def test_a_key_holding_credentials_is_pii_and_masked_in_the_error(self) -> None:
+        key = "https://admin:hunter2@api.example.com"
+        with pytest.raises(ValueError, match="is PII") as caught:
+            DEFAULT_POLICY.check_metadata({key: 1})
+        assert "hunter2" not in str(caught.value)
+        assert "admin" not in str(caught.value)
+
+
+class TestRecordOperationErrors:
+    """Through a real manager: PII is refused, and no error quotes the value."""
+
+    @pytest.mark.parametrize(
+        ("metadata", "where"),
+        [
+            ({"dsn": "postgresql://admin:hunter2@localhost:5432/app"}, "'dsn'"),
+            ({"hosts": ["ok", "amqp://guest:hunter2@mq.example.org"]}, "'hosts'[1]"),
+            ({"note": "write to hunter2@example.com"}, "'note'"),
+        ],
+    )
+    async def test_pii_values_are_refused_without_the_value(
+        self, tmp_path: Path, metadata: dict[str, object], where: str
+    ) -> None:
+        manager = MetricsManager(tmp_path, flush_interval_seconds=0.05)
+        await manager.start()
+        try:
+            with pytest.raises(ValueError, match="PII") as caught:
+                await manager.record_operation("job", "run", 1.0, metadata=metadata)
+            assert where in str(caught.value)
+            assert "hunter2" not in str(caught.value)
+            assert caught.value.__context__ is None
+            await manager.record_operation("job", "after", 1.0)
+        finally:
+            await manager.stop()
+        assert (await manager.get_stats()).total_rejected == 1
+        written = b"".join(path.read_bytes() for path in tmp_path.glob("metrics_*.json"))
+        assert b"after" in written
+        assert b"hunter2" not in written
+
+    async def test_credentials_in_names_and_error_messages_are_masked(self, tmp_path: Path) -> None:
+        manager = MetricsManager(tmp_path, flush_interval_seconds=0.05)
+        await manager.start()
+        try:
+            await manager.record_operation(
+                "db_connect",
+                "connect postgres://app:hunter2@localhost/db",
+                1.0,
+                success=False,
+                error_message="could not reach postgresql://admin:hunter2@db.internal:5432",
+            )
+        finally:
+            await manager.stop()
+        written = b"".join(path.read_bytes() for path in tmp_path.glob("metrics_*.json"))
+        assert b"connect postgres://REDACTED:REDACTED@localhost/db" in written
+        assert b"postgresql://REDACTED:REDACTED@db.internal:5432" in written
+        assert b"hunter2" not in written
+        assert b"admin" not in written
