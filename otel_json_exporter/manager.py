@@ -44,7 +44,14 @@ from otel_json_exporter.pii import (
     contains_email,
     safe_validation_message,
 )
-from otel_json_exporter.records import MetricsStats, OperationRecord, build_record
+from otel_json_exporter.records import (
+    MetricsStats,
+    OperationRecord,
+    RecordRow,
+    build_row,
+    record_from_row,
+    row_of,
+)
 from otel_json_exporter.writer import (
     MAX_RETENTION_DAYS,
     BatchWriter,
@@ -143,7 +150,7 @@ class MetricsManager:
         self.retention_days = retention_days
         self._writer = BatchWriter(self.storage_path)
         self._reset_state()
-        self._buffer: deque[OperationRecord] = deque()
+        self._buffer: deque[RecordRow] = deque()  # rows: a third of a model's memory
         _MANAGERS.add(self)
 
     def _reset_state(self) -> None:
@@ -286,13 +293,13 @@ class MetricsManager:
         """
         if not self._accepting:
             raise RuntimeError("MetricsManager is not running; await start() first")
-        record = self._build_record(
+        row = self._build_row(
             operation_type, operation_name, duration_ms, success, error_message, metadata
         )
-        if self._offer(record):
+        if self._offer(row):
             return
         if self.queue_full_policy == "block":
-            while not self._offer(record):
+            while not self._offer(row):
                 await self._wait_async(self._has_room, None)
         elif self.queue_full_policy == "raise":
             raise asyncio.QueueFull(f"metrics queue is full ({self.max_queue_size} records)")
@@ -300,7 +307,7 @@ class MetricsManager:
             with self._lock:
                 self._dropped += 1
 
-    def _build_record(
+    def _build_row(
         self,
         operation_type: str,
         operation_name: str,
@@ -308,14 +315,14 @@ class MetricsManager:
         success: bool,
         error_message: str | None,
         metadata: Mapping[str, Any] | None,
-    ) -> OperationRecord:
+    ) -> RecordRow:
         operation_type, in_type = self._mask_emails(operation_type)
         operation_name, in_name = self._mask_emails(operation_name)
         error_message, in_error = self._mask_emails(error_message)
         redacted = in_type + in_name + in_error
         problem = None
         try:
-            record = build_record(
+            row = build_row(
                 operation_type,
                 operation_name,
                 duration_ms,
@@ -324,7 +331,7 @@ class MetricsManager:
                 error_message,
                 metadata,
             )
-            self.pii_policy.check_metadata(record.metadata)
+            self.pii_policy.check_metadata(row[6])
         except ValidationError as exc:
             problem = safe_validation_message(exc)
         except ValueError as exc:
@@ -337,7 +344,7 @@ class MetricsManager:
         if redacted:
             with self._lock:
                 self._redacted += redacted
-        return record
+        return row
 
     def _mask_emails(self, text: Any) -> tuple[Any, int]:
         # Names and error messages are free text: an address there is masked, not refused.
@@ -362,13 +369,13 @@ class MetricsManager:
         with self._lock:
             self._rejected += 1
 
-    def _offer(self, record: OperationRecord) -> bool:
+    def _offer(self, row: RecordRow) -> bool:
         with self._lock:
             if not self._accepting:
                 raise RuntimeError("MetricsManager is not running")
             if len(self._buffer) >= self.max_queue_size:
                 return False
-            self._buffer.append(record)
+            self._buffer.append(row)
             self._accepted += 1
             if len(self._buffer) >= self._write_at:
                 self._cond.notify_all()
@@ -418,7 +425,7 @@ class MetricsManager:
                     if not (waited and self._accepting):
                         self._dropped += len(pending) - index
                         break
-                self._buffer.append(record)
+                self._buffer.append(row_of(record))
                 self._accepted += 1
                 accepted += 1
             if len(self._buffer) >= self._write_at:
@@ -588,7 +595,7 @@ class MetricsManager:
         self._wake_waiters()
         return True
 
-    def _next_batch(self) -> list[OperationRecord] | None:
+    def _next_batch(self) -> list[RecordRow] | None:
         """Wait (lock held) for work: a batch to write, ``[]`` for retention, None to exit."""
         while True:
             now = time.monotonic()
@@ -619,9 +626,9 @@ class MetricsManager:
     def _stop_expired(self) -> bool:
         return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
 
-    def _write(self, batch: list[OperationRecord]) -> bool:
+    def _write(self, batch: list[RecordRow]) -> bool:
         try:
-            written = self._writer.write(batch)
+            written = self._writer.write([record_from_row(row) for row in batch])
         except OSError as exc:
             with self._lock:
                 self._write_errors += 1
@@ -659,12 +666,12 @@ class MetricsManager:
         with self._lock:
             head = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
             keep = []
-            for record in head:
+            for row in head:
                 try:
-                    record.model_dump_json()
+                    record_from_row(row).model_dump_json()
                 except Exception:
                     continue
-                keep.append(record)
+                keep.append(row)
             self._buffer.extendleft(reversed(keep))
             lost = len(head) - len(keep)
             self._dropped += lost

@@ -35,10 +35,14 @@ __all__ = [
     "MetricsBatch",
     "MetricsStats",
     "OperationRecord",
+    "RecordRow",
     "batch_id_for",
     "build_record",
+    "build_row",
     "format_timestamp",
     "parse_batch_id",
+    "record_from_row",
+    "row_of",
 ]
 
 MAX_ERROR_MESSAGE_LENGTH = 1000
@@ -224,15 +228,24 @@ class OperationRecord(BaseModel):
         return data
 
 
-_ALL_RECORD_FIELDS = set(OperationRecord.model_fields)
-# Shared by every record built by build_record: a frozen model never changes its
+RecordRow = tuple[str, str, float, datetime, bool, "str | None", dict[str, Any]]
+"""A validated record's seven fields, in order: how a queue holds a record.
+
+A tuple costs about a third of a model instance with its field dict, and the
+queue holds up to ``max_queue_size`` of them. :func:`record_from_row` turns one
+back into an :class:`OperationRecord` when its batch is written.
+"""
+
+_FIELD_NAMES = tuple(OperationRecord.model_fields)
+_ALL_RECORD_FIELDS = set(_FIELD_NAMES)
+# Shared by every record built from a row: a frozen model never changes its
 # fields-set in place (model_copy copies it first), and one set per record would
-# cost 728 bytes of every queued record.
+# cost 728 bytes.
 _new_object = object.__new__
 _set_slot = object.__setattr__
 
 
-def build_record(
+def build_row(
     operation_type: Any,
     operation_name: Any,
     duration_ms: Any,
@@ -240,25 +253,16 @@ def build_record(
     success: Any,
     error_message: Any,
     metadata: Any,
-) -> OperationRecord:
-    """``OperationRecord.model_validate`` of these seven fields, faster in the common case.
+) -> RecordRow:
+    """``OperationRecord.model_validate`` of these seven fields, as a row; faster.
 
     Arguments that are plainly valid (non-empty ASCII ``str`` names, a finite
     ``float`` duration >= 0, a ``bool``, a UTC datetime, no or a short ASCII
     error message, metadata that :func:`_validate_metadata` accepts) are
-    checked here and the record is built as ``model_construct`` would.
-    Everything else, valid or not, goes through ``model_validate``, so what is
-    accepted, what is stored and every error are exactly pydantic's.
+    checked here. Everything else, valid or not, goes through
+    ``model_validate``, so what is accepted, what is stored and every error are
+    exactly pydantic's.
     """
-    fields = {
-        "operation_type": operation_type,
-        "operation_name": operation_name,
-        "duration_ms": duration_ms,
-        "timestamp": timestamp,
-        "success": success,
-        "error_message": error_message,
-        "metadata": metadata,
-    }
     if (
         type(operation_type) is str
         and type(operation_name) is str
@@ -285,14 +289,74 @@ def build_record(
         except ValueError:
             pass  # model_validate below raises pydantic's error for it
         else:
-            fields["metadata"] = clean_metadata
-            record = _new_object(OperationRecord)
-            _set_slot(record, "__dict__", fields)
-            _set_slot(record, "__pydantic_fields_set__", _ALL_RECORD_FIELDS)
-            _set_slot(record, "__pydantic_extra__", None)
-            _set_slot(record, "__pydantic_private__", None)
-            return record
-    return OperationRecord.model_validate(fields)
+            return (
+                operation_type,
+                operation_name,
+                duration_ms,
+                timestamp,
+                success,
+                error_message,
+                clean_metadata,
+            )
+    fields = {
+        "operation_type": operation_type,
+        "operation_name": operation_name,
+        "duration_ms": duration_ms,
+        "timestamp": timestamp,
+        "success": success,
+        "error_message": error_message,
+        "metadata": metadata,
+    }
+    return row_of(OperationRecord.model_validate(fields))
+
+
+def row_of(record: OperationRecord) -> RecordRow:
+    """The row of a record (its fields in order)."""
+    return (
+        record.operation_type,
+        record.operation_name,
+        record.duration_ms,
+        record.timestamp,
+        record.success,
+        record.error_message,
+        record.metadata,
+    )
+
+
+def record_from_row(row: RecordRow) -> OperationRecord:
+    """The record a row holds, built as ``model_construct`` would (the row is valid)."""
+    record = _new_object(OperationRecord)
+    _set_slot(record, "__dict__", dict(zip(_FIELD_NAMES, row, strict=True)))
+    _set_slot(record, "__pydantic_fields_set__", _ALL_RECORD_FIELDS)
+    _set_slot(record, "__pydantic_extra__", None)
+    _set_slot(record, "__pydantic_private__", None)
+    return record
+
+
+def build_record(
+    operation_type: Any,
+    operation_name: Any,
+    duration_ms: Any,
+    timestamp: Any,
+    success: Any,
+    error_message: Any,
+    metadata: Any,
+) -> OperationRecord:
+    """``OperationRecord.model_validate`` of these seven fields, faster in the common case.
+
+    See :func:`build_row`: what is accepted and every error are pydantic's.
+    """
+    return record_from_row(
+        build_row(
+            operation_type,
+            operation_name,
+            duration_ms,
+            timestamp,
+            success,
+            error_message,
+            metadata,
+        )
+    )
 
 
 class MetricsBatch(BaseModel):
