@@ -37,12 +37,13 @@ The PII filter (the manager's :class:`~otel_json_exporter.pii.PiiPolicy`): an
 attribute whose key is PII is dropped, at any depth, and the span is kept;
 e-mail addresses inside strings become ``[REDACTED]`` and a URL's user
 credentials inside any string ``REDACTED:REDACTED``; in ``url.full``,
-``url.original``, ``http.url`` and ``http.target`` user credentials become
-``REDACTED:REDACTED`` and PII query parameters ``REDACTED``, and so do the PII
-parameters of ``url.query``. Every key dropped and every string masked counts
-once in the returned redaction count. Values become JSON-ready: tuples become
-lists, bytes become base64 text, and NaN or infinite floats become the strings
-``"nan"``, ``"inf"`` and ``"-inf"`` (JSON has no such numbers).
+``url.original``, ``http.url`` and ``http.target`` the values of PII query,
+fragment and path (``;jsessionid=...``) parameters become ``REDACTED``, and so
+do the PII parameters of ``url.query`` (see ``PiiPolicy.mask_url``). Every key
+dropped and every value masked counts once in the returned redaction count.
+Values become JSON-ready: tuples become lists, bytes become base64 text, and NaN
+or infinite floats become the strings ``"nan"``, ``"inf"`` and ``"-inf"`` (JSON
+has no such numbers).
 """
 
 from __future__ import annotations
@@ -218,9 +219,14 @@ def _clean_attributes(
     for key, value in attributes.items():
         if is_pii_key(key):
             redacted += 1
-        elif type(value) is str and "@" not in value and ("=" not in value or key not in _URL_LIKE):
+        elif (
+            type(value) is str
+            and "@" not in value
+            and (key not in _URL_LIKE or ("=" not in value and "%" not in value))
+        ):
             # The common case, kept cheap. Without "@" a string holds no address and
-            # no credentials, and without "=" a URL has no query parameter value.
+            # no credentials; without "=" a URL has no parameter value, and without
+            # "%" nothing encoded (an address as "%40").
             clean[key] = value
         elif type(value) is int or type(value) is bool:
             clean[key] = value

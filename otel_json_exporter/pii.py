@@ -2,7 +2,8 @@
 
 A key is normalised first: camelCase and acronym boundaries are split
 (``userId`` -> ``user_id``, ``APIKey`` -> ``api_key``), it is lower-cased, and
-``.``, ``-`` and spaces become ``_``. The normalised key is PII when it
+every run of characters that are not letters or digits (``.``, ``-``, spaces,
+the brackets of ``user[password]``) becomes ``_``. The normalised key is PII when it
 
 (a) equals a forbidden key: ``email``, ``name``, ``username``, ``password``,
     ``token``, ``key``, ``secret``, ``api_key``, ``user_id``, ``client_id``,
@@ -14,7 +15,11 @@ A key is normalised first: camelCase and acronym boundaries are split
     ``full``, ``display`` or ``account``;
 (d) is ``authorization``, ``cookie``, ``set_cookie``, ``enduser_id`` or
     ``enduser_pseudo_id``, or ends with ``_authorization``, ``_cookie`` or
-    ``_set_cookie``.
+    ``_set_cookie``;
+(e) is ``jsessionid`` or ``phpsessid`` (the session-id parameter and cookie
+    names of Java servlets and PHP), or ends with ``_jsessionid`` or
+    ``_phpsessid``. (``sid`` is not on the list: it names an Oracle database
+    or a Windows security identifier as often.)
 
 So ``service.name``, ``token_count``, ``monkey`` and ``user_hash`` pass, while
 ``user.email``, ``x-api-key`` and ``http.request.header.cookie`` do not. A string
@@ -55,6 +60,8 @@ REDACTED = "[REDACTED]"
 """What an e-mail address inside a masked string becomes."""
 
 _CREDENTIALS_MASK = "//REDACTED:REDACTED@"
+_URL_MASK = "REDACTED"  # what a PII part of a URL becomes: no characters to encode
+_MAX_DECODINGS = 3  # percent-decoding layers looked through (a URL inside a parameter...)
 
 FORBIDDEN_KEYS = frozenset(
     {
@@ -66,10 +73,11 @@ FORBIDDEN_KEYS = frozenset(
 
 _FORBIDDEN_SUFFIXES = (
     "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
-    "_authorization", "_cookie", "_set_cookie",
+    "_authorization", "_cookie", "_set_cookie", "_jsessionid", "_phpsessid",
 )  # fmt: skip
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
+    "jsessionid", "phpsessid",
 }  # fmt: skip
 _ALWAYS_PII_TOKENS = frozenset({"email", "username"})
 _NAME_OWNERS = frozenset(
@@ -78,7 +86,7 @@ _NAME_OWNERS = frozenset(
 
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
-_SEPARATORS = re.compile(r"[.\-\s_]+")
+_SEPARATORS = re.compile(r"[\W_]+")  # anything but a letter or a digit
 _LOCAL_PART = r"[A-Za-z0-9._%+-]"
 # The look-behind makes a match start only where a run of address characters
 # starts; without it a long run before a lone "@" took quadratic time.
@@ -148,7 +156,12 @@ def mask_text(text: str) -> tuple[str, int]:
         count += 1
         return _CREDENTIALS_MASK if match["credentials"] else REDACTED
 
-    return _PII_TEXT.sub(mask, text), count
+    masked = _PII_TEXT.sub(mask, text)
+    if count and _find_pii_text(masked) is not None:
+        # Masking one match uncovered another (".@b.io" right after a masked
+        # address starts a match only once the address is gone): mask it all.
+        return REDACTED, count
+    return masked, count
 
 
 def _describe_key(key: str) -> str:
@@ -261,28 +274,28 @@ class PiiPolicy:
         return value, 0
 
     def mask_query(self, query: str) -> tuple[str, int]:
-        """Set every PII query parameter to ``REDACTED`` and mask e-mail addresses.
+        """Set the value of every PII query parameter to ``REDACTED``.
 
-        ``email=a@b.io&page=2`` becomes ``email=REDACTED&page=2``; the other
-        parameters are kept byte for byte. Returns the query and the count masked.
+        A parameter is PII when its name, percent-decoded (``user%5Bemail%5D`` is
+        ``user[email]``), is a PII key, or when its value, percent-decoded, holds
+        an e-mail address or URL credentials. ``email=a@b.io&page=2`` becomes
+        ``email=REDACTED&page=2``; the other parameters are kept byte for byte.
+        Returns the query and the count masked.
         """
-        masked = 0
-        segments = query.split("&")
-        for index, segment in enumerate(segments):
-            name, sep, _ = segment.partition("=")
-            if sep and self.is_pii_key(unquote_plus(name)):
-                segments[index] = f"{name}=REDACTED"
-                masked += 1
-        if masked:
-            query = "&".join(segments)
-        query, emails = mask_text(query)
-        return query, masked + emails
+        query, masked = self._mask_parameters(query, "&")
+        # Once more over the whole: a match may span two parameters.
+        query, more = mask_text(query)
+        return query, masked + more
 
     def mask_url(self, url: str) -> tuple[str, int]:
-        """Mask credentials, PII query parameters and e-mail addresses in a URL.
+        """Mask credentials and PII parameters, path segments and fragments in a URL.
 
-        ``https://bob:pw@h/p?email=a@b.io&page=2`` becomes
-        ``https://REDACTED:REDACTED@h/p?email=REDACTED&page=2``. Works on full
+        ``https://bob:pw@h/p;jsessionid=1?email=a@b.io&page=2#access_token=t`` becomes
+        ``https://REDACTED:REDACTED@h/p;jsessionid=REDACTED?email=REDACTED&page=2#access_token=REDACTED``:
+        the query as by :meth:`mask_query`; a fragment holding ``=`` likewise
+        (the OAuth implicit flow returns tokens there); path parameters
+        (``;name=value``) likewise; a path segment, or a fragment without ``=``,
+        that decodes to an e-mail address becomes ``REDACTED``. Works on full
         URLs and on targets such as ``/p?x=1``. Returns the URL and the count masked.
         """
         try:
@@ -293,13 +306,81 @@ class PiiPolicy:
         if "@" in netloc:
             netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
             masked += 1
-        path, in_path = mask_text(parts.path)
-        query, in_query = self.mask_query(parts.query)
-        fragment, in_fragment = mask_text(parts.fragment)
+        path, in_path = self._mask_path(parts.path)
+        query, in_query = self._mask_parameters(parts.query, "&")
+        fragment, in_fragment = self._mask_fragment(parts.fragment)
         masked += in_path + in_query + in_fragment
-        if not masked:
-            return url, 0
-        return urlunsplit((parts.scheme, netloc, path, query, fragment)), masked
+        if masked:
+            url = urlunsplit((parts.scheme, netloc, path, query, fragment))
+        url, more = mask_text(url)  # once more over the whole, as the manager checks it
+        return url, masked + more
+
+    def _mask_parameters(self, text: str, separator: str) -> tuple[str, int]:
+        """``name=value`` pairs joined by ``separator``, PII values set to ``REDACTED``.
+
+        A name that itself decodes to PII text goes too; a part without ``=``
+        that decodes to PII text is replaced whole.
+        """
+        if not text:
+            return text, 0
+        parts = text.split(separator)
+        masked = 0
+        for index, part in enumerate(parts):
+            name, equals, value = part.partition("=")
+            if not equals:
+                if _holds_pii_text(part):
+                    parts[index] = _URL_MASK
+                    masked += 1
+                continue
+            key = _decode(name)
+            if self.is_pii_key(key):
+                if contains_pii_text(key):
+                    name = _URL_MASK
+            elif not _holds_pii_text(value):
+                continue
+            parts[index] = f"{name}={_URL_MASK}"
+            masked += 1
+        return (separator.join(parts), masked) if masked else (text, 0)
+
+    def _mask_path(self, path: str) -> tuple[str, int]:
+        if ";" not in path and "%" not in path and "@" not in path:
+            return path, 0  # no path parameters, nothing encoded, no address
+        segments = path.split("/")
+        masked = 0
+        for index, segment in enumerate(segments):
+            name, semicolon, parameters = segment.partition(";")
+            if _holds_pii_text(name):
+                name = _URL_MASK
+                masked += 1
+            if semicolon:
+                parameters, in_parameters = self._mask_parameters(parameters, ";")
+                masked += in_parameters
+            segments[index] = name + semicolon + parameters
+        return ("/".join(segments), masked) if masked else (path, 0)
+
+    def _mask_fragment(self, fragment: str) -> tuple[str, int]:
+        if "=" in fragment:
+            return self._mask_parameters(fragment, "&")
+        if _holds_pii_text(fragment):
+            return _URL_MASK, 1
+        return fragment, 0
+
+
+def _decode(text: str) -> str:
+    """``text`` percent-decoded (``+`` as a space), through up to three layers."""
+    for _ in range(_MAX_DECODINGS):
+        if "%" not in text and "+" not in text:
+            break
+        decoded = unquote_plus(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _holds_pii_text(text: str) -> bool:
+    """Whether a URL part, percent-decoded, holds an e-mail address or credentials."""
+    return contains_pii_text(_decode(text))
 
 
 DEFAULT_POLICY = PiiPolicy()

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from otel_json_exporter import MetricsManager
 from otel_json_exporter.pii import (
@@ -165,6 +167,120 @@ class TestUrls:
     def test_clean_url_is_untouched(self) -> None:
         url = "https://h.example/a b?x=1&y=%20"
         assert DEFAULT_POLICY.mask_url(url) == (url, 0)
+
+    @pytest.mark.parametrize(
+        ("url", "masked"),
+        [
+            # OAuth implicit flow: the tokens come back in the fragment.
+            (
+                "https://app.example/cb#access_token=SECRET&state=1",
+                "https://app.example/cb#access_token=REDACTED&state=1",
+            ),
+            (
+                "https://app.example/#/callback?id_token=SECRET&expires_in=3600",
+                "https://app.example/#/callback?id_token=REDACTED&expires_in=3600",
+            ),
+            (
+                "https://app.example/p#mail=jane%40example.org",
+                "https://app.example/p#mail=REDACTED",
+            ),
+            ("https://app.example/p#jane%40example.org", "https://app.example/p#REDACTED"),
+        ],
+    )
+    def test_fragment_parameters(self, url: str, masked: str) -> None:
+        assert DEFAULT_POLICY.mask_url(url) == (masked, 1)
+
+    @pytest.mark.parametrize("url", ["https://h.example/docs#section-2", "/p?x=1#a=b&c=d"])
+    def test_harmless_fragments_are_kept(self, url: str) -> None:
+        assert DEFAULT_POLICY.mask_url(url) == (url, 0)
+
+    @pytest.mark.parametrize(
+        ("query", "masked"),
+        [
+            ("user[password]=hunter2&page=2", "user[password]=REDACTED&page=2"),
+            ("user%5Bemail%5D=x&page=2", "user%5Bemail%5D=REDACTED&page=2"),
+            ("filter[user][name]=Jane", "filter[user][name]=REDACTED"),
+            ("q=bob%40example.com&page=2", "q=REDACTED&page=2"),
+            ("q=bob%2540example.com", "q=REDACTED"),  # encoded twice
+            ("redirect=https%3A%2F%2Fu%3Apw%40host%2F&x=1", "redirect=REDACTED&x=1"),
+            ("bob%40example.com=1&page=2", "REDACTED=REDACTED&page=2"),
+            ("page=2&jane%40example.org", "page=2&REDACTED"),
+        ],
+    )
+    def test_decoded_names_and_values(self, query: str, masked: str) -> None:
+        assert DEFAULT_POLICY.mask_query(query)[0] == masked
+        assert DEFAULT_POLICY.mask_url(f"/search?{query}")[0] == f"/search?{masked}"
+
+    @pytest.mark.parametrize("query", ["q=100%25&sort=a%2Bb", "q=a+b&tags[]=x&tags[]=y"])
+    def test_harmless_encoded_parameters_are_kept(self, query: str) -> None:
+        assert DEFAULT_POLICY.mask_query(query) == (query, 0)
+
+    @pytest.mark.parametrize(
+        ("target", "masked"),
+        [
+            ("/login;jsessionid=ABCSESSION?x=1", "/login;jsessionid=REDACTED?x=1"),
+            ("/a;JSESSIONID=ABC;v=2/b", "/a;JSESSIONID=REDACTED;v=2/b"),
+            ("/cart;PHPSESSID=abc", "/cart;PHPSESSID=REDACTED"),
+            ("/users/jane%40example.org/profile", "/users/REDACTED/profile"),
+            ("/files;version=3/report", "/files;version=3/report"),
+        ],
+    )
+    def test_path_parameters_and_segments(self, target: str, masked: str) -> None:
+        assert DEFAULT_POLICY.mask_url(target)[0] == masked
+        assert DEFAULT_POLICY.mask_url(f"https://h.example{target}")[0] == (
+            f"https://h.example{masked}"
+        )
+
+    @pytest.mark.parametrize(
+        "key", ["jsessionid", "JSESSIONID", "PHPSESSID", "http.request.cookie.jsessionid"]
+    )
+    def test_session_id_parameter_names_are_pii(self, key: str) -> None:
+        assert DEFAULT_POLICY.is_pii_key(key)
+
+    @pytest.mark.parametrize("key", ["sid", "oracle.sid", "session_count"])
+    def test_other_session_words_are_not(self, key: str) -> None:
+        assert not DEFAULT_POLICY.is_pii_key(key)
+
+    @pytest.mark.parametrize(
+        ("key", "normalized"),
+        [
+            ("user[password]", "user_password"),
+            ("user[email]", "user_email"),
+            ("filter[user][name]", "filter_user_name"),
+            ("a/b:c|d", "a_b_c_d"),
+        ],
+    )
+    def test_brackets_and_other_punctuation_separate_words(self, key: str, normalized: str) -> None:
+        assert normalize_key(key) == normalized
+
+
+URL_TEXT = st.lists(
+    st.sampled_from([*"ab.:/?#&=;@%[]+ ", "%40", "%25", "%3A", "//", "x.io", "jsessionid"]),
+    max_size=30,
+).map("".join)
+
+
+class TestMaskingIsComplete:
+    """What masking returns holds nothing that the check would find again.
+
+    The manager checks the span exporter's records once more and refuses a batch
+    that breaks the rule, so masking and checking must agree.
+    """
+
+    @given(URL_TEXT)
+    def test_mask_text(self, text: str) -> None:
+        masked, _ = mask_text(text)
+        assert not contains_pii_text(masked)
+        assert mask_text(masked) == (masked, 0)
+
+    @given(URL_TEXT)
+    def test_mask_url_and_mask_query(self, text: str) -> None:
+        assert not contains_pii_text(DEFAULT_POLICY.mask_url(text)[0])
+        assert not contains_pii_text(DEFAULT_POLICY.mask_query(text)[0])
+
+    def test_an_address_uncovered_by_masking_another_masks_the_whole(self) -> None:
+        # ".@d.io" starts a match only once "a@b.io" before it is masked.
+        assert mask_text("a@b.io.@d.io") == (REDACTED, 1)
 
 
 class TestCredentials:
