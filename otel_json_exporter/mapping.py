@@ -137,14 +137,14 @@ def span_to_record(
     redacted = 0
 
     name = span.name or "unnamed"
-    if "@" in name:
+    if "@" in name or not name.isascii():
         name, redacted = policy.redact(name)
 
     success = True
     error_message: str | None = None
     status = span.status
-    # E-mail addresses are masked before the record cuts the message to 1,000
-    # characters, so that a cut never leaves half an address behind.
+    # PII is masked before the record cuts the message to 1,000 characters, so
+    # that a cut never leaves half an address behind.
     http_status = _http_status(attributes)
     server_error = http_status is not None and http_status >= 500 and span.kind is SpanKind.SERVER
     if status.status_code is StatusCode.ERROR or server_error:
@@ -152,7 +152,7 @@ def span_to_record(
         error_message = status.description or _last_exception(span)
         if not error_message and http_status is not None:
             error_message = f"HTTP {http_status}"
-        if error_message and "@" in error_message:
+        if error_message:
             error_message, masked = policy.redact(error_message)
             redacted += masked
 
@@ -172,7 +172,9 @@ def span_to_record(
         metadata["service.name"] = service
 
     kind_of_operation = operation_type(span)
-    if isinstance(kind_of_operation, str) and "@" in kind_of_operation:
+    if isinstance(kind_of_operation, str) and (
+        "@" in kind_of_operation or not kind_of_operation.isascii()
+    ):
         kind_of_operation, masked = policy.redact(kind_of_operation)
         redacted += masked
     record = build_record(
@@ -222,11 +224,12 @@ def _clean_attributes(
         elif (
             type(value) is str
             and "@" not in value
+            and value.isascii()
             and (key not in _URL_LIKE or ("=" not in value and "%" not in value))
         ):
-            # The common case, kept cheap. Without "@" a string holds no address and
-            # no credentials; without "=" a URL has no parameter value, and without
-            # "%" nothing encoded (an address as "%40").
+            # The common case, kept cheap. Without "@" an ASCII string holds no
+            # address and no credentials; without "=" a URL has no parameter value,
+            # and without "%" nothing encoded (an address as "%40").
             clean[key] = value
         elif type(value) is int or type(value) is bool:
             clean[key] = value
@@ -245,7 +248,7 @@ def _clean_value(value: Any, policy: PiiPolicy) -> tuple[Any, int]:
     if value is None or isinstance(value, (bool, int)):
         return value, 0
     if isinstance(value, str):
-        return policy.redact(value) if "@" in value else (value, 0)
+        return policy.redact(value)
     if isinstance(value, float):
         return (value, 0) if math.isfinite(value) else (str(value), 0)
     if isinstance(value, bytes):

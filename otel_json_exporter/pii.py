@@ -1,9 +1,13 @@
 """The one PII rule: which metadata keys are personal data, and how values are masked.
 
-A key is normalised first: camelCase and acronym boundaries are split
-(``userId`` -> ``user_id``, ``APIKey`` -> ``api_key``), it is lower-cased, and
-every run of characters that are not letters or digits (``.``, ``-``, spaces,
-the brackets of ``user[password]``) becomes ``_``. The normalised key is PII when it
+A key is normalised first: a non-ASCII key is NFKC-normalised (``email`` in
+full-width letters, U+FF45 ..., is ``email``), camelCase and acronym boundaries
+are split (``userId`` -> ``user_id``, ``APIKey`` -> ``api_key``), it is
+case-folded, and every run of characters that are not letters or digits (``.``,
+``-``, spaces, the brackets of ``user[password]``) becomes ``_``. The words ``e_mail`` become
+``email``, and ``apikey``, ``userid``, ``clientid`` and ``sessionid`` (Django's
+session cookie) become ``api_key``, ``user_id``, ``client_id`` and
+``session_id``. The normalised key is PII when it
 
 (a) equals a forbidden key: ``email``, ``name``, ``username``, ``password``,
     ``token``, ``key``, ``secret``, ``api_key``, ``user_id``, ``client_id``,
@@ -26,8 +30,13 @@ So ``service.name``, ``token_count``, ``monkey`` and ``user_hash`` pass, while
 value is PII as well when it contains an e-mail address or a URL's user
 credentials (``postgresql://admin:pw@db/app``, anything between ``//`` and the
 last ``@`` before the host): :func:`contains_pii_text` finds both and
-:meth:`PiiPolicy.redact` masks both, the credentials first, so that no part of a
+:func:`mask_text` masks both, the credentials first, so that no part of a
 password is ever left behind as what looks like the start of an address.
+Addresses may be non-ASCII (``jürgen@exämple.de``); a non-ASCII string is
+searched in its NFKC form too, so the full-width at sign U+FF20 is found, and a
+string whose PII shows only in that form is masked whole. Look-alike letters of
+other scripts (a Cyrillic U+0435 for the ``e`` of ``email``) are not folded:
+that is confusable detection, which this rule does not attempt.
 
 :class:`PiiPolicy` adds the caller's own blocked and allowed keys (compared in
 normalised form) on top of the rule. Nothing here ever puts a value into an
@@ -37,6 +46,7 @@ error message or a log line.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,10 +97,17 @@ _NAME_OWNERS = frozenset(
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[\W_]+")  # anything but a letter or a digit
-_LOCAL_PART = r"[A-Za-z0-9._%+-]"
+_E_MAIL = re.compile(r"(?<![^_])e_mail(?![^_])")
+_WORD_SPELLINGS = {
+    "apikey": "api_key",
+    "userid": "user_id",
+    "clientid": "client_id",
+    "sessionid": "session_id",
+}
+_LOCAL_PART = r"[\w.%+-]"
 # The look-behind makes a match start only where a run of address characters
 # starts; without it a long run before a lone "@" took quadratic time.
-_EMAIL = rf"(?<!{_LOCAL_PART}){_LOCAL_PART}+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{{2,}}"
+_EMAIL = rf"(?<!{_LOCAL_PART}){_LOCAL_PART}+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{{2,}}"
 # A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it.
 _CREDENTIALS = r"//[^\s/?#]*@"
 # Credentials already masked are matched first and skipped, so that masking is
@@ -105,9 +122,13 @@ _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 def normalize_key(key: str) -> str:
     """Normalise a key for the PII rule: ``"x-API-Key"`` -> ``"x_api_key"``."""
+    if not key.isascii():
+        key = unicodedata.normalize("NFKC", key)
     key = _ACRONYM_BOUNDARY.sub(r"\1_\2", key)
     key = _WORD_BOUNDARY.sub(r"\1_\2", key)
-    return _SEPARATORS.sub("_", key.lower()).strip("_")
+    words = _SEPARATORS.split(key.casefold())
+    normalized = "_".join(_WORD_SPELLINGS.get(word, word) for word in words if word)
+    return _E_MAIL.sub("email", normalized) if "e_mail" in normalized else normalized
 
 
 def _rule_says_pii(normalized: str) -> bool:
@@ -122,12 +143,26 @@ def _rule_says_pii(normalized: str) -> bool:
     )
 
 
-def _find_pii_text(text: str) -> re.Match[str] | None:
-    if "@" in text:
-        for match in _PII_TEXT.finditer(text):
-            if not match["masked"]:
-                return match
+def _search(text: str) -> re.Match[str] | None:
+    for match in _PII_TEXT.finditer(text):
+        if not match["masked"]:
+            return match
     return None
+
+
+def _search_folded(text: str) -> re.Match[str] | None:
+    """Search the NFKC form of a non-ASCII string (a full-width at sign, U+FF20)."""
+    if unicodedata.is_normalized("NFKC", text):
+        return None
+    folded = unicodedata.normalize("NFKC", text)
+    return _search(folded) if "@" in folded else None
+
+
+def _find_pii_text(text: str) -> re.Match[str] | None:
+    match = _search(text) if "@" in text else None
+    if match is None and not text.isascii():
+        match = _search_folded(text)
+    return match
 
 
 def contains_pii_text(text: str) -> bool:
@@ -145,23 +180,26 @@ def mask_text(text: str) -> tuple[str, int]:
     >>> mask_text("postgresql://admin:pw@db.example.com/app for ann@example.org")
     ('postgresql://REDACTED:REDACTED@db.example.com/app for [REDACTED]', 2)
     """
-    if "@" not in text:
-        return text, 0
-    count = 0
+    if "@" in text:
+        count = 0
 
-    def mask(match: re.Match[str]) -> str:
-        nonlocal count
-        if match["masked"]:
-            return match[0]
-        count += 1
-        return _CREDENTIALS_MASK if match["credentials"] else REDACTED
+        def mask(match: re.Match[str]) -> str:
+            nonlocal count
+            if match["masked"]:
+                return match[0]
+            count += 1
+            return _CREDENTIALS_MASK if match["credentials"] else REDACTED
 
-    masked = _PII_TEXT.sub(mask, text)
-    if count and _find_pii_text(masked) is not None:
-        # Masking one match uncovered another (".@b.io" right after a masked
-        # address starts a match only once the address is gone): mask it all.
-        return REDACTED, count
-    return masked, count
+        masked = _PII_TEXT.sub(mask, text)
+        if count:
+            # Masking one match may uncover another (".@b.io" right after a masked
+            # address starts a match only once the address is gone), and the NFKC
+            # form may hold more: then it all goes.
+            return (REDACTED, count) if _find_pii_text(masked) is not None else (masked, count)
+    if not text.isascii() and _search_folded(text) is not None:
+        # Found only in the NFKC form, whose positions do not map back: mask it all.
+        return REDACTED, 1
+    return text, 0
 
 
 def _describe_key(key: str) -> str:
@@ -215,15 +253,15 @@ class PiiPolicy:
         """
         # Fast path for the common case, a flat dict whose keys are known to be
         # fine: nothing to report, so no error paths are built. Anything else
-        # (a new or PII key, a nested value, an "@") takes the full walk.
-        verdicts = self._verdicts
+        # (a new or PII key, a nested value, an "@", non-ASCII text) takes the full walk.
+        known = self._verdicts.get
         for key, item in metadata.items():
             kind = type(item)
-            if (
-                verdicts.get(key) is not False
-                or kind not in _PLAIN_SCALARS
-                or (kind is str and "@" in item)
-            ):
+            if kind is str:
+                if "@" in item or not item.isascii() or known(key) is not False:
+                    self._check(metadata, "")
+                    return
+            elif kind not in _PLAIN_SCALARS or known(key) is not False:
                 self._check(metadata, "")
                 return
 

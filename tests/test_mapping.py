@@ -408,6 +408,31 @@ class TestPii:
         assert "admin" not in record.model_dump_json()
         PiiPolicy().check_metadata(record.metadata)
 
+    def test_unicode_keys_and_addresses(self, spans: SpanFactory) -> None:
+        full_width_at = "\uff20"
+        span = spans.make(
+            f"notify bob{full_width_at}example.com",
+            attributes={
+                "\uff45\uff4d\uff41\uff49\uff4c": "x",  # "email" in full-width letters
+                "E-Mail": "y",
+                "apikey": "z",
+                "note": "sent to j\u00fcrgen@ex\u00e4mple.de",
+                "recipients": ("caf\u00e9", f"ann{full_width_at}example.org"),
+                "region": "Montr\u00e9al",
+            },
+            status=Status(StatusCode.ERROR, "bad password for j\u00fcrgen@ex\u00e4mple.de"),
+        )
+        record, redacted = span_to_record(span)
+        assert record.operation_name == "[REDACTED]"
+        assert record.error_message == "bad password for [REDACTED]"
+        assert record.metadata["note"] == "sent to [REDACTED]"
+        assert record.metadata["recipients"] == ["caf\u00e9", "[REDACTED]"]
+        assert record.metadata["region"] == "Montr\u00e9al"
+        for key in ("\uff45\uff4d\uff41\uff49\uff4c", "E-Mail", "apikey"):
+            assert key not in record.metadata
+        assert redacted == 7
+        PiiPolicy().check_metadata(record.metadata)
+
     def test_the_managers_policy_adds_keys(self, spans: SpanFactory) -> None:
         span = spans.make(attributes={"tenant": "acme", "name": "checkout-flow"})
         record, redacted = span_to_record(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,22 @@ from otel_json_exporter.pii import (
 )
 
 TABLE = json.loads((Path(__file__).parent / "data" / "pii_keys.json").read_text())
+
+
+@asynccontextmanager
+async def running(directory: Path) -> AsyncIterator[MetricsManager]:
+    """A real manager writing into ``directory``, stopped (all written) on exit."""
+    manager = MetricsManager(directory, flush_interval_seconds=0.05)
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.stop()
+
+
+def written(directory: Path) -> bytes:
+    """The bytes of every batch file in ``directory``."""
+    return b"".join(path.read_bytes() for path in sorted(directory.glob("metrics_*.json")))
 
 
 class TestNormalizeKey:
@@ -342,6 +360,106 @@ class TestCredentials:
         assert "admin" not in str(caught.value)
 
 
+FULL_WIDTH_EMAIL = "\uff45\uff4d\uff41\uff49\uff4c"  # "email" in full-width letters
+FULL_WIDTH_AT = "\uff20"
+SMALL_AT = "\ufe6b"  # SMALL COMMERCIAL AT, also "@" under NFKC
+
+
+class TestUnicodeKeys:
+    @pytest.mark.parametrize(
+        ("key", "normalized"),
+        [
+            (FULL_WIDTH_EMAIL, "email"),
+            ("\uff35\uff53\uff45\uff52\uff29\uff24", "user_id"),  # full-width "UserID"
+            ("E-Mail", "email"),
+            ("e_mail", "email"),
+            ("contact.e-mail.address", "contact_email_address"),
+            ("eMail", "email"),
+            ("EMail", "email"),
+            ("apikey", "api_key"),
+            ("X-APIKEY", "x_api_key"),
+            ("userid", "user_id"),
+            ("sessionid", "session_id"),
+            ("Stra\u00dfe", "strasse"),  # case-folded, not only lower-cased
+            ("e_mails_sent", "e_mails_sent"),  # "mails" is not "mail"
+            ("type_mail", "type_mail"),
+        ],
+    )
+    def test_normalisation(self, key: str, normalized: str) -> None:
+        assert normalize_key(key) == normalized
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            FULL_WIDTH_EMAIL,
+            f"user.{FULL_WIDTH_EMAIL}",
+            "E-Mail",
+            "e_mail",
+            "apikey",
+            "x-apikey",
+            "userid",
+            "sessionid",
+            f"bob{FULL_WIDTH_AT}example.com",
+        ],
+    )
+    def test_blocked(self, key: str) -> None:
+        assert DEFAULT_POLICY.is_pii_key(key)
+
+    def test_caller_keys_are_compared_in_the_same_form(self) -> None:
+        policy = PiiPolicy(blocked_keys={"\uff54\uff45\uff4e\uff41\uff4e\uff54"})  # "tenant"
+        assert policy.is_pii_key("Tenant")
+
+
+class TestUnicodeText:
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "j\u00fcrgen@ex\u00e4mple.de",
+            "jos\u00e9.garc\u00eda@correo.es",
+            "\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a",  # an address in Chinese, IDN TLD
+            "john_doe@example.com",
+        ],
+    )
+    def test_non_ascii_addresses_are_masked_whole(self, address: str) -> None:
+        assert contains_pii_text(address)
+        assert mask_text(f"mail {address} now") == (f"mail {REDACTED} now", 1)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            f"write to bob{FULL_WIDTH_AT}example.com today",
+            f"bob{SMALL_AT}example.com",
+            "bob@example\uff0ecom",  # a full-width full stop
+            f"postgresql://admin:hunter2{FULL_WIDTH_AT}db.example.com/app",
+        ],
+    )
+    def test_found_only_in_the_nfkc_form_masks_the_whole_string(self, text: str) -> None:
+        assert contains_pii_text(text)
+        assert mask_text(text) == (REDACTED, 1)
+        assert DEFAULT_POLICY.redact(text) == (REDACTED, 1)
+
+    def test_plain_non_ascii_text_is_kept(self) -> None:
+        text = "caf\u00e9 \u00e0 Montr\u00e9al, r\u00e9gion \u5317\u4eac, \uff11\uff12\uff13"
+        assert not contains_pii_text(text)
+        assert mask_text(text) == (text, 0)
+
+    def test_check_metadata_refuses_a_full_width_address_without_echoing_it(self) -> None:
+        with pytest.raises(ValueError, match="'note' contains an e-mail address") as caught:
+            DEFAULT_POLICY.check_metadata({"ok": 1, "note": f"bob{FULL_WIDTH_AT}example.com"})
+        assert "bob" not in str(caught.value)
+
+    def test_a_key_that_is_a_full_width_address_is_masked_in_the_error(self) -> None:
+        with pytest.raises(ValueError, match="is PII") as caught:
+            DEFAULT_POLICY.check_metadata({"a": {f"bob{FULL_WIDTH_AT}example.com": 1}})
+        assert "bob" not in str(caught.value)
+        assert REDACTED in str(caught.value)
+
+    def test_urls_with_full_width_addresses(self) -> None:
+        url, count = DEFAULT_POLICY.mask_url(f"https://h.example/p?q=bob{FULL_WIDTH_AT}x.io&page=2")
+        assert url == "https://h.example/p?q=REDACTED&page=2"
+        assert count == 1
+
+
 class TestRecordOperationErrors:
     """Through a real manager: PII is refused, and no error quotes the value."""
 
@@ -351,31 +469,32 @@ class TestRecordOperationErrors:
             ({"dsn": "postgresql://admin:hunter2@localhost:5432/app"}, "'dsn'"),
             ({"hosts": ["ok", "amqp://guest:hunter2@mq.example.org"]}, "'hosts'[1]"),
             ({"note": "write to hunter2@example.com"}, "'note'"),
+            ({"note": "j\u00fcrgen@ex\u00e4mple.de"}, "'note' contains"),
+            ({"note": f"bob{FULL_WIDTH_AT}hunter2.com"}, "'note' contains"),
+            ({"E-Mail": "bob at example dot com"}, "'E-Mail' is PII"),
+            ({FULL_WIDTH_EMAIL: "secret-value"}, "is PII"),
+            ({"user[email]": "secret-value"}, "'user[email]' is PII"),
+            ({"apikey": "s3cr3t"}, "'apikey' is PII"),
         ],
     )
-    async def test_pii_values_are_refused_without_the_value(
+    async def test_pii_is_refused_without_the_value(
         self, tmp_path: Path, metadata: dict[str, object], where: str
     ) -> None:
-        manager = MetricsManager(tmp_path, flush_interval_seconds=0.05)
-        await manager.start()
-        try:
+        async with running(tmp_path) as manager:
             with pytest.raises(ValueError, match="PII") as caught:
                 await manager.record_operation("job", "run", 1.0, metadata=metadata)
             assert where in str(caught.value)
             assert "hunter2" not in str(caught.value)
+            for value in metadata.values():
+                assert str(value) not in str(caught.value)
             assert caught.value.__context__ is None
             await manager.record_operation("job", "after", 1.0)
-        finally:
-            await manager.stop()
         assert (await manager.get_stats()).total_rejected == 1
-        written = b"".join(path.read_bytes() for path in tmp_path.glob("metrics_*.json"))
-        assert b"after" in written
-        assert b"hunter2" not in written
+        assert b"after" in written(tmp_path)
+        assert b"hunter2" not in written(tmp_path)
 
     async def test_credentials_in_names_and_error_messages_are_masked(self, tmp_path: Path) -> None:
-        manager = MetricsManager(tmp_path, flush_interval_seconds=0.05)
-        await manager.start()
-        try:
+        async with running(tmp_path) as manager:
             await manager.record_operation(
                 "db_connect",
                 "connect postgres://app:hunter2@localhost/db",
@@ -383,10 +502,24 @@ class TestRecordOperationErrors:
                 success=False,
                 error_message="could not reach postgresql://admin:hunter2@db.internal:5432",
             )
-        finally:
-            await manager.stop()
-        written = b"".join(path.read_bytes() for path in tmp_path.glob("metrics_*.json"))
-        assert b"connect postgres://REDACTED:REDACTED@localhost/db" in written
-        assert b"postgresql://REDACTED:REDACTED@db.internal:5432" in written
-        assert b"hunter2" not in written
-        assert b"admin" not in written
+        data = written(tmp_path)
+        assert b"connect postgres://REDACTED:REDACTED@localhost/db" in data
+        assert b"postgresql://REDACTED:REDACTED@db.internal:5432" in data
+        assert b"hunter2" not in data
+        assert b"admin" not in data
+
+    async def test_non_ascii_addresses_in_names_and_error_messages_are_masked(
+        self, tmp_path: Path
+    ) -> None:
+        async with running(tmp_path) as manager:
+            await manager.record_operation(
+                "t",
+                f"notify bob{FULL_WIDTH_AT}example.com",
+                1.0,
+                error_message="j\u00fcrgen@ex\u00e4mple.de",
+            )
+        data = written(tmp_path)
+        [record] = json.loads(data)["records"]
+        assert (record["operation_name"], record["error_message"]) == (REDACTED, REDACTED)
+        assert b"bob" not in data
+        assert "j\u00fcrgen".encode() not in data
