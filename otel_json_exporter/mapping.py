@@ -44,12 +44,20 @@ dropped and every value masked counts once in the returned redaction count.
 Values become JSON-ready: tuples become lists, bytes become base64 text, and NaN
 or infinite floats become the strings ``"nan"``, ``"inf"`` and ``"-inf"`` (JSON
 has no such numbers).
+
+One bad value never loses the span. A lone surrogate (which UTF-8 cannot encode)
+in the name, the status description, an exception message, an attribute key or
+value, or ``service.name`` becomes U+FFFD, the replacement character. An
+attribute that no batch file can hold, an integer of more than 4,300 digits or
+nesting deeper than 32 levels anywhere in it, is dropped and counted with the
+redactions (the one count this function returns).
 """
 
 from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -57,7 +65,12 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy
-from otel_json_exporter.records import OperationRecord, build_record
+from otel_json_exporter.records import (
+    MAX_INTEGER_DIGITS,
+    MAX_METADATA_DEPTH,
+    OperationRecord,
+    build_record,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -86,6 +99,13 @@ _HTTP_METHOD = ("http.request.method", "http.method")
 _HTTP_STATUS = ("http.response.status_code", "http.status_code")
 _KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT_CHARACTER = "\ufffd"
+
+
+class _Unwritable(Exception):
+    """A value no batch file can hold: too many digits, or nested too deep."""
 
 
 def default_operation_type(span: ReadableSpan) -> str:
@@ -138,7 +158,7 @@ def span_to_record(
 
     name = span.name or "unnamed"
     if "@" in name or not name.isascii():
-        name, redacted = policy.redact(name)
+        name, redacted = _clean_text(name, policy)
 
     success = True
     error_message: str | None = None
@@ -153,7 +173,7 @@ def span_to_record(
         if not error_message and http_status is not None:
             error_message = f"HTTP {http_status}"
         if error_message:
-            error_message, masked = policy.redact(error_message)
+            error_message, masked = _clean_text(error_message, policy)
             redacted += masked
 
     metadata, masked = _clean_attributes(attributes, policy)
@@ -167,15 +187,17 @@ def span_to_record(
     metadata["span_kind"] = _KIND_NAMES[span.kind]
     service = span.resource.attributes.get("service.name")
     if service is not None:
-        service, masked = _clean_value(service, policy)
+        try:
+            metadata["service.name"], masked = _clean_value(service, policy, 0)
+        except _Unwritable:
+            masked = 1
         redacted += masked
-        metadata["service.name"] = service
 
     kind_of_operation = operation_type(span)
     if isinstance(kind_of_operation, str) and (
         "@" in kind_of_operation or not kind_of_operation.isascii()
     ):
-        kind_of_operation, masked = policy.redact(kind_of_operation)
+        kind_of_operation, masked = _clean_text(kind_of_operation, policy)
         redacted += masked
     record = build_record(
         kind_of_operation,
@@ -218,57 +240,88 @@ def _clean_attributes(
     clean: dict[str, Any] = {}
     redacted = 0
     is_pii_key = policy.is_pii_key
-    for key, value in attributes.items():
-        if is_pii_key(key):
+    for name, value in attributes.items():
+        if is_pii_key(name):
             redacted += 1
-        elif (
-            type(value) is str
-            and "@" not in value
-            and value.isascii()
-            and (key not in _URL_LIKE or ("=" not in value and "%" not in value))
-        ):
-            # The common case, kept cheap. Without "@" an ASCII string holds no
-            # address and no credentials; without "=" a URL has no parameter value,
-            # and without "%" nothing encoded (an address as "%40").
+            continue
+        key = name if name.isascii() else _valid_unicode(name)
+        kind = type(value)
+        if kind is str:
+            if (
+                "@" not in value
+                and value.isascii()
+                and (key not in _URL_LIKE or ("=" not in value and "%" not in value))
+            ):
+                # The common case, kept cheap. Without "@" an ASCII string holds no
+                # address and no credentials; without "=" a URL has no parameter
+                # value, and without "%" nothing encoded (an address as "%40").
+                clean[key] = value
+                continue
+            if key in _URL_LIKE:
+                mask = policy.mask_query if key == _QUERY_ATTRIBUTE else policy.mask_url
+                clean[key], masked = mask(value if value.isascii() else _valid_unicode(value))
+            else:
+                clean[key], masked = _clean_text(value, policy)
+        elif kind is bool or (kind is int and -_INTEGER_LIMIT < value < _INTEGER_LIMIT):
             clean[key] = value
-        elif type(value) is int or type(value) is bool:
-            clean[key] = value
-        elif key in _URL_LIKE and type(value) is str:
-            mask = policy.mask_query if key == _QUERY_ATTRIBUTE else policy.mask_url
-            clean[key], masked = mask(value)
-            redacted += masked
+            continue
         else:
-            clean[key], masked = _clean_value(value, policy)
-            redacted += masked
+            try:
+                clean[key], masked = _clean_value(value, policy, 0)
+            except _Unwritable:
+                masked = 1  # the attribute is dropped
+        redacted += masked
     return clean, redacted
 
 
-def _clean_value(value: Any, policy: PiiPolicy) -> tuple[Any, int]:
-    """A JSON-ready copy of an attribute value (any depth) and the count redacted."""
-    if value is None or isinstance(value, (bool, int)):
+def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
+    """A JSON-ready copy of an attribute value (any depth) and the count redacted.
+
+    Raises :class:`_Unwritable` for a value that no batch file can hold.
+    """
+    if value is None or isinstance(value, bool):
         return value, 0
+    if isinstance(value, int):
+        if -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
+            return value, 0
+        raise _Unwritable
     if isinstance(value, str):
-        return policy.redact(value)
+        return _clean_text(value, policy)
     if isinstance(value, float):
         return (value, 0) if math.isfinite(value) else (str(value), 0)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii"), 0
+    if depth >= MAX_METADATA_DEPTH and isinstance(value, (Mapping, tuple, list)):
+        raise _Unwritable
     redacted = 0
     if isinstance(value, Mapping):
         clean: dict[str, Any] = {}
         for key, item in value.items():
-            if policy.is_pii_key(key):
+            name = key if isinstance(key, str) else str(key)
+            if policy.is_pii_key(name):
                 redacted += 1
                 continue
-            clean[key], masked = _clean_value(item, policy)
+            clean[_valid_unicode(name)], masked = _clean_value(item, policy, depth + 1)
             redacted += masked
         return clean, redacted
     if isinstance(value, (tuple, list)):
         items = []
         for item in value:
-            clean_item, masked = _clean_value(item, policy)
+            clean_item, masked = _clean_value(item, policy, depth + 1)
             items.append(clean_item)
             redacted += masked
         return items, redacted
     # The SDK turns other types into str before they reach us; be as safe anyway.
-    return _clean_value(str(value), policy)
+    return _clean_text(str(value), policy)
+
+
+def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
+    """``text`` ready for a record: valid Unicode, PII masked; and the count masked."""
+    if text.isascii():
+        return policy.redact(text) if "@" in text else (text, 0)
+    return policy.redact(_SURROGATE.sub(_REPLACEMENT_CHARACTER, text))
+
+
+def _valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate, which UTF-8 cannot encode, replaced by U+FFFD."""
+    return text if text.isascii() else _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)

@@ -321,9 +321,11 @@ class PiiPolicy:
         Returns the query and the count masked.
         """
         query, masked = self._mask_parameters(query, "&")
-        # Once more over the whole: a match may span two parameters.
-        query, more = mask_text(query)
-        return query, masked + more
+        if "@" in query or not query.isascii():
+            # Once more over the whole: a match may span two parameters.
+            query, more = mask_text(query)
+            masked += more
+        return query, masked
 
     def mask_url(self, url: str) -> tuple[str, int]:
         """Mask credentials and PII parameters, path segments and fragments in a URL.
@@ -370,12 +372,14 @@ class PiiPolicy:
                     parts[index] = _URL_MASK
                     masked += 1
                 continue
-            key = _decode(name)
+            key = _decode(name) if "%" in name or "+" in name else name
             if self.is_pii_key(key):
                 if contains_pii_text(key):
                     name = _URL_MASK
-            elif not _holds_pii_text(value):
-                continue
+            elif not (
+                ("@" in value or "%" in value or not value.isascii()) and _holds_pii_text(value)
+            ):
+                continue  # the common case, kept cheap: "+" alone decodes to no PII
             parts[index] = f"{name}={_URL_MASK}"
             masked += 1
         return (separator.join(parts), masked) if masked else (text, 0)

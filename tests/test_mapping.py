@@ -7,7 +7,7 @@ in-memory exporter, then handed to :func:`span_to_record` alone.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from pydantic import ValidationError
 
-from otel_json_exporter import PiiPolicy, default_operation_type, default_span_filter
+from otel_json_exporter import (
+    OperationSpanExporter,
+    PiiPolicy,
+    default_operation_type,
+    default_span_filter,
+)
 from otel_json_exporter.mapping import URL_ATTRIBUTES, span_to_record
 from otel_json_exporter.records import OperationRecord
 
@@ -441,6 +446,138 @@ class TestPii:
         assert record.metadata.get("tenant") is None
         assert record.metadata["name"] == "checkout-flow"
         assert redacted == 1
+
+
+def deep(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = {"d": value}
+    return value
+
+
+class TestOneBadValueNeverLosesTheSpan:
+    def test_lone_surrogates_become_replacement_characters(self, spans: SpanFactory) -> None:
+        span = spans.make(
+            "GET /caf\ud800",
+            attributes={
+                "note": "v\udfff",
+                "k\ud800": "plain",
+                "tags": ("a\udc80", "b"),
+                "url.full": "https://h.example/\ud800?email=jane%40x.io",
+                "mixed": "j\u00fcrgen@ex\u00e4mple.de \ud800",
+            },
+            status=Status(StatusCode.ERROR, "failed \udc80 here"),
+        )
+        record, redacted = span_to_record(span)
+        assert record.operation_name == "GET /caf\ufffd"
+        assert record.error_message == "failed \ufffd here"
+        assert record.metadata["note"] == "v\ufffd"
+        assert record.metadata["k\ufffd"] == "plain"
+        assert record.metadata["tags"] == ["a\ufffd", "b"]
+        assert record.metadata["url.full"] == "https://h.example/\ufffd?email=REDACTED"
+        assert record.metadata["mixed"] == "[REDACTED] \ufffd"
+        assert redacted == 2
+        assert OperationRecord.model_validate_json(record.model_dump_json()) == record
+
+    def test_in_an_exception_message_and_the_service_name(self) -> None:
+        captured = InMemorySpanExporter()
+        provider = TracerProvider(resource=Resource.create({"service.name": "svc\ud800"}))
+        provider.add_span_processor(SimpleSpanProcessor(captured))
+        with provider.get_tracer("tests").start_as_current_span("work") as span:
+            span.record_exception(ValueError("bad \ud800 input"))
+            span.set_status(Status(StatusCode.ERROR))
+        provider.shutdown()
+        record, _ = span_to_record(captured.get_finished_spans()[-1])
+        assert record.error_message == "ValueError: bad \ufffd input"
+        assert record.metadata["service.name"] == "svc\ufffd"
+        record.model_dump_json()
+
+    def test_a_surrogate_in_the_declared_operation_type(self, spans: SpanFactory) -> None:
+        record, _ = span_to_record(spans.make(attributes={"operation.type": "job\ud800"}))
+        assert record.operation_type == "job\ufffd"
+
+    def test_unwritable_attributes_are_dropped_and_counted(self, spans: SpanFactory) -> None:
+        biggest = 10**4300 - 1  # 4,300 digits: the most a JSON reader takes back
+        span = spans.make(
+            attributes={
+                "huge": 10**4300,
+                "huge_negative": -(10**5000),
+                "in_a_list": (1, 2, 10**4300),
+                "biggest": biggest,
+                "too_deep": deep(33),
+                "deep_enough": deep(32),
+                "region": "ca",
+            }
+        )
+        record, redacted = span_to_record(span)
+        kept = {"biggest", "deep_enough", "region"}
+        assert set(record.metadata) == kept | {
+            "trace_id", "span_id", "parent_span_id", "span_kind", "service.name"
+        }  # fmt: skip
+        assert record.metadata["biggest"] == biggest
+        assert redacted == 4
+        assert OperationRecord.model_validate_json(record.model_dump_json()) == record
+
+
+FULL_WIDTH_AT = "\uff20"
+# Every secret below is put in a span somewhere; none may reach the disk.
+SECRETS = {
+    "fragment_token": "SECRETTOKEN1",
+    "encoded_address": "bob1",
+    "bracket_password": "hunter2b",
+    "session": "ABCSESSION1",
+    "password": "hunter2c",
+    "password_local": "hunter2d",
+    "idn_address": "j\u00fcrgen9",
+    "full_width_address": "ann8",
+    "encoded_credentials": "pw7xyz",
+    "cookie": "COOKIE6",
+}
+
+
+def emit_pii_spans(provider: TracerProvider) -> int:
+    """The reviewer's leaks, and values that used to lose their span; the span count."""
+    tracer = provider.get_tracer("tests")
+    s = SECRETS
+    attributes: list[dict[str, Any]] = [
+        {"url.full": f"https://app.example/cb#access_token={s['fragment_token']}&state=1"},
+        {"url.query": f"q={s['encoded_address']}%40x.io&user[password]={s['bracket_password']}"},
+        {"http.target": f"/login;jsessionid={s['session']}?x=1"},
+        {"db.connection_string": f"postgresql://admin:{s['password']}@db.example.com:5432/app"},
+        {"db.connection_string": f"postgres://bob:{s['password_local']}@localhost/db"},
+        {"note": f"{s['idn_address']}@ex\u00e4mple.de", "E-Mail": "x"},
+        {"note": f"{s['full_width_address']}{FULL_WIDTH_AT}example.com", "apikey": "k"},
+        {"http.url": f"https://h.example/?next=https%3A%2F%2Fu%3A{s['encoded_credentials']}%40h"},
+        {"http.request.header.cookie": (s["cookie"],)},
+        {"huge": 10**4300, "text": "surrogate \ud800 here"},
+    ]
+    for index, attrs in enumerate(attributes):
+        with tracer.start_as_current_span(f"span {index} \udc80", attributes=attrs) as span:
+            if index == 0:
+                span.set_status(Status(StatusCode.ERROR, f"for {s['idn_address']}@ex\u00e4mple.de"))
+    return len(attributes)
+
+
+class TestThroughTheExporter:
+    """Real spans through OperationSpanExporter into real files: nothing leaks, none is lost."""
+
+    def test_no_secret_reaches_the_disk_and_every_span_is_written(
+        self, tmp_path: Path, read_records: Callable[[Path], list[OperationRecord]]
+    ) -> None:
+        exporter = OperationSpanExporter(storage_path=tmp_path, flush_interval_seconds=0.05)
+        provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        emitted = emit_pii_spans(provider)
+        provider.shutdown()
+
+        stats = exporter.manager.stats()
+        assert (stats.total_rejected, stats.total_dropped) == (0, 0)
+        assert stats.total_persisted == emitted
+        assert len(read_records(tmp_path)) == emitted
+        written = b"".join(path.read_bytes() for path in tmp_path.glob("metrics_*.json"))
+        for secret in SECRETS.values():
+            assert secret.encode() not in written, secret
+            assert json.dumps(secret).encode() not in written, secret  # as a \u escape
 
 
 class TestDefaultFilter:
