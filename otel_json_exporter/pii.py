@@ -284,32 +284,16 @@ class PiiPolicy:
             for index, item in enumerate(value):
                 self._check(item, f"{path}[{index}]")
 
-    def redact(self, value: Any) -> tuple[Any, int]:
-        """A copy of ``value`` with PII keys dropped and strings masked by :func:`mask_text`.
+    def redact(self, text: str) -> tuple[str, int]:
+        """``text`` with URL credentials and e-mail addresses masked, and how many were.
 
-        Returns the copy and how many keys were dropped or strings masked.
+        Free text (a name, an error message, a span attribute value) is masked
+        rather than refused; see :func:`mask_text`. Keys play no part in it, so
+        every policy masks alike. Dropping PII keys from structured values is
+        the span mapping's walk (:mod:`otel_json_exporter.mapping`), which also
+        makes the values JSON-ready.
         """
-        if isinstance(value, str):
-            return mask_text(value)
-        if isinstance(value, Mapping):
-            clean: dict[str, Any] = {}
-            count = 0
-            for key, item in value.items():
-                if self.is_pii_key(key):
-                    count += 1
-                    continue
-                clean[key], masked = self.redact(item)
-                count += masked
-            return clean, count
-        if isinstance(value, (list, tuple)):
-            items = []
-            count = 0
-            for item in value:
-                clean_item, masked = self.redact(item)
-                items.append(clean_item)
-                count += masked
-            return items, count
-        return value, 0
+        return mask_text(text)
 
     def mask_query(self, query: str) -> tuple[str, int]:
         """Set the value of every PII query parameter to ``REDACTED``.

@@ -303,6 +303,23 @@ class TestPii:
         assert record.metadata["request"] == {"plan": "pro"}
         assert redacted == 1
 
+    def test_nested_values_are_walked_once(self, spans: SpanFactory) -> None:
+        span = spans.make(
+            attributes={
+                "payload": {
+                    "userId": "u1",
+                    "keep": ("mail me: a.b@example.com", 2, b"\x00"),
+                    "x": {"token": "t", "ratio": float("nan"), "deeper": [{"apiKey": "k"}]},
+                }
+            }
+        )
+        record, redacted = span_to_record(span)
+        assert record.metadata["payload"] == {
+            "keep": ["mail me: [REDACTED]", 2, "AA=="],
+            "x": {"ratio": "nan", "deeper": [{}]},
+        }
+        assert redacted == 4
+
     def test_email_addresses_in_values_are_masked(self, spans: SpanFactory) -> None:
         span = spans.make(
             attributes={

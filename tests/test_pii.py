@@ -145,12 +145,14 @@ class TestPolicy:
     def test_clean_metadata_passes(self) -> None:
         DEFAULT_POLICY.check_metadata({"region": "ca", "n": [1, {"db.name": "x"}], "at": "a@b"})
 
-    def test_redact_drops_keys_masks_values_and_counts(self) -> None:
-        clean, count = DEFAULT_POLICY.redact(
-            {"userId": "u1", "keep": ("mail me: a.b@example.com", 2), "x": {"token": "t"}}
+    @pytest.mark.parametrize("policy", [DEFAULT_POLICY, PiiPolicy(allowed_keys={"email"})])
+    def test_redact_masks_text_alike_under_every_policy(self, policy: PiiPolicy) -> None:
+        text = "mail a.b@example.com or c@example.org via https://u:pw@h.example"
+        assert policy.redact(text) == (
+            f"mail {REDACTED} or {REDACTED} via https://REDACTED:REDACTED@h.example",
+            3,
         )
-        assert clean == {"keep": [f"mail me: {REDACTED}", 2], "x": {}}
-        assert count == 3
+        assert policy.redact("nothing here") == ("nothing here", 0)
 
     def test_the_verdict_cache_stays_bounded(self) -> None:
         policy = PiiPolicy()
