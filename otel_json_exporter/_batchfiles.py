@@ -5,8 +5,10 @@ and checked with :class:`~otel_json_exporter.records.MetricsBatch`, which checks
 the keys, the types, the timestamp format, ``total_records`` and ``batch_id``
 against ``batch_timestamp``; the name is then checked against ``batch_id``.
 
-Every reason given for a bad file is built from pydantic's error locations and
-messages only, never from the input, because metadata may hold personal data.
+Every reason given for a bad file is worded by
+:func:`~otel_json_exporter.pii.safe_validation_message`, from pydantic's error
+locations and messages only (never from the input, because metadata may hold
+personal data), with e-mail addresses in keys masked.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from otel_json_exporter.pii import safe_validation_message
 from otel_json_exporter.records import MetricsBatch, parse_batch_id
 from otel_json_exporter.writer import iter_batch_files
 
-__all__ = ["InvalidBatchFile", "describe_errors", "other_metrics_names", "read"]
+__all__ = ["InvalidBatchFile", "other_metrics_names", "read"]
 
 _MAX_ERRORS_SHOWN = 3
 
@@ -33,19 +36,6 @@ class InvalidBatchFile(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
-
-
-def describe_errors(exc: ValidationError) -> str:
-    """One line naming where each error is and what it is, never the offending value."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    parts = []
-    for error in errors[:_MAX_ERRORS_SHOWN]:
-        where = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    if len(errors) > _MAX_ERRORS_SHOWN:
-        parts.append(f"and {len(errors) - _MAX_ERRORS_SHOWN} more errors")
-    return "; ".join(parts)
 
 
 def read(path: Path, batch_id: str) -> MetricsBatch:
@@ -61,7 +51,8 @@ def read(path: Path, batch_id: str) -> MetricsBatch:
     try:
         batch = MetricsBatch.model_validate_json(data)
     except ValidationError as exc:
-        raise InvalidBatchFile(path, describe_errors(exc)) from None
+        reason = safe_validation_message(exc, prefix="", max_errors=_MAX_ERRORS_SHOWN)
+        raise InvalidBatchFile(path, reason) from None
     if batch.batch_id != batch_id:
         raise InvalidBatchFile(
             path, f"the file holds batch_id {batch.batch_id}, its name says {batch_id}"

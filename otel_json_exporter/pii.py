@@ -413,16 +413,32 @@ DEFAULT_POLICY = PiiPolicy()
 """The rule with no additions."""
 
 
-def safe_validation_message(exc: ValidationError) -> str:
+def safe_validation_message(
+    exc: ValidationError,
+    prefix: str = "invalid operation record: ",
+    max_errors: int | None = None,
+) -> str:
     """A one-line account of a pydantic error that holds no input value.
 
     Built from locations and messages only, since pydantic's own ``str()`` echoes
-    the input; a location names keys, and a key can itself be an e-mail address,
-    so addresses are masked too.
+    the input: ``prefix``, then ``where: what`` for each error, ``; ``-joined. A
+    location names keys, and a key can itself be an e-mail address, so every
+    location part and message is masked by :func:`mask_text`. The metadata
+    validator's messages name their own place (``metadata 'a'.'b': ...``), so
+    the location part ``metadata`` is not repeated before them. With
+    ``max_errors``, the rest are counted (``and 2 more errors``).
+    The manager, the span exporter and the command line all word errors this way.
     """
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    shown = errors if max_errors is None else errors[:max_errors]
     parts = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        where = ".".join(str(part) for part in error["loc"]) or "record"
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(message if message.startswith("metadata") else f"{where}: {message}")
-    return mask_text("invalid operation record: " + "; ".join(parts))[0]
+    for error in shown:
+        message = mask_text(error["msg"].removeprefix("Value error, "))[0]
+        where = [mask_text(str(part))[0] for part in error["loc"]]
+        if where and where[-1] == "metadata" and message.startswith("metadata"):
+            where.pop()
+        parts.append(f"{'.'.join(where)}: {message}" if where else message)
+    if len(shown) < len(errors):
+        parts.append(f"and {len(errors) - len(shown)} more errors")
+    # Once more over the whole: parts joined with "." could form an address.
+    return mask_text(prefix + "; ".join(parts))[0]

@@ -516,6 +516,30 @@ class TestValidate:
         assert "2 other metrics_*.json names left alone" in result.stdout
         assert_foreign_untouched(tmp_path)
 
+    def test_keys_that_are_addresses_are_masked_in_every_reason(self, pipeline_copy: Path) -> None:
+        files = batch_files(pipeline_copy)
+
+        def extra_keys(doc: dict[str, Any]) -> None:
+            doc["records"][0]["jane.doe@example.com"] = 1
+            doc["records"][1]["ann\uff20example.org"] = 2  # a full-width at sign
+            doc["records"][2]["duration_ms"] = -1.0
+            doc["records"][3]["timestamp"] = "yesterday"
+
+        edit_json(files[0], extra_keys)
+        validate, summarize = run("validate", pipeline_copy), run("summarize", pipeline_copy)
+        assert validate.returncode == summarize.returncode == 1
+        expected = (
+            f"{files[0]}: records.0.[REDACTED]: Extra inputs are not permitted; "
+            "records.1.[REDACTED]: Extra inputs are not permitted; "
+            "records.2.duration_ms: Input should be greater than or equal to 0; "
+            "and 1 more errors"
+        )
+        assert expected in validate.stdout.splitlines()
+        assert f"warning: skipped {expected}" in summarize.stderr
+        for output in (validate.stdout + validate.stderr, summarize.stdout + summarize.stderr):
+            assert "jane" not in output
+            assert "ann" not in output
+
 
 def old_batches(directory: Path, ages: dict[str, timedelta]) -> dict[str, Path]:
     """One real batch file per age, written by BatchWriter as if at that moment."""

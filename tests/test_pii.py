@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from otel_json_exporter import MetricsManager
 from otel_json_exporter.pii import (
@@ -20,7 +22,9 @@ from otel_json_exporter.pii import (
     contains_pii_text,
     mask_text,
     normalize_key,
+    safe_validation_message,
 )
+from otel_json_exporter.records import OperationRecord
 
 TABLE = json.loads((Path(__file__).parent / "data" / "pii_keys.json").read_text())
 
@@ -301,6 +305,51 @@ class TestMaskingIsComplete:
     def test_an_address_uncovered_by_masking_another_masks_the_whole(self) -> None:
         # ".@d.io" starts a match only once "a@b.io" before it is masked.
         assert mask_text("a@b.io.@d.io") == (REDACTED, 1)
+
+
+class TestSafeValidationMessage:
+    """How every pydantic error is worded: the manager's, the exporter's, the CLI's."""
+
+    def errors(self, data: dict[str, object]) -> ValidationError:
+        with pytest.raises(ValidationError) as caught:
+            OperationRecord.model_validate(
+                {"operation_type": "t", "operation_name": "n", "duration_ms": 1.0} | data
+            )
+        return caught.value
+
+    def test_locations_and_messages_never_values(self) -> None:
+        exc = self.errors({"timestamp": "hunter2", "duration_ms": "hunter3"})
+        message = safe_validation_message(exc)
+        assert message.startswith("invalid operation record: ")
+        assert "duration_ms: Input should be a valid number" in message
+        assert "hunter" not in message
+
+    @pytest.mark.parametrize(
+        ("key", "masked"),
+        [
+            ("jane.doe@example.com", REDACTED),
+            ("jane.doe\uff20example.com", REDACTED),
+            ("https://jane:pw@h.example", "https://REDACTED:REDACTED@h.example"),
+        ],
+    )
+    def test_a_key_that_is_pii_text_is_masked_alone(self, key: str, masked: str) -> None:
+        exc = self.errors({"timestamp": datetime.now(timezone.utc), key: 1})
+        message = safe_validation_message(exc, prefix="")
+        assert message == f"{masked}: Extra inputs are not permitted"
+
+    def test_metadata_messages_are_not_given_their_place_twice(self) -> None:
+        exc = self.errors({"timestamp": datetime.now(timezone.utc), "metadata": {"a": (1,)}})
+        assert safe_validation_message(exc, prefix="") == (
+            "metadata 'a': tuple is not allowed; use str, int, finite float, bool, None, "
+            "or lists and dicts of these"
+        )
+
+    def test_at_most_max_errors_then_a_count(self) -> None:
+        exc = self.errors({"timestamp": 1, "duration_ms": -1.0, "a": 1, "b": 2})
+        message = safe_validation_message(exc, prefix="bad: ", max_errors=2)
+        assert message.startswith("bad: ")
+        assert message.endswith("; and 2 more errors")
+        assert message.count(";") == 2
 
 
 class TestCredentials:
