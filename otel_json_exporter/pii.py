@@ -67,7 +67,8 @@ __all__ = [
 ]
 
 REDACTED = "[REDACTED]"
-"""What an e-mail address inside a masked string becomes."""
+"""What an e-mail address inside a masked string becomes, or the whole string when
+its PII cannot be cut out alone (found only in its NFKC form, say)."""
 
 _CREDENTIALS_MASK = "//REDACTED:REDACTED@"
 _URL_MASK = "REDACTED"  # what a PII part of a URL becomes: no characters to encode
