@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -66,7 +67,9 @@ _BATCH_ID_FORMAT = "%Y%m%d_%H%M%S_%f"
 
 def format_timestamp(moment: datetime) -> str:
     """Format an aware datetime as the file format's UTC timestamp."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    if moment.tzinfo is not timezone.utc:  # records hold UTC already: skip the conversion
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec="microseconds")
 
 
 def batch_id_for(moment: datetime) -> str:
@@ -192,7 +195,9 @@ def _validate_metadata(value: Any) -> dict[str, Any]:
 
 Metadata = Annotated[
     dict[str, Any],
-    PlainValidator(_validate_metadata),
+    # A before-validator, not a plain one: pydantic wraps a plain validator's type in
+    # a Python serializer, called once per record when a batch is encoded.
+    BeforeValidator(_validate_metadata),
     WithJsonSchema({"type": "object", "additionalProperties": True}),
 ]
 """JSON-ready metadata: str keys; str, int, finite float, bool, None, lists and dicts."""
