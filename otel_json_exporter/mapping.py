@@ -247,14 +247,9 @@ def _clean_attributes(
         key = name if name.isascii() else _valid_unicode(name)
         kind = type(value)
         if kind is str:
-            if (
-                "@" not in value
-                and value.isascii()
-                and (key not in _URL_LIKE or ("=" not in value and "%" not in value))
-            ):
+            if "@" not in value and value.isascii() and not _may_hold_parameters(key, value):
                 # The common case, kept cheap. Without "@" an ASCII string holds no
-                # address and no credentials; without "=" a URL has no parameter
-                # value, and without "%" nothing encoded (an address as "%40").
+                # address and no credentials; see _may_hold_parameters for the rest.
                 clean[key] = value
                 continue
             if key in _URL_LIKE:
@@ -315,11 +310,25 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
     return _clean_text(str(value), policy)
 
 
+def _may_hold_parameters(key: str, value: str) -> bool:
+    """Whether a string may carry URL parameters whose values the PII rule masks.
+
+    In a URL attribute, any ``=`` (a parameter) or ``%`` (an encoded address);
+    in any other attribute, ``=`` after a ``?``, ``#`` or ``;``: a URL inside a
+    header (``referer``), a connection string or free text (``see /cb?token=...``).
+    """
+    if key in _URL_LIKE:
+        return "=" in value or "%" in value
+    return "=" in value and ("?" in value or "#" in value or ";" in value)
+
+
 def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     """``text`` ready for a record: valid Unicode, PII masked; and the count masked."""
-    if text.isascii():
-        return policy.redact(text) if "@" in text else (text, 0)
-    return policy.redact(_SURROGATE.sub(_REPLACEMENT_CHARACTER, text))
+    if not text.isascii():
+        text = _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
+    if "=" in text and ("?" in text or "#" in text or ";" in text):
+        return policy.mask_url(text)  # it masks addresses and credentials too
+    return policy.redact(text) if "@" in text or not text.isascii() else (text, 0)
 
 
 def _valid_unicode(text: str) -> str:

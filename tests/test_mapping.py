@@ -287,6 +287,29 @@ class TestPii:
         dumped = record.model_dump_json()
         assert not any(f'"value-{index}"' in dumped for index in range(len(blocked)))
 
+    def test_urls_inside_other_attributes_have_their_pii_parameters_masked(
+        self, spans: SpanFactory
+    ) -> None:
+        attributes = {
+            "http.request.header.referer": ("https://shop.example/cart?id=7&token=REFTOKEN",),
+            "app.note": "callback was /cb#access_token=FRAGTOKEN&state=1",
+            "app.redirect": "/login;jsessionid=SESSIONVALUE?next=/home",
+            "db.statement": "SELECT * FROM orders WHERE id = ? AND state = ?",
+            "app.ratio": "a=b; c=d",
+        }
+        record, redacted = span_to_record(spans.make(attributes=attributes))
+        assert record.metadata["http.request.header.referer"] == [
+            "https://shop.example/cart?id=7&token=REDACTED"
+        ]
+        assert record.metadata["app.note"] == "callback was /cb#access_token=REDACTED&state=1"
+        assert record.metadata["app.redirect"] == "/login;jsessionid=REDACTED?next=/home"
+        # No parameter named as PII: left exactly as it was.
+        assert record.metadata["db.statement"] == attributes["db.statement"]
+        assert record.metadata["app.ratio"] == "a=b; c=d"
+        assert redacted == 3
+        dumped = record.model_dump_json()
+        assert not any(secret in dumped for secret in ("REFTOKEN", "FRAGTOKEN", "SESSIONVALUE"))
+
     def test_every_allowed_key_passes(self, spans: SpanFactory) -> None:
         allowed = PII_KEYS["allowed"]
         attributes = dict.fromkeys(allowed, "kept")
