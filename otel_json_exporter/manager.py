@@ -162,6 +162,7 @@ class MetricsManager:
         self._worker_alive = False
         self._accepting = False
         self._stop_deadline: float | None = None
+        self._stop_tried = False
         self._drain_to = 0  # write until this many records have left the queue
         self._urgent_waiters = 0  # flush() calls waiting: retry at once, not after the backoff
         self._accepted = 0
@@ -246,13 +247,20 @@ class MetricsManager:
         if math.isnan(timeout) or timeout < 0:
             raise ValueError("timeout must be a number of seconds, at least 0")
         with self._lock:
-            if self._thread is None:
-                return False
             if self._accepting:
                 self._accepting = False
-                self._stop_deadline = time.monotonic() + timeout
-                self._drain_to = self._accepted
-                self._cond.notify_all()
+            elif self._worker_alive:
+                pass  # a stop() is under way: this one gets its own deadline too
+            elif self._buffer:
+                # A stop() that gave up left records: this one tries again.
+                self._start_worker()
+            else:
+                self._thread = None
+                return False
+            self._stop_deadline = time.monotonic() + timeout
+            self._stop_tried = False  # at least one attempt, even with a zero timeout
+            self._drain_to = self._accepted
+            self._cond.notify_all()
             return True
 
     def _stopped(self) -> bool:
@@ -583,7 +591,11 @@ class MetricsManager:
             return False
         if not batch:
             self._apply_retention()
-        elif self._write(batch):
+            return True
+        written = self._write(batch)
+        if not self._accepting:
+            self._stop_tried = True
+        if written:
             self._failures = 0
             self._retry_at = 0.0
         else:
@@ -606,8 +618,10 @@ class MetricsManager:
             ready = bool(self._buffer) and (
                 len(self._buffer) >= self._write_at or self._settled < self._drain_to
             )
-            if stopping and (not ready or self._stop_expired()):
+            if stopping and (not ready or (self._stop_expired() and self._stop_tried)):
                 return None
+            if stopping and not self._stop_tried:
+                self._retry_at = 0.0  # the first attempt of a stop() waits for no backoff
             if stopping or self._urgent_waiters > 0:
                 # flush() or stop() is waiting: retry at once, not after the backoff
                 self._retry_at = min(self._retry_at, now + _URGENT_RETRY)

@@ -656,3 +656,23 @@ class TestEdges:
         assert manager.submit_records([clean]) == 1
         await manager.stop()
         assert len(load_records(storage)) == 1
+
+    async def test_stop_again_after_one_that_gave_up_writes_what_was_left(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager = make(storage)
+        await manager.start()
+        for index in range(10):
+            await manager.record_operation("t", "n", float(index))
+
+        def broken_fsync(fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(os, "fsync", broken_fsync)
+        with pytest.raises(asyncio.TimeoutError, match="10 records were not persisted"):
+            await manager.stop(timeout=0.2)
+        monkeypatch.undo()  # the disk heals: a second stop() tries again, with its own deadline
+        await manager.stop(timeout=5)
+        assert [r.duration_ms for r in load_records(storage)] == [float(i) for i in range(10)]
+        assert manager.stats().queue_size == 0
+        await manager.stop()  # and a third has nothing left to do
