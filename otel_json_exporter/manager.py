@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import logging
 import math
+import multiprocessing.util
 import os
 import threading
 import time
@@ -728,6 +729,20 @@ def _flush_at_exit() -> None:
             logger.error("exit: %d records not persisted", manager.stats().queue_size)
 
 
+class _ExitToken:
+    """Something ``multiprocessing``'s after-fork registry can hold a weak reference to."""
+
+
+_EXIT_TOKEN = _ExitToken()
+
+
+def _flush_when_a_multiprocessing_child_exits(_: object) -> None:
+    # multiprocessing ends a forked child with os._exit, which skips atexit hooks; the
+    # finalizers it registers in the child are what it runs on the way out.
+    multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_flush_at_exit)
+multiprocessing.util.register_after_fork(_EXIT_TOKEN, _flush_when_a_multiprocessing_child_exits)

@@ -107,6 +107,56 @@ class TestProcessExit:
         assert temp_files(storage) == set()
 
 
+_FORKED_CHILD = """
+import asyncio, multiprocessing, os, sys
+from otel_json_exporter import MetricsManager
+
+manager = MetricsManager(sys.argv[1], flush_interval_seconds=3600)
+manager.start_sync()
+
+
+def child(tag):
+    async def record():
+        for index in range(5):
+            await manager.record_operation("job", tag, float(index))
+    asyncio.run(record())  # and return without stop(): multiprocessing then calls os._exit
+
+
+if __name__ == "__main__":
+    worker = multiprocessing.get_context("fork").Process(target=child, args=("mp-child",))
+    worker.start()
+    worker.join()
+    pid = os.fork()
+    if pid == 0:  # a plain fork child that exits the ordinary way (atexit runs)
+        child("fork-child")
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    manager.stop_sync()
+    sys.exit(worker.exitcode)
+"""
+
+
+class TestForkedChildrenThatForgetStop:
+    def test_records_of_forked_children_are_written(self, tmp_path: Path) -> None:
+        script = tmp_path / "forked.py"
+        script.write_text(_FORKED_CHILD)
+        storage = tmp_path / "metrics"
+        done = subprocess.run(
+            [sys.executable, str(script), str(storage)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        names = Counter(
+            record.operation_name for batch in load_batches(storage) for record in batch.records
+        )
+        # multiprocessing ends its forked child with os._exit (no atexit): its exit
+        # finalizer writes the records.
+        assert names == {"mp-child": 5, "fork-child": 5}
+
+
 class TestKilledWriters:
     def test_sigkill_at_random_moments_never_leaves_a_partial_batch(self, storage: Path) -> None:
         chance = random.Random(20251216)
