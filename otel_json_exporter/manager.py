@@ -42,7 +42,6 @@ from pydantic import ValidationError
 from otel_json_exporter.pii import (
     DEFAULT_POLICY,
     PiiPolicy,
-    contains_email,
     safe_validation_message,
 )
 from otel_json_exporter.records import (
@@ -357,7 +356,7 @@ class MetricsManager:
 
     def _mask_emails(self, text: Any) -> tuple[Any, int]:
         # Names and error messages are free text: an address there is masked, not refused.
-        if isinstance(text, str) and contains_email(text):
+        if isinstance(text, str) and self.pii_policy.contains_pii(text):
             return self.pii_policy.redact(text)
         return text, 0
 
@@ -370,8 +369,8 @@ class MetricsManager:
                 return f"record {index}: {exc}"
             for field in ("operation_type", "operation_name", "error_message"):
                 text = getattr(record, field)
-                if text is not None and contains_email(text):
-                    return f"record {index}: {field} contains an e-mail address (PII)"
+                if text is not None and self.pii_policy.contains_pii(text):
+                    return f"record {index}: {field} contains PII"
         return None
 
     def _count_rejected(self) -> None:

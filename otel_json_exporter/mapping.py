@@ -157,7 +157,7 @@ def span_to_record(
     redacted = 0
 
     name = span.name or "unnamed"
-    if "@" in name or not name.isascii():
+    if "@" in name or "=" in name or not name.isascii():
         name, redacted = _clean_text(name, policy)
 
     success = True
@@ -195,7 +195,7 @@ def span_to_record(
 
     kind_of_operation = operation_type(span)
     if isinstance(kind_of_operation, str) and (
-        "@" in kind_of_operation or not kind_of_operation.isascii()
+        "@" in kind_of_operation or "=" in kind_of_operation or not kind_of_operation.isascii()
     ):
         kind_of_operation, masked = _clean_text(kind_of_operation, policy)
         redacted += masked
@@ -311,15 +311,15 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
 
 
 def _may_hold_parameters(key: str, value: str) -> bool:
-    """Whether a string may carry URL parameters whose values the PII rule masks.
+    """Whether a string may hold ``name=value`` pairs whose values the PII rule masks.
 
-    In a URL attribute, any ``=`` (a parameter) or ``%`` (an encoded address);
-    in any other attribute, ``=`` after a ``?``, ``#`` or ``;``: a URL inside a
-    header (``referer``), a connection string or free text (``see /cb?token=...``).
+    In a URL attribute, any ``=`` (a parameter) or ``%`` (an encoded address); in
+    any other attribute, any ``=``: a URL inside a header (``referer``), a
+    connection string, or free text (``see /cb?token=...``, ``password=...``).
     """
     if key in _URL_LIKE:
         return "=" in value or "%" in value
-    return "=" in value and ("?" in value or "#" in value or ";" in value)
+    return "=" in value
 
 
 def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
@@ -327,8 +327,10 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     if not text.isascii():
         text = _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
     if "=" in text and ("?" in text or "#" in text or ";" in text):
-        return policy.mask_url(text)  # it masks addresses and credentials too
-    return policy.redact(text) if "@" in text or not text.isascii() else (text, 0)
+        return policy.mask_url(text)  # it masks addresses, credentials, parameters too
+    if "@" in text or "=" in text or not text.isascii():
+        return policy.redact(text)
+    return text, 0
 
 
 def _valid_unicode(text: str) -> str:

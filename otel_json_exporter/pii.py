@@ -4,10 +4,13 @@ A key is normalised first: a non-ASCII key is NFKC-normalised (``email`` in
 full-width letters, U+FF45 ..., is ``email``), camelCase and acronym boundaries
 are split (``userId`` -> ``user_id``, ``APIKey`` -> ``api_key``), it is
 case-folded, and every run of characters that are not letters or digits (``.``,
-``-``, spaces, the brackets of ``user[password]``) becomes ``_``. The words ``e_mail`` become
-``email``, and ``apikey``, ``userid``, ``clientid`` and ``sessionid`` (Django's
-session cookie) become ``api_key``, ``user_id``, ``client_id`` and
-``session_id``. The normalised key is PII when it
+``-``, spaces, the brackets of ``user[password]``) becomes ``_``. The split words
+``e_mail`` and ``pass_word`` are joined again, and words written as one are split
+as the rule knows them: ``apikey``, ``userid``, ``clientid``, ``sessionid``
+(Django's session cookie), ``passwd``, ``firstname``, ``lastname``, ``fullname``,
+``displayname``, ``customername``, ``accountname``, ``accesstoken``,
+``authtoken``, ``refreshtoken``, ``clientsecret``, ``secretkey``, ``privatekey``
+become ``api_key``, ``user_id``, ... ``private_key``. The normalised key is PII when it
 
 (a) equals a forbidden key: ``email``, ``name``, ``username``, ``password``,
     ``token``, ``key``, ``secret``, ``api_key``, ``user_id``, ``client_id``,
@@ -98,12 +101,27 @@ _NAME_OWNERS = frozenset(
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[\W_]+")  # anything but a letter or a digit
-_E_MAIL = re.compile(r"(?<![^_])e_mail(?![^_])")
+# Words split by a separator or a capital (E-Mail, PassWord) that are one word.
+_SPLIT_WORDS = re.compile(r"(?<![^_])(?:e_mail|pass_word)(?![^_])")
+# Words written as one that the rule knows as two (apiKey's all-lower-case twin, ...).
 _WORD_SPELLINGS = {
     "apikey": "api_key",
     "userid": "user_id",
     "clientid": "client_id",
     "sessionid": "session_id",
+    "passwd": "password",
+    "firstname": "first_name",
+    "lastname": "last_name",
+    "fullname": "full_name",
+    "displayname": "display_name",
+    "customername": "customer_name",
+    "accountname": "account_name",
+    "accesstoken": "access_token",
+    "authtoken": "auth_token",
+    "refreshtoken": "refresh_token",
+    "clientsecret": "client_secret",
+    "secretkey": "secret_key",
+    "privatekey": "private_key",
 }
 _LOCAL_PART = r"[\w.%+-]"
 # The look-behind makes a match start only where a run of address characters
@@ -117,6 +135,11 @@ _CREDENTIALS = r"//[^\s/?#]*@"
 _PII_TEXT = re.compile(
     f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})|{_EMAIL}"
 )
+# ``name=value`` anywhere in free text, where the name starts a word or follows one of
+# ``?#;&`` (a URL's query, fragment or path parameters, or ``password=...`` in a message).
+# The value stops at the next such separator, so a URL nested unencoded in a parameter
+# (``next=https://x/cb?token=t``) shows its own parameters as further matches.
+_PARAMETER = re.compile(r"(?<![^\s?#;&])(?P<name>[^\s=?#;&]+)=(?P<value>[^\s?#;&]*)")
 _CACHE_LIMIT = 4096
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
@@ -129,7 +152,9 @@ def normalize_key(key: str) -> str:
     key = _WORD_BOUNDARY.sub(r"\1_\2", key)
     words = _SEPARATORS.split(key.casefold())
     normalized = "_".join(_WORD_SPELLINGS.get(word, word) for word in words if word)
-    return _E_MAIL.sub("email", normalized) if "e_mail" in normalized else normalized
+    if "e_mail" in normalized or "pass_word" in normalized:
+        return _SPLIT_WORDS.sub(lambda match: match[0].replace("_", ""), normalized)
+    return normalized
 
 
 def _rule_says_pii(normalized: str) -> bool:
@@ -259,7 +284,7 @@ class PiiPolicy:
         for key, item in metadata.items():
             kind = type(item)
             if kind is str:
-                if "@" in item or not item.isascii() or known(key) is not False:
+                if "@" in item or "=" in item or not item.isascii() or known(key) is not False:
                     self._check(metadata, "")
                     return
             elif kind not in _PLAIN_SCALARS or known(key) is not False:
@@ -272,6 +297,12 @@ class PiiPolicy:
             if found is not None:
                 what = "URL credentials" if found["credentials"] else "an e-mail address"
                 raise ValueError(f"metadata {path} contains {what} (PII)")
+            parameter = self._pii_parameter(value)
+            if parameter is not None:
+                raise ValueError(
+                    f"metadata {path} contains a value for the PII parameter "
+                    f"{_describe_key(parameter)}"
+                )
         elif isinstance(value, Mapping):
             for key, item in value.items():
                 where = f"{path}.{_describe_key(key)}" if path else _describe_key(key)
@@ -286,15 +317,50 @@ class PiiPolicy:
                 self._check(item, f"{path}[{index}]")
 
     def redact(self, text: str) -> tuple[str, int]:
-        """``text`` with URL credentials and e-mail addresses masked, and how many were.
+        """``text`` with PII masked, and how many parts were.
 
+        URL credentials and e-mail addresses as by :func:`mask_text`, and the
+        value of every ``name=value`` whose name is a PII key (``?token=t``,
+        ``;jsessionid=s``, ``password=p`` in a message) becomes ``REDACTED``.
         Free text (a name, an error message, a span attribute value) is masked
-        rather than refused; see :func:`mask_text`. Keys play no part in it, so
-        every policy masks alike. Dropping PII keys from structured values is
-        the span mapping's walk (:mod:`otel_json_exporter.mapping`), which also
+        rather than refused. Dropping PII keys from structured values is the
+        span mapping's walk (:mod:`otel_json_exporter.mapping`), which also
         makes the values JSON-ready.
         """
-        return mask_text(text)
+        text, masked = mask_text(text)
+        text, in_parameters = self.mask_parameters(text)
+        return text, masked + in_parameters
+
+    def contains_pii(self, text: str) -> bool:
+        """Whether :meth:`redact` would mask anything in ``text``."""
+        return contains_pii_text(text) or self._pii_parameter(text) is not None
+
+    def _pii_parameter(self, text: str) -> str | None:
+        """The name of the first ``name=value`` in ``text`` whose name is PII, or None."""
+        if "=" in text:
+            for match in _PARAMETER.finditer(text):
+                if self._is_pii_parameter(match):
+                    return match["name"]
+        return None
+
+    def _is_pii_parameter(self, match: re.Match[str]) -> bool:
+        value = match["value"]
+        return bool(value) and value != _URL_MASK and self.is_pii_key(_decode(match["name"]))
+
+    def mask_parameters(self, text: str) -> tuple[str, int]:
+        """Every ``name=value`` in ``text`` whose name is a PII key, valued ``REDACTED``."""
+        if "=" not in text:
+            return text, 0
+        masked = 0
+
+        def mask(match: re.Match[str]) -> str:
+            nonlocal masked
+            if not self._is_pii_parameter(match):
+                return match[0]
+            masked += 1
+            return f"{match['name']}={_URL_MASK}"
+
+        return _PARAMETER.sub(mask, text), masked
 
     def mask_query(self, query: str) -> tuple[str, int]:
         """Set the value of every PII query parameter to ``REDACTED``.
@@ -306,11 +372,10 @@ class PiiPolicy:
         Returns the query and the count masked.
         """
         query, masked = self._mask_parameters(query, "&")
-        if "@" in query or not query.isascii():
-            # Once more over the whole: a match may span two parameters.
-            query, more = mask_text(query)
-            masked += more
-        return query, masked
+        # Once more over the whole: a match may span two parameters, and ";" also
+        # separates parameters, as may a URL nested unencoded in a value.
+        query, more = self.redact(query)
+        return query, masked + more
 
     def mask_url(self, url: str) -> tuple[str, int]:
         """Mask credentials and PII parameters, path segments and fragments in a URL.
@@ -337,7 +402,7 @@ class PiiPolicy:
         masked += in_path + in_query + in_fragment
         if masked:
             url = urlunsplit((parts.scheme, netloc, path, query, fragment))
-        url, more = mask_text(url)  # once more over the whole, as the manager checks it
+        url, more = self.redact(url)  # once more over the whole, as the manager checks it
         return url, masked + more
 
     def _mask_parameters(self, text: str, separator: str) -> tuple[str, int]:

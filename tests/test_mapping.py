@@ -310,6 +310,19 @@ class TestPii:
         dumped = record.model_dump_json()
         assert not any(secret in dumped for secret in ("REFTOKEN", "FRAGTOKEN", "SESSIONVALUE"))
 
+    def test_parameters_in_the_name_and_the_error_are_masked(self, spans: SpanFactory) -> None:
+        span = spans.make(
+            "GET /cb?token=NAMESECRET",
+            attributes={"app.note": "see /a?x=1 and /b?token=NOTESECRET"},
+            status=Status(StatusCode.ERROR, "redirect /login?next=/a then ?password=ERRSECRET"),
+        )
+        record, redacted = span_to_record(span)
+        assert record.operation_name == "GET /cb?token=REDACTED"
+        assert record.error_message == "redirect /login?next=/a then ?password=REDACTED"
+        assert record.metadata["app.note"] == "see /a?x=1 and /b?token=REDACTED"
+        assert redacted == 3
+        assert "SECRET" not in record.model_dump_json()
+
     def test_every_allowed_key_passes(self, spans: SpanFactory) -> None:
         allowed = PII_KEYS["allowed"]
         attributes = dict.fromkeys(allowed, "kept")

@@ -526,6 +526,12 @@ class TestRecordOperationErrors:
             ({FULL_WIDTH_EMAIL: "secret-value"}, "is PII"),
             ({"user[email]": "secret-value"}, "'user[email]' is PII"),
             ({"apikey": "s3cr3t"}, "'apikey' is PII"),
+            ({"http.url": "https://h.example/cb?access_token=hunter2"}, "'access_token'"),
+            ({"log": "retrying with password=hunter2 now"}, "parameter 'password'"),
+            ({"target": "/login;jsessionid=hunter2?next=/"}, "parameter 'jsessionid'"),
+            ({"PassWord": "hunter2"}, "'PassWord' is PII"),
+            ({"firstname": "hunter2"}, "'firstname' is PII"),
+            ({"accessToken": "hunter2"}, "'accessToken' is PII"),
         ],
     )
     async def test_pii_is_refused_without_the_value(
@@ -574,3 +580,43 @@ class TestRecordOperationErrors:
         assert (record["operation_name"], record["error_message"]) == (REDACTED, REDACTED)
         assert b"bob" not in data
         assert "j\u00fcrgen".encode() not in data
+
+
+class TestParametersInFreeText:
+    """``name=value`` with a PII name, anywhere in a string, loses its value."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("GET /cb?token=T1", "GET /cb?token=REDACTED"),
+            ("https://h/p?a=1;token=T2", "https://h/p?a=1;token=REDACTED"),
+            ("see /a?x=1 and /b?token=T3", "see /a?x=1 and /b?token=REDACTED"),
+            ("next=https://x/cb?token=T4", "next=https://x/cb?token=REDACTED"),
+            ("failed: password=T5 rejected", "failed: password=REDACTED rejected"),
+            ("user%5Bpassword%5D=T6", "user%5Bpassword%5D=REDACTED"),
+            ("x=1&page=2 a = b", "x=1&page=2 a = b"),
+            ("SELECT * FROM t WHERE id = ?", "SELECT * FROM t WHERE id = ?"),
+            ("token=REDACTED", "token=REDACTED"),
+        ],
+    )
+    def test_redact(self, text: str, expected: str) -> None:
+        masked, count = DEFAULT_POLICY.redact(text)
+        assert masked == expected
+        assert count == (0 if masked == text else 1)
+        assert DEFAULT_POLICY.contains_pii(text) == (masked != text)
+        assert not DEFAULT_POLICY.contains_pii(masked)
+
+    async def test_names_and_error_messages_are_masked(self, tmp_path: Path) -> None:
+        async with running(tmp_path) as manager:
+            await manager.record_operation(
+                "api_request",
+                "GET /cb?access_token=SECRET_A",
+                1.0,
+                success=False,
+                error_message="redirect to /login?password=SECRET_B",
+            )
+        data = written(tmp_path)
+        assert b"GET /cb?access_token=REDACTED" in data
+        assert b"redirect to /login?password=REDACTED" in data
+        assert b"SECRET_" not in data
+        assert (await manager.get_stats()).pii_redacted == 2
