@@ -97,6 +97,11 @@ DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 10_000
 """How long ``shutdown()`` waits, at most, for the records to reach the disk."""
 
 
+def _bounded_seconds(seconds: float) -> float | None:
+    """A timeout ``threading`` accepts: a huge or infinite one means no timeout."""
+    return None if seconds >= threading.TIMEOUT_MAX else max(seconds, 0.0)
+
+
 class OperationSpanExporter(SpanExporter):
     """Writes every finished span as an operation record into JSON batch files.
 
@@ -156,6 +161,7 @@ class OperationSpanExporter(SpanExporter):
         self._export_timeout = float(export_timeout_seconds)
         self._lock = threading.Lock()
         self._shutdown = False
+        self._shutdown_over = threading.Event()
         self._flushed_at_shutdown = False
 
     @staticmethod
@@ -244,7 +250,9 @@ class OperationSpanExporter(SpanExporter):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Write everything exported so far; False if ``timeout_millis`` passed first."""
         if self._shutdown:
-            return self._flushed_at_shutdown
+            # Shutdown wrote (or is writing) everything: its outcome is the answer.
+            over = self._shutdown_over.wait(_bounded_seconds(timeout_millis / 1000))
+            return over and self._flushed_at_shutdown
         return self._flush(timeout_millis / 1000)
 
     def shutdown(self, timeout_millis: float = DEFAULT_SHUTDOWN_TIMEOUT_MILLIS) -> None:
@@ -259,15 +267,18 @@ class OperationSpanExporter(SpanExporter):
                 return
             self._shutdown = True
         timeout = max(timeout_millis, 0) / 1000
-        if not self._owns_manager:
-            self._flushed_at_shutdown = self._flush(timeout)
-            return
         try:
-            self._manager.stop_sync(timeout)  # logs what it could not write
-        except asyncio.TimeoutError:
-            self._flushed_at_shutdown = False
-        else:
-            self._flushed_at_shutdown = True
+            if not self._owns_manager:
+                self._flushed_at_shutdown = self._flush(timeout)
+                return
+            try:
+                self._manager.stop_sync(timeout)  # logs what it could not write
+            except asyncio.TimeoutError:
+                self._flushed_at_shutdown = False
+            else:
+                self._flushed_at_shutdown = True
+        finally:
+            self._shutdown_over.set()
 
     def _flush(self, timeout: float) -> bool:
         try:

@@ -411,6 +411,28 @@ class TestContract:
         assert names == [f"span-{n}" for n in range(4)]  # each exactly once
         assert exporter.manager.stats().write_errors == fsync.failed
 
+    def test_force_flush_during_a_shutdown_waits_for_its_outcome(
+        self,
+        storage: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        kit: Kit,
+    ) -> None:
+        exporter = kit.exporter(storage, flush_interval_seconds=3600)
+        fsync = Fault(monkeypatch, "fsync", errno.EIO)
+        exporter.export(kit.spans(3))
+        shutting_down = threading.Thread(target=exporter.shutdown, args=(10_000,))
+        shutting_down.start()
+        try:
+            while fsync.failed == 0:  # the shutdown is retrying against the dead disk
+                threading.Event().wait(0.01)
+            fsync.heal()
+            # Not a quick False: the flush waits for the shutdown, which now succeeds.
+            assert exporter.force_flush(timeout_millis=10_000) is True
+        finally:
+            fsync.heal()
+            shutting_down.join(30)
+        assert len(load_records(storage)) == 3
+
     def test_shutdown_gives_up_after_its_timeout_on_a_dead_disk(
         self,
         storage: Path,
