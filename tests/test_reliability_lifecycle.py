@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -225,14 +226,28 @@ class TestMisuse:
         await capped(manager.stop())
         assert rids_on_disk(storage) == [0, 1]
 
-    async def test_stop_cancelled_by_its_caller_can_be_called_again(self, storage: Path) -> None:
+    async def test_stop_cancelled_by_its_caller_can_be_called_again(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         manager = make(storage)
         await capped(manager.start())
         await record(manager, 1)
+        release = threading.Event()
+        real_fsync = os.fsync
+
+        def slow_fsync(fd: int) -> None:
+            release.wait(10)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", slow_fsync)
         stopping = asyncio.ensure_future(manager.stop())
+        await asyncio.sleep(0.1)  # stop() has begun and waits on the stalled write
+        assert not manager.is_running
+        assert not stopping.done()
         stopping.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stopping
+        release.set()
         await capped(manager.stop())
         assert not manager.is_running
         assert rids_on_disk(storage) == [1]
