@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from otel_json_exporter import _batchfiles
 from otel_json_exporter._sketch import DEFAULT_RELATIVE_ACCURACY, LogHistogram
+from otel_json_exporter.pii import DEFAULT_POLICY
 from otel_json_exporter.records import OperationRecord, format_timestamp
 from otel_json_exporter.writer import iter_batch_files
 
@@ -125,11 +126,11 @@ class Summary:
 
 
 def _group_key(record: OperationRecord, group_by: GroupBy) -> GroupKey:
-    if group_by == "type":
-        return (record.operation_type, None)
-    if group_by == "name":
-        return (None, record.operation_name)
-    return (record.operation_type, record.operation_name)
+    # Files this package wrote hold no PII in names, but others' files may: the
+    # summary shows names masked by the PII rule (and groups them so).
+    kind = None if group_by == "name" else DEFAULT_POLICY.redact(record.operation_type)[0]
+    name = None if group_by == "type" else DEFAULT_POLICY.redact(record.operation_name)[0]
+    return (kind, name)
 
 
 def summarize(

@@ -477,6 +477,33 @@ class TestSummarize:
         assert peak(large) < 1.5 * peak(small)  # reading all ten at once would be ~10x
 
 
+class TestSummarizeForeignNames:
+    """Files written elsewhere may hold what this package would have masked."""
+
+    def test_names_are_masked_and_long_names_clipped_in_the_table(self, tmp_path: Path) -> None:
+        now = datetime.now(timezone.utc)
+        long_name = "GET /api/v1/" + "very-long-path-segment/" * 4
+        records = [
+            OperationRecord(
+                operation_type="api_request",
+                operation_name=name,
+                duration_ms=1.0,
+                timestamp=now,
+            )
+            for name in ("reset password for bob@example.com", "GET /cb?token=SECRET1", long_name)
+        ]
+        BatchWriter(tmp_path).write(records)
+        table, as_json = run("summarize", tmp_path), run("summarize", tmp_path, "--json")
+        assert table.returncode == as_json.returncode == 0
+        for output in (table.stdout, as_json.stdout):
+            assert "bob@example.com" not in output
+            assert "SECRET1" not in output
+        names = {group["operation_name"] for group in json.loads(as_json.stdout)["groups"]}
+        assert names == {"reset password for [REDACTED]", "GET /cb?token=REDACTED", long_name}
+        assert long_name not in table.stdout  # cut to 48 characters in the table
+        assert long_name[:47] + "\u2026" in table.stdout
+
+
 class TestValidate:
     def test_pipeline_files_are_valid(self, recorded: Recorded) -> None:
         files = batch_files(recorded.directory)
