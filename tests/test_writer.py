@@ -105,6 +105,45 @@ class TestWrite:
         assert os.listdir(tmp_path) == [written.path.name]
 
 
+class TestDirectoryFsyncFailure:
+    def test_the_name_is_taken_back_so_the_retry_writes_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        real_fsync = os.fsync
+
+        def directory_fsync_fails(fd: int) -> None:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", directory_fsync_fails)
+        with pytest.raises(OSError, match="Input/output error"):
+            BatchWriter(tmp_path).write(records(2), now=MOMENT)
+        assert os.listdir(tmp_path) == []
+
+    def test_when_the_name_cannot_be_taken_back_the_batch_counts_as_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        real_fsync, real_unlink = os.fsync, os.unlink
+
+        def directory_fsync_fails(fd: int) -> None:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fsync(fd)
+
+        def keep_batch_files(path: str) -> None:
+            if os.path.basename(path).startswith("metrics_"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            real_unlink(path)
+
+        monkeypatch.setattr(os, "fsync", directory_fsync_fails)
+        monkeypatch.setattr(os, "unlink", keep_batch_files)
+        written = BatchWriter(tmp_path).write(records(2), now=MOMENT)
+        # A retry would write the batch a second time: the visible file is kept as written.
+        assert os.listdir(tmp_path) == [written.path.name]
+        assert MetricsBatch.model_validate_json(written.path.read_bytes()).total_records == 2
+
+
 class TestPrepare:
     def test_creates_missing_parents(self, tmp_path: Path) -> None:
         target = tmp_path / "a" / "b" / "metrics"
