@@ -140,6 +140,7 @@ _PII_TEXT = re.compile(
 # The value stops at the next such separator, so a URL nested unencoded in a parameter
 # (``next=https://x/cb?token=t``) shows its own parameters as further matches.
 _PARAMETER = re.compile(r"(?<![^\s?#;&])(?P<name>[^\s=?#;&]+)=(?P<value>[^\s?#;&]*)")
+_WHITESPACE = re.compile(r"\s")
 _CACHE_LIMIT = 4096
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
@@ -277,19 +278,37 @@ class PiiPolicy:
 
         The message names where the problem is, never the value.
         """
-        # Fast path for the common case, a flat dict whose keys are known to be
-        # fine: nothing to report, so no error paths are built. Anything else
-        # (a new or PII key, a nested value, an "@", non-ASCII text) takes the full walk.
+        # Error paths are built only for an error: a walk that just answers yes or
+        # no comes first, and a flat dict of plain values under keys known to be
+        # fine skips even that.
         known = self._verdicts.get
         for key, item in metadata.items():
             kind = type(item)
-            if kind is str:
-                if "@" in item or "=" in item or not item.isascii() or known(key) is not False:
-                    self._check(metadata, "")
-                    return
-            elif kind not in _PLAIN_SCALARS or known(key) is not False:
-                self._check(metadata, "")
-                return
+            if kind not in _PLAIN_SCALARS or known(key) is not False:
+                break
+            if kind is str and self._text_holds_pii(item):
+                break
+        else:
+            return
+        if self._holds_pii(metadata):
+            self._check(metadata, "")
+
+    def _text_holds_pii(self, text: str) -> bool:
+        if ("@" in text or not text.isascii()) and _find_pii_text(text) is not None:
+            return True
+        return "=" in text and self._pii_parameter(text) is not None
+
+    def _holds_pii(self, value: Any) -> bool:
+        kind = type(value)
+        if kind is str:
+            return self._text_holds_pii(value)
+        if kind in _PLAIN_SCALARS:
+            return False
+        if isinstance(value, Mapping):
+            return any(self.is_pii_key(key) or self._holds_pii(item) for key, item in value.items())
+        if isinstance(value, list):
+            return any(self._holds_pii(item) for item in value)
+        return False
 
     def _check(self, value: Any, path: str) -> None:
         if isinstance(value, str):
@@ -372,9 +391,7 @@ class PiiPolicy:
         Returns the query and the count masked.
         """
         query, masked = self._mask_parameters(query, "&")
-        # Once more over the whole: a match may span two parameters, and ";" also
-        # separates parameters, as may a URL nested unencoded in a value.
-        query, more = self.redact(query)
+        query, more = self._mask_the_rest(query, question_marks=0)
         return query, masked + more
 
     def mask_url(self, url: str) -> tuple[str, int]:
@@ -402,8 +419,23 @@ class PiiPolicy:
         masked += in_path + in_query + in_fragment
         if masked:
             url = urlunsplit((parts.scheme, netloc, path, query, fragment))
-        url, more = self.redact(url)  # once more over the whole, as the manager checks it
+        url, more = self._mask_the_rest(url, question_marks=1)
         return url, masked + more
+
+    def _mask_the_rest(self, text: str, question_marks: int) -> tuple[str, int]:
+        """After the structured pass: once more over the whole, as the manager checks it.
+
+        An address or credentials may span two parameters; parameters may be
+        separated by ``;`` or white space (free text around a URL), or nest in an
+        unencoded URL (``next=https://x/cb?token=t``: one "?" more than expected).
+        """
+        text, masked = mask_text(text)
+        if "=" in text and (
+            ";" in text or text.count("?") > question_marks or _WHITESPACE.search(text) is not None
+        ):
+            text, more = self.mask_parameters(text)
+            masked += more
+        return text, masked
 
     def _mask_parameters(self, text: str, separator: str) -> tuple[str, int]:
         """``name=value`` pairs joined by ``separator``, PII values set to ``REDACTED``.
