@@ -67,7 +67,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from pydantic import ValidationError
 
 from otel_json_exporter.config import resolve_settings
-from otel_json_exporter.manager import MetricsManager
+from otel_json_exporter.manager import MetricsManager, bounded_timeout
 from otel_json_exporter.mapping import (
     OperationTypeFunction,
     SpanFilter,
@@ -95,11 +95,6 @@ DEFAULT_EXPORT_TIMEOUT_SECONDS = 0.1
 
 DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 10_000
 """How long ``shutdown()`` waits, at most, for the records to reach the disk."""
-
-
-def _bounded_seconds(seconds: float) -> float | None:
-    """A timeout ``threading`` accepts: a huge or infinite one means no timeout."""
-    return None if seconds >= threading.TIMEOUT_MAX else max(seconds, 0.0)
 
 
 class OperationSpanExporter(SpanExporter):
@@ -251,7 +246,7 @@ class OperationSpanExporter(SpanExporter):
         """Write everything exported so far; False if ``timeout_millis`` passed first."""
         if self._shutdown:
             # Shutdown wrote (or is writing) everything: its outcome is the answer.
-            over = self._shutdown_over.wait(_bounded_seconds(timeout_millis / 1000))
+            over = self._shutdown_over.wait(bounded_timeout(timeout_millis / 1000))
             return over and self._flushed_at_shutdown
         return self._flush(timeout_millis / 1000)
 

@@ -82,8 +82,8 @@ _EXIT_FLUSH_TIMEOUT = 10.0
 _MANAGERS: weakref.WeakSet[MetricsManager] = weakref.WeakSet()
 
 
-def _bounded(timeout: float | None) -> float | None:
-    """A timeout that threading accepts: a huge or infinite one means no timeout."""
+def bounded_timeout(timeout: float | None) -> float | None:
+    """A timeout that ``threading`` accepts: a huge or infinite one means no timeout."""
     return None if timeout is None or timeout >= threading.TIMEOUT_MAX else max(timeout, 0.0)
 
 
@@ -428,7 +428,7 @@ class MetricsManager:
             for index, record in enumerate(pending):
                 if len(self._buffer) >= self.max_queue_size:
                     self._cond.notify_all()
-                    remaining = _bounded(deadline - time.monotonic())
+                    remaining = bounded_timeout(deadline - time.monotonic())
                     waited = self._cond.wait_for(self._has_room, remaining)
                     if not (waited and self._accepting):
                         self._dropped += len(pending) - index
@@ -548,7 +548,7 @@ class MetricsManager:
 
     def _wait_sync(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         with self._cond:
-            return self._cond.wait_for(predicate, _bounded(timeout))
+            return self._cond.wait_for(predicate, bounded_timeout(timeout))
 
     def _wake_waiters(self) -> None:
         """Wake every waiter so it re-checks its condition (called by the writer thread)."""
