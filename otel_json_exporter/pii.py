@@ -62,7 +62,6 @@ __all__ = [
     "FORBIDDEN_KEYS",
     "REDACTED",
     "PiiPolicy",
-    "contains_email",
     "contains_pii_text",
     "mask_text",
     "normalize_key",
@@ -195,10 +194,6 @@ def _find_pii_text(text: str) -> re.Match[str] | None:
 def contains_pii_text(text: str) -> bool:
     """Whether a string contains an e-mail address or a URL's user credentials."""
     return _find_pii_text(text) is not None
-
-
-contains_email = contains_pii_text
-"""The older name of :func:`contains_pii_text`, which the manager gates masking on."""
 
 
 def mask_text(text: str) -> tuple[str, int]:
