@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from otel_json_exporter._plain import plain_row
 from otel_json_exporter.pii import (
     DEFAULT_POLICY,
     PiiPolicy,
@@ -49,13 +50,13 @@ from otel_json_exporter.records import (
     OperationRecord,
     RecordRow,
     build_row,
-    record_from_row,
     row_of,
 )
 from otel_json_exporter.writer import (
     MAX_RETENTION_DAYS,
     BatchWriter,
     delete_expired_batches,
+    encode_rows,
     remove_stale_temp_files,
 )
 
@@ -301,9 +302,20 @@ class MetricsManager:
         """
         if not self._accepting:
             raise RuntimeError("MetricsManager is not running; await start() first")
-        row = self._build_row(
-            operation_type, operation_name, duration_ms, success, error_message, metadata
+        row = plain_row(
+            operation_type,
+            operation_name,
+            duration_ms,
+            time.time_ns() // 1000,
+            success,
+            error_message,
+            metadata,
+            self.pii_policy.plain_keys,
         )
+        if row is None:  # not the plain common case: the full checks, masking, errors
+            row = self._build_row(
+                operation_type, operation_name, duration_ms, success, error_message, metadata
+            )
         if self._offer(row):
             return
         if self.queue_full_policy == "block":
@@ -334,7 +346,7 @@ class MetricsManager:
                 operation_type,
                 operation_name,
                 duration_ms,
-                datetime.now(timezone.utc),
+                time.time_ns() // 1000,
                 success,
                 error_message,
                 metadata,
@@ -642,7 +654,7 @@ class MetricsManager:
 
     def _write(self, batch: list[RecordRow]) -> bool:
         try:
-            written = self._writer.write([record_from_row(row) for row in batch])
+            written = self._writer.write_rows(batch)
         except OSError as exc:
             with self._lock:
                 self._write_errors += 1
@@ -682,7 +694,7 @@ class MetricsManager:
             keep = []
             for row in head:
                 try:
-                    record_from_row(row).model_dump_json()
+                    encode_rows([row], datetime.now(timezone.utc))
                 except Exception:
                     continue
                 keep.append(row)

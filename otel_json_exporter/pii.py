@@ -51,6 +51,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
@@ -244,11 +245,22 @@ class PiiPolicy:
     blocked_keys: frozenset[str] = frozenset()
     allowed_keys: frozenset[str] = frozenset()
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _plain_keys: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def __init__(self, blocked_keys: Iterable[str] = (), allowed_keys: Iterable[str] = ()) -> None:
         object.__setattr__(self, "blocked_keys", frozenset(map(normalize_key, blocked_keys)))
         object.__setattr__(self, "allowed_keys", frozenset(map(normalize_key, allowed_keys)))
         object.__setattr__(self, "_verdicts", {})
+        object.__setattr__(self, "_plain_keys", set())
+
+    @property
+    def plain_keys(self) -> AbstractSet[str]:
+        """ASCII ``str`` keys already judged not PII: a live, bounded cache.
+
+        A key is added the first time :meth:`is_pii_key` clears it. Membership
+        is a yes from this policy for that key; absence says nothing.
+        """
+        return self._plain_keys
 
     def is_pii_key(self, key: str) -> bool:
         """Whether ``key`` names personal data under this policy."""
@@ -264,8 +276,12 @@ class PiiPolicy:
                     or contains_pii_text(key)  # a key that is itself an address
                 )
             if len(self._verdicts) >= _CACHE_LIMIT:
-                self._verdicts.clear()  # a bounded cache: arbitrary keys must not grow memory
+                # A bounded cache: arbitrary keys must not grow memory.
+                self._verdicts.clear()
+                self._plain_keys.clear()
             self._verdicts[key] = verdict
+            if not verdict and type(key) is str and key.isascii():
+                self._plain_keys.add(key)
         return verdict
 
     def check_metadata(self, metadata: Mapping[str, Any]) -> None:

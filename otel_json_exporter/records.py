@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -41,8 +41,11 @@ __all__ = [
     "build_record",
     "build_row",
     "format_timestamp",
+    "microseconds_of",
+    "moment_of",
     "parse_batch_id",
     "record_from_row",
+    "row_dicts",
     "row_of",
 ]
 
@@ -233,12 +236,14 @@ class OperationRecord(BaseModel):
         return data
 
 
-RecordRow = tuple[str, str, float, datetime, bool, "str | None", dict[str, Any]]
+RecordRow = tuple[str, str, float, int, bool, "str | None", dict[str, Any]]
 """A validated record's seven fields, in order: how a queue holds a record.
 
-A tuple costs about a third of a model instance with its field dict, and the
-queue holds up to ``max_queue_size`` of them. :func:`record_from_row` turns one
-back into an :class:`OperationRecord` when its batch is written.
+The timestamp is an ``int``, microseconds since the Unix epoch (UTC), the
+cheapest clock to read and to format. A tuple costs about a third of a model
+instance with its field dict, and the queue holds up to ``max_queue_size`` of
+them. The writer encodes rows directly (:func:`row_dicts`);
+:func:`record_from_row` turns one back into an :class:`OperationRecord`.
 """
 
 _FIELD_NAMES = tuple(OperationRecord.model_fields)
@@ -249,25 +254,45 @@ _ALL_RECORD_FIELDS = set(_FIELD_NAMES)
 _new_object = object.__new__
 _set_slot = object.__setattr__
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+_MIN_MICROSECONDS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+_MAX_MICROSECONDS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+
+
+def microseconds_of(moment: datetime) -> int:
+    """An aware datetime as microseconds since the Unix epoch: a row's timestamp."""
+    return (moment - _EPOCH) // _ONE_MICROSECOND
+
+
+def moment_of(microseconds: int) -> datetime:
+    """The UTC datetime of a row's timestamp; ValueError if no datetime can hold it."""
+    if not _MIN_MICROSECONDS <= microseconds <= _MAX_MICROSECONDS:
+        raise ValueError("timestamp is outside the years 1 to 9999")
+    return _EPOCH + timedelta(microseconds=microseconds)
+
 
 def build_row(
     operation_type: Any,
     operation_name: Any,
     duration_ms: Any,
-    timestamp: Any,
+    timestamp_us: int,
     success: Any,
     error_message: Any,
     metadata: Any,
 ) -> RecordRow:
     """``OperationRecord.model_validate`` of these seven fields, as a row; faster.
 
-    Arguments that are plainly valid (non-empty ASCII ``str`` names, a finite
-    ``float`` duration >= 0, a ``bool``, a UTC datetime, no or a short ASCII
-    error message, metadata that :func:`_validate_metadata` accepts) are
-    checked here. Everything else, valid or not, goes through
-    ``model_validate``, so what is accepted, what is stored and every error are
-    exactly pydantic's.
+    ``timestamp_us`` comes from a clock (microseconds since the epoch, see
+    :func:`microseconds_of`); ValueError if it is outside the years 1 to 9999.
+    Other arguments that are plainly valid (non-empty ASCII ``str`` names, a
+    finite ``float`` duration >= 0, a ``bool``, no or a short ASCII error
+    message, metadata that :func:`_validate_metadata` accepts) are checked here.
+    Everything else, valid or not, goes through ``model_validate``, so what is
+    accepted, what is stored and every error are exactly pydantic's.
     """
+    if not _MIN_MICROSECONDS <= timestamp_us <= _MAX_MICROSECONDS:
+        raise ValueError("timestamp is outside the years 1 to 9999")
     if (
         type(operation_type) is str
         and type(operation_name) is str
@@ -278,8 +303,6 @@ def build_row(
         and type(duration_ms) is float
         and 0.0 <= duration_ms < math.inf
         and type(success) is bool
-        and type(timestamp) is datetime
-        and timestamp.tzinfo is timezone.utc
         and (
             error_message is None
             or (
@@ -298,7 +321,7 @@ def build_row(
                 operation_type,
                 operation_name,
                 duration_ms,
-                timestamp,
+                timestamp_us,
                 success,
                 error_message,
                 clean_metadata,
@@ -307,7 +330,7 @@ def build_row(
         "operation_type": operation_type,
         "operation_name": operation_name,
         "duration_ms": duration_ms,
-        "timestamp": timestamp,
+        "timestamp": moment_of(timestamp_us),
         "success": success,
         "error_message": error_message,
         "metadata": metadata,
@@ -321,7 +344,7 @@ def row_of(record: OperationRecord) -> RecordRow:
         record.operation_type,
         record.operation_name,
         record.duration_ms,
-        record.timestamp,
+        microseconds_of(record.timestamp),
         record.success,
         record.error_message,
         record.metadata,
@@ -330,8 +353,10 @@ def row_of(record: OperationRecord) -> RecordRow:
 
 def record_from_row(row: RecordRow) -> OperationRecord:
     """The record a row holds, built as ``model_construct`` would (the row is valid)."""
+    fields: dict[str, Any] = dict(zip(_FIELD_NAMES, row, strict=True))
+    fields["timestamp"] = moment_of(row[3])
     record = _new_object(OperationRecord)
-    _set_slot(record, "__dict__", dict(zip(_FIELD_NAMES, row, strict=True)))
+    _set_slot(record, "__dict__", fields)
     _set_slot(record, "__pydantic_fields_set__", _ALL_RECORD_FIELDS)
     _set_slot(record, "__pydantic_extra__", None)
     _set_slot(record, "__pydantic_private__", None)
@@ -351,17 +376,55 @@ def build_record(
 
     See :func:`build_row`: what is accepted and every error are pydantic's.
     """
-    return record_from_row(
-        build_row(
+    if type(timestamp) is datetime and timestamp.tzinfo is timezone.utc:
+        row = build_row(
             operation_type,
             operation_name,
             duration_ms,
-            timestamp,
+            microseconds_of(timestamp),
             success,
             error_message,
             metadata,
         )
+        return record_from_row(row)
+    fields = (
+        operation_type,
+        operation_name,
+        duration_ms,
+        timestamp,
+        success,
+        error_message,
+        metadata,
     )
+    return OperationRecord.model_validate(dict(zip(_FIELD_NAMES, fields, strict=True)))
+
+
+def row_dicts(rows: Sequence[RecordRow]) -> list[dict[str, Any]]:
+    """The rows as plain dicts in the file format, timestamps formatted: ready for JSON.
+
+    Records of one batch mostly share their second, so its formatted text is
+    reused; only the six fractional digits are written per record.
+    """
+    dicts = []
+    second = -1
+    prefix = ""
+    for kind, name, duration, microseconds, success, error, metadata in rows:
+        whole, fraction = divmod(microseconds, 1_000_000)
+        if whole != second:
+            second = whole
+            prefix = format_timestamp(moment_of(whole * 1_000_000))[:19]
+        dicts.append(
+            {
+                "operation_type": kind,
+                "operation_name": name,
+                "duration_ms": duration,
+                "timestamp": f"{prefix}.{fraction:06d}+00:00",
+                "success": success,
+                "error_message": error,
+                "metadata": metadata,
+            }
+        )
+    return dicts
 
 
 class MetricsBatch(BaseModel):

@@ -294,7 +294,7 @@ class TestWorkerSurvives:
     async def test_an_unexpected_error_in_the_writer_is_logged_counted_and_survived(
         self, storage: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:
-        real_encode = writer_module.encode_batch
+        real_encode = writer_module.encode_rows
         calls = 0
 
         def encode_once_broken(*args: Any, **kwargs: Any) -> bytes:
@@ -304,7 +304,7 @@ class TestWorkerSurvives:
                 raise RuntimeError("boom from the encoder")
             return real_encode(*args, **kwargs)
 
-        monkeypatch.setattr(writer_module, "encode_batch", encode_once_broken)
+        monkeypatch.setattr(writer_module, "encode_rows", encode_once_broken)
         manager = make(storage, max_batch_size=3)
         await manager.start()
         await record(manager, range(3))
