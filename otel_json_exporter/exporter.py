@@ -1,7 +1,9 @@
 """``OperationSpanExporter``: every finished span becomes an operation record.
 
-A thin adapter: :func:`~otel_json_exporter.mapping.span_to_record` encodes,
-:class:`~otel_json_exporter.manager.MetricsManager` queues and writes. Use it with
+A thin adapter: :func:`~otel_json_exporter.mapping.span_to_row` maps a span to
+the row of a validated, PII-masked record (no model is built on this path), and
+:class:`~otel_json_exporter.manager.MetricsManager` checks it against the PII rule
+once more, queues and writes it. Use it with
 either span processor::
 
     from opentelemetry import trace
@@ -32,7 +34,8 @@ Two modes:
   the manager stopped are refused (FAILURE, logged).
 
 No private event loop or thread pool is involved. The manager's writer is a plain
-thread and ``MetricsManager.submit_records`` is a thread-safe call that only takes
+thread and handing rows to it (``MetricsManager.submit_records`` without the models)
+is a thread-safe call that only takes
 a lock, so ``export()`` works from any thread, needs no loop to hand work to, and
 ``shutdown()`` cannot deadlock on the event-loop thread of an attached manager (it
 waits on a condition that the writer thread, not the loop, fulfils; the loop is
@@ -73,10 +76,10 @@ from otel_json_exporter.mapping import (
     SpanFilter,
     default_operation_type,
     default_span_filter,
-    span_to_record,
+    span_to_row,
 )
 from otel_json_exporter.pii import PiiPolicy, safe_validation_message
-from otel_json_exporter.records import OperationRecord
+from otel_json_exporter.records import RecordRow
 from otel_json_exporter.writer import StorageError
 
 if TYPE_CHECKING:
@@ -199,7 +202,7 @@ class OperationSpanExporter(SpanExporter):
         if self._shutdown:
             logger.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
-        records: list[OperationRecord] = []
+        rows: list[RecordRow] = []
         redacted = 0
         failed = 0
         problem = ""
@@ -207,7 +210,7 @@ class OperationSpanExporter(SpanExporter):
             try:
                 if not self._span_filter(span):
                     continue
-                record, masked = span_to_record(span, self._policy, self._operation_type)
+                row, masked = span_to_row(span, self._policy, self._operation_type)
             except ValidationError as exc:
                 failed, problem = failed + 1, safe_validation_message(exc)
                 continue
@@ -215,29 +218,29 @@ class OperationSpanExporter(SpanExporter):
                 # The type only: a message could carry a value from the span.
                 failed, problem = failed + 1, type(exc).__name__
                 continue
-            records.append(record)
+            rows.append(row)
             redacted += masked
         if failed:
             logger.warning("export: %d spans could not become records (%s)", failed, problem)
-        elif not records:
+        elif not rows:
             return SpanExportResult.SUCCESS
         try:
-            accepted = self._manager.submit_records(
-                records, timeout=self._export_timeout, redacted=redacted, rejected=failed
+            accepted = self._manager._submit_rows(
+                rows, timeout=self._export_timeout, redacted=redacted, rejected=failed
             )
         except RuntimeError:
             logger.warning(
-                "export: the metrics manager is not running; %d spans dropped", len(records)
+                "export: the metrics manager is not running; %d spans dropped", len(rows)
             )
             return SpanExportResult.FAILURE
         except ValueError as exc:  # the mapping missed PII: refuse rather than write it
-            logger.error("export: %d spans refused by the PII rule (%s)", len(records), exc)
+            logger.error("export: %d spans refused by the PII rule (%s)", len(rows), exc)
             return SpanExportResult.FAILURE
-        if accepted < len(records):
+        if accepted < len(rows):
             logger.warning(
                 "export: queue full for %.3gs; %d spans dropped",
                 self._export_timeout,
-                len(records) - accepted,
+                len(rows) - accepted,
             )
             return SpanExportResult.FAILURE
         return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS

@@ -64,6 +64,8 @@ __all__ = ["MetricsManager", "QueueFullPolicy"]
 
 logger = logging.getLogger("otel_json_exporter")
 
+_TEXT_FIELDS = ("operation_type", "operation_name", "error_message")
+
 QueueFullPolicy = Literal["block", "raise", "drop"]
 """What ``record_operation`` does when the queue is full.
 
@@ -372,16 +374,16 @@ class MetricsManager:
             return self.pii_policy.redact(text)
         return text, 0
 
-    def _pii_problem(self, records: list[OperationRecord]) -> str | None:
-        """What breaks the PII rule in ``records`` (a place, never a value), or None."""
-        for index, record in enumerate(records):
+    def _pii_problem(self, rows: list[RecordRow]) -> str | None:
+        """What breaks the PII rule in ``rows`` (a place, never a value), or None."""
+        policy = self.pii_policy
+        for index, row in enumerate(rows):
             try:
-                self.pii_policy.check_metadata(record.metadata)
+                policy.check_metadata(row[6])
             except ValueError as exc:
                 return f"record {index}: {exc}"
-            for field in ("operation_type", "operation_name", "error_message"):
-                text = getattr(record, field)
-                if text is not None and self.pii_policy.contains_pii(text):
+            for field, text in zip(_TEXT_FIELDS, (row[0], row[1], row[5]), strict=True):
+                if text is not None and policy.contains_pii(text):
                     return f"record {index}: {field} contains PII"
         return None
 
@@ -425,7 +427,17 @@ class MetricsManager:
         when the manager is not running. This is how the span exporter, which
         masks PII rather than refusing it, hands records over.
         """
-        pending = list(records)
+        return self._submit_rows(
+            [row_of(record) for record in records],
+            timeout=timeout,
+            redacted=redacted,
+            rejected=rejected,
+        )
+
+    def _submit_rows(
+        self, pending: list[RecordRow], *, timeout: float, redacted: int, rejected: int
+    ) -> int:
+        """:meth:`submit_records` for rows: the span exporter's way in, without models."""
         problem = self._pii_problem(pending)
         accepted = 0
         deadline = time.monotonic() + timeout
@@ -437,7 +449,7 @@ class MetricsManager:
             if problem is not None:
                 self._rejected += len(pending)
                 raise ValueError(f"submit_records: none queued: {problem}")
-            for index, record in enumerate(pending):
+            for index, row in enumerate(pending):
                 if len(self._buffer) >= self.max_queue_size:
                     self._cond.notify_all()
                     remaining = bounded_timeout(deadline - time.monotonic())
@@ -445,7 +457,7 @@ class MetricsManager:
                     if not (waited and self._accepting):
                         self._dropped += len(pending) - index
                         break
-                self._buffer.append(row_of(record))
+                self._buffer.append(row)
                 self._accepted += 1
                 accepted += 1
             if len(self._buffer) >= self._write_at:

@@ -59,7 +59,6 @@ import base64
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, StatusCode
@@ -69,7 +68,9 @@ from otel_json_exporter.records import (
     MAX_INTEGER_DIGITS,
     MAX_METADATA_DEPTH,
     OperationRecord,
-    build_record,
+    RecordRow,
+    build_row,
+    record_from_row,
 )
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ __all__ = [
     "default_operation_type",
     "default_span_filter",
     "span_to_record",
+    "span_to_row",
 ]
 
 OperationTypeFunction = Callable[["ReadableSpan"], str]
@@ -98,7 +100,6 @@ _URL_LIKE = URL_ATTRIBUTES | {_QUERY_ATTRIBUTE}
 _HTTP_METHOD = ("http.request.method", "http.method")
 _HTTP_STATUS = ("http.response.status_code", "http.status_code")
 _KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _REPLACEMENT_CHARACTER = "\ufffd"
@@ -149,6 +150,16 @@ def span_to_record(
     become a valid record, for instance when it has no start time or
     ``operation_type`` returned an empty string. The message never holds a value.
     """
+    row, redacted = span_to_row(span, policy, operation_type)
+    return record_from_row(row), redacted
+
+
+def span_to_row(
+    span: ReadableSpan,
+    policy: PiiPolicy = DEFAULT_POLICY,
+    operation_type: OperationTypeFunction = default_operation_type,
+) -> tuple[RecordRow, int]:
+    """:func:`span_to_record` as the row the manager queues, without building the model."""
     start, end = span.start_time, span.end_time
     if start is None:
         raise ValueError("span has no start time")
@@ -199,16 +210,16 @@ def span_to_record(
     ):
         kind_of_operation, masked = _clean_text(kind_of_operation, policy)
         redacted += masked
-    record = build_record(
+    row = build_row(
         kind_of_operation,
         name,
         duration_ms,
-        _EPOCH + timedelta(microseconds=start // 1000),
+        start // 1000,
         success,
         error_message,
         metadata,
     )
-    return record, redacted
+    return row, redacted
 
 
 def _http_status(attributes: Mapping[str, Any]) -> int | None:

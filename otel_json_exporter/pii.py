@@ -142,6 +142,7 @@ _PII_TEXT = re.compile(
 _PARAMETER = re.compile(r"(?<![^\s?#;&])(?P<name>[^\s=?#;&]+)=(?P<value>[^\s?#;&]*)")
 _WHITESPACE = re.compile(r"\s")
 _CACHE_LIMIT = 4096
+_REMEMBERED_TEXT_LENGTH = 256
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -246,12 +247,16 @@ class PiiPolicy:
     allowed_keys: frozenset[str] = frozenset()
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
     _plain_keys: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    _unchanged: set[tuple[str, str]] = field(
+        default_factory=set, init=False, repr=False, compare=False
+    )
 
     def __init__(self, blocked_keys: Iterable[str] = (), allowed_keys: Iterable[str] = ()) -> None:
         object.__setattr__(self, "blocked_keys", frozenset(map(normalize_key, blocked_keys)))
         object.__setattr__(self, "allowed_keys", frozenset(map(normalize_key, allowed_keys)))
         object.__setattr__(self, "_verdicts", {})
         object.__setattr__(self, "_plain_keys", set())
+        object.__setattr__(self, "_unchanged", set())
 
     @property
     def plain_keys(self) -> AbstractSet[str]:
@@ -292,22 +297,39 @@ class PiiPolicy:
         # Error paths are built only for an error: a walk that just answers yes or
         # no comes first, and a flat dict of plain values under keys known to be
         # fine skips even that.
-        known = self._verdicts.get
-        for key, item in metadata.items():
-            kind = type(item)
-            if kind not in _PLAIN_SCALARS or known(key) is not False:
-                break
-            if kind is str and self._text_holds_pii(item):
-                break
-        else:
-            return
+        if metadata.keys() <= self._plain_keys:
+            for item in metadata.values():
+                kind = type(item)
+                if kind not in _PLAIN_SCALARS or (kind is str and self._text_holds_pii(item)):
+                    break
+            else:
+                return
         if self._holds_pii(metadata):
             self._check(metadata, "")
 
     def _text_holds_pii(self, text: str) -> bool:
+        if "@" not in text and "=" not in text and text.isascii():
+            return False  # no address, credentials or name=value without "@" or "="
+        if ("text", text) in self._unchanged:
+            return False
         if ("@" in text or not text.isascii()) and _find_pii_text(text) is not None:
             return True
-        return "=" in text and self._pii_parameter(text) is not None
+        if "=" in text and self._pii_parameter(text) is not None:
+            return True
+        self._remember_unchanged("text", text)
+        return False
+
+    def _remember_unchanged(self, operation: str, text: str) -> None:
+        """Remember that ``operation`` found no PII in ``text``: a bounded cache.
+
+        Only short texts that hold no PII are kept. Span attributes repeat (a
+        query such as ``page=2&per_page=50``), and the regular expressions
+        behind a verdict cost a microsecond each.
+        """
+        if len(text) <= _REMEMBERED_TEXT_LENGTH:
+            if len(self._unchanged) >= _CACHE_LIMIT:
+                self._unchanged.clear()
+            self._unchanged.add((operation, text))
 
     def _holds_pii(self, value: Any) -> bool:
         kind = type(value)
@@ -363,7 +385,7 @@ class PiiPolicy:
 
     def contains_pii(self, text: str) -> bool:
         """Whether :meth:`redact` would mask anything in ``text``."""
-        return contains_pii_text(text) or self._pii_parameter(text) is not None
+        return self._text_holds_pii(text)
 
     def _pii_parameter(self, text: str) -> str | None:
         """The name of the first ``name=value`` in ``text`` whose name is PII, or None."""
@@ -401,9 +423,13 @@ class PiiPolicy:
         ``email=REDACTED&page=2``; the other parameters are kept byte for byte.
         Returns the query and the count masked.
         """
-        query, masked = self._mask_parameters(query, "&")
-        query, more = self._mask_the_rest(query, question_marks=0)
-        return query, masked + more
+        if ("query", query) in self._unchanged:
+            return query, 0
+        masked_query, masked = self._mask_parameters(query, "&")
+        masked_query, more = self._mask_the_rest(masked_query, question_marks=0)
+        if not masked + more and masked_query == query:
+            self._remember_unchanged("query", query)
+        return masked_query, masked + more
 
     def mask_url(self, url: str) -> tuple[str, int]:
         """Mask credentials and PII parameters, path segments and fragments in a URL.
@@ -416,6 +442,14 @@ class PiiPolicy:
         that decodes to an e-mail address becomes ``REDACTED``. Works on full
         URLs and on targets such as ``/p?x=1``. Returns the URL and the count masked.
         """
+        if ("url", url) in self._unchanged:
+            return url, 0
+        masked_url, masked = self._mask_url(url)
+        if not masked and masked_url == url:
+            self._remember_unchanged("url", url)
+        return masked_url, masked
+
+    def _mask_url(self, url: str) -> tuple[str, int]:
         try:
             parts = urlsplit(url)
         except ValueError:
