@@ -38,7 +38,7 @@ attribute whose key is PII is dropped, at any depth, and the span is kept;
 e-mail addresses inside strings become ``[REDACTED]`` and a URL's user
 credentials inside any string ``REDACTED:REDACTED``; in ``url.full``,
 ``url.original``, ``http.url`` and ``http.target`` the values of PII query,
-fragment and path (``;jsessionid=...``) parameters become ``REDACTED``, and so
+fragment and path (``;jsessionid=...``, ``/reset/token=...``) parameters become ``REDACTED``, and so
 do the PII parameters of ``url.query`` (see ``PiiPolicy.mask_url``). Every key
 dropped and every value masked counts once in the returned redaction count.
 Values become JSON-ready: tuples become lists, bytes become base64 text, and NaN

@@ -140,7 +140,6 @@ _PII_TEXT = re.compile(
 # The value stops at the next such separator, so a URL nested unencoded in a parameter
 # (``next=https://x/cb?token=t``) shows its own parameters as further matches.
 _PARAMETER = re.compile(r"(?<![^\s?#;&])(?P<name>[^\s=?#;&]+)=(?P<value>[^\s?#;&]*)")
-_WHITESPACE = re.compile(r"\s")
 _CACHE_LIMIT = 4096
 _REMEMBERED_TEXT_LENGTH = 256
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -426,7 +425,7 @@ class PiiPolicy:
         if ("query", query) in self._unchanged:
             return query, 0
         masked_query, masked = self._mask_parameters(query, "&")
-        masked_query, more = self._mask_the_rest(masked_query, question_marks=0)
+        masked_query, more = self._mask_the_rest(masked_query)
         if not masked + more and masked_query == query:
             self._remember_unchanged("query", query)
         return masked_query, masked + more
@@ -464,20 +463,19 @@ class PiiPolicy:
         masked += in_path + in_query + in_fragment
         if masked:
             url = urlunsplit((parts.scheme, netloc, path, query, fragment))
-        url, more = self._mask_the_rest(url, question_marks=1)
+        url, more = self._mask_the_rest(url)
         return url, masked + more
 
-    def _mask_the_rest(self, text: str, question_marks: int) -> tuple[str, int]:
+    def _mask_the_rest(self, text: str) -> tuple[str, int]:
         """After the structured pass: once more over the whole, as the manager checks it.
 
         An address or credentials may span two parameters; parameters may be
-        separated by ``;`` or white space (free text around a URL), or nest in an
-        unencoded URL (``next=https://x/cb?token=t``: one "?" more than expected).
+        separated by ``;`` or white space (free text around a URL), nest in an
+        unencoded URL (``next=https://x/cb?token=t``), or sit in a path segment
+        (``/reset/token=t``). Whatever :meth:`contains_pii` would still find is masked.
         """
         text, masked = mask_text(text)
-        if "=" in text and (
-            ";" in text or text.count("?") > question_marks or _WHITESPACE.search(text) is not None
-        ):
+        if "=" in text and self._pii_parameter(text) is not None:
             text, more = self.mask_parameters(text)
             masked += more
         return text, masked

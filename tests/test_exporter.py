@@ -511,6 +511,26 @@ class TestContract:
         # every dropped key, the credentials, the query parameter, the address in note
         assert exporter.manager.stats().pii_redacted == len(blocked) + 3
 
+    def test_a_secret_in_a_url_path_segment_is_masked_not_the_batch_refused(
+        self, storage: Path, kit: Kit
+    ) -> None:
+        exporter = kit.exporter(storage)
+        provider = provider_for(exporter, BatchSpanProcessor)
+        tracer = provider.get_tracer("tests")
+        with tracer.start_as_current_span(
+            "reset", attributes={"url.full": "https://shop.example/reset/token=s3cr3t"}
+        ):
+            pass
+        with tracer.start_as_current_span("home", attributes={"url.full": "https://shop.example/"}):
+            pass
+        provider.shutdown()
+        records = {record.operation_name: record for record in load_records(storage)}
+        assert set(records) == {"reset", "home"}
+        assert records["reset"].metadata["url.full"] == "https://shop.example/reset/token=REDACTED"
+        raw = b"".join(path.read_bytes() for path in storage.glob("metrics_*.json"))
+        assert b"s3cr3t" not in raw
+        assert exporter.manager.stats().total_rejected == 0
+
 
 class TestAttached:
     async def test_spans_and_direct_records_share_one_pipeline(
