@@ -5,7 +5,9 @@ error and a JSON-ready ``metadata`` mapping. Every timestamp is UTC written as
 ``2025-12-16T08:00:00.000000+00:00``: always six fractional digits and ``+00:00``.
 
 These models are the single definition of the format. The manager validates with
-them at record time, the writer serialises with them, and the command line reads
+them at record time (through :func:`build_row`, proven equal to ``model_validate``),
+the writer encodes each record exactly as ``model_dump_json`` would (from plain
+dicts, :func:`row_dicts`, without a model per record), and the command line reads
 files back through them.
 """
 
@@ -406,7 +408,7 @@ def row_dicts(rows: Sequence[RecordRow]) -> list[dict[str, Any]]:
     reused; only the six fractional digits are written per record.
     """
     dicts = []
-    second = -1
+    second: int | None = None  # no second yet: any real one, -1 included, differs
     prefix = ""
     for kind, name, duration, microseconds, success, error, metadata in rows:
         whole, fraction = divmod(microseconds, 1_000_000)
