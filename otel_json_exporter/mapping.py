@@ -111,11 +111,13 @@ class _Unwritable(Exception):
 
 def default_operation_type(span: ReadableSpan) -> str:
     """The ``operation_type`` of a span by the table in the module docstring."""
-    attributes = span.attributes or {}
+    return _operation_type_of(span.kind, span.attributes or {})
+
+
+def _operation_type_of(kind: SpanKind, attributes: Mapping[str, Any]) -> str:
     declared = attributes.get("operation.type")
     if isinstance(declared, str) and declared:
         return declared
-    kind = span.kind
     if kind is SpanKind.SERVER or kind is SpanKind.CLIENT:
         for key in _HTTP_METHOD:
             if key in attributes:
@@ -164,7 +166,9 @@ def span_to_row(
     if start is None:
         raise ValueError("span has no start time")
     duration_ms = max(end - start, 0) / 1e6 if end is not None else 0.0
-    attributes = span.attributes or {}
+    # One copy into a plain dict: the SDK's attributes mapping answers every
+    # lookup in Python, and a missing key by raising KeyError.
+    attributes = dict(span.attributes or {})
     redacted = 0
 
     name = span.name or "unnamed"
@@ -204,7 +208,10 @@ def span_to_row(
             masked = 1
         redacted += masked
 
-    kind_of_operation = operation_type(span)
+    if operation_type is default_operation_type:
+        kind_of_operation = _operation_type_of(span.kind, attributes)
+    else:
+        kind_of_operation = operation_type(span)
     if isinstance(kind_of_operation, str) and (
         "@" in kind_of_operation or "=" in kind_of_operation or not kind_of_operation.isascii()
     ):
@@ -250,17 +257,27 @@ def _clean_attributes(
     """The attributes without PII keys, with masked strings and JSON-ready values."""
     clean: dict[str, Any] = {}
     redacted = 0
-    is_pii_key = policy.is_pii_key
+    plain_keys = policy.plain_keys
     for name, value in attributes.items():
-        if is_pii_key(name):
+        if name in plain_keys:
+            key = name  # ASCII, and cleared by the policy before
+        elif policy.is_pii_key(name):
             redacted += 1
             continue
-        key = name if name.isascii() else _valid_unicode(name)
+        else:
+            key = name if name.isascii() else _valid_unicode(name)
         kind = type(value)
         if kind is str:
-            if "@" not in value and value.isascii() and not _may_hold_parameters(key, value):
-                # The common case, kept cheap. Without "@" an ASCII string holds no
-                # address and no credentials; see _may_hold_parameters for the rest.
+            if (
+                "@" not in value
+                and "=" not in value
+                and value.isascii()
+                and ("%" not in value or key not in _URL_LIKE)
+            ):
+                # The common case, kept cheap: an ASCII string without "@" holds no
+                # address and no credentials, and without "=" no name=value pair
+                # (a URL in a referer header, a connection string, password=... in
+                # free text); in a URL attribute "%" may encode any of them.
                 clean[key] = value
                 continue
             if key in _URL_LIKE:
@@ -319,18 +336,6 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
         return items, redacted
     # The SDK turns other types into str before they reach us; be as safe anyway.
     return _clean_text(str(value), policy)
-
-
-def _may_hold_parameters(key: str, value: str) -> bool:
-    """Whether a string may hold ``name=value`` pairs whose values the PII rule masks.
-
-    In a URL attribute, any ``=`` (a parameter) or ``%`` (an encoded address); in
-    any other attribute, any ``=``: a URL inside a header (``referer``), a
-    connection string, or free text (``see /cb?token=...``, ``password=...``).
-    """
-    if key in _URL_LIKE:
-        return "=" in value or "%" in value
-    return "=" in value
 
 
 def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
