@@ -67,9 +67,16 @@ def plain_row(
         return None
     if metadata is None:
         clean: dict[str, Any] = {}
-    elif type(metadata) is dict and metadata.keys() <= plain_keys:
-        for value in metadata.values():
+    elif type(metadata) is dict:
+        # Copy first, then check the copy: another thread may change the caller's
+        # dict meanwhile, and what is checked must be what is written.
+        clean = metadata.copy()
+        if not clean.keys() <= plain_keys:
+            return None
+        for key, value in clean.items():
             kind = type(value)
+            if type(key) is not str:  # equal to a cleared key, but not a str
+                return None
             if kind is str:
                 if "@" in value or "=" in value or not value.isascii():
                     return None
@@ -81,7 +88,6 @@ def plain_row(
                     return None
             elif value is not None and kind is not bool:
                 return None
-        clean = metadata.copy()
     else:
         return None
     return (

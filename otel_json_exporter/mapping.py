@@ -1,7 +1,8 @@
 """A finished OpenTelemetry span -> one operation record, PII-filtered.
 
-:func:`span_to_record` is the whole encoding step of the span exporter; it does
-no I/O and can be tested alone. The fields are taken as follows:
+:func:`span_to_row` is the whole mapping step of the span exporter (it builds
+the row the manager queues; :func:`span_to_record` gives the same as a model); it
+does no I/O and can be tested alone. The fields are taken as follows:
 
 =================  ==================================================================
 record field       from the span
@@ -221,7 +222,7 @@ def span_to_row(
         kind_of_operation,
         name,
         duration_ms,
-        start // 1000,
+        start // 1000 if type(start) is int else round(start / 1000),  # the SDK takes floats
         success,
         error_message,
         metadata,
@@ -259,7 +260,7 @@ def _clean_attributes(
     redacted = 0
     plain_keys = policy.plain_keys
     for name, value in attributes.items():
-        if name in plain_keys:
+        if name in plain_keys and type(name) is str:
             key = name  # ASCII, and cleared by the policy before
         elif policy.is_pii_key(name):
             redacted += 1

@@ -53,7 +53,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, final
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -230,12 +230,15 @@ def _describe_key(key: str) -> str:
     return repr(mask_text(key)[0])
 
 
+@final
 @dataclass(frozen=True)
 class PiiPolicy:
     """The PII rule plus a caller's own additions.
 
     ``blocked_keys`` are PII on top of the rule; ``allowed_keys`` pass even when
     the rule would block them. Both are compared after :func:`normalize_key`.
+    The class cannot be subclassed: its caches of verdicts are its own, and a
+    method overridden in a subclass would be bypassed by them.
 
     >>> policy = PiiPolicy(blocked_keys={"tenant"}, allowed_keys={"name"})
     >>> policy.is_pii_key("Tenant"), policy.is_pii_key("name"), policy.is_pii_key("userId")
@@ -249,6 +252,11 @@ class PiiPolicy:
     _unchanged: set[tuple[str, str]] = field(
         default_factory=set, init=False, repr=False, compare=False
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError(
+            "PiiPolicy cannot be subclassed; pass blocked_keys= and allowed_keys= instead"
+        )
 
     def __init__(self, blocked_keys: Iterable[str] = (), allowed_keys: Iterable[str] = ()) -> None:
         object.__setattr__(self, "blocked_keys", frozenset(map(normalize_key, blocked_keys)))
@@ -268,6 +276,8 @@ class PiiPolicy:
 
     def is_pii_key(self, key: str) -> bool:
         """Whether ``key`` names personal data under this policy."""
+        if type(key) is not str:
+            key = str.__str__(key)  # the text itself, whatever a subclass overrides
         verdict = self._verdicts.get(key)
         if verdict is None:
             normalized = normalize_key(key)
@@ -307,6 +317,8 @@ class PiiPolicy:
             self._check(metadata, "")
 
     def _text_holds_pii(self, text: str) -> bool:
+        if type(text) is not str:
+            text = str.__str__(text)  # the text itself, whatever a subclass overrides
         if "@" not in text and "=" not in text and text.isascii():
             return False  # no address, credentials or name=value without "@" or "="
         if ("text", text) in self._unchanged:
@@ -336,6 +348,8 @@ class PiiPolicy:
             return self._text_holds_pii(value)
         if kind in _PLAIN_SCALARS:
             return False
+        if isinstance(value, str):  # a str subclass: its text is what gets written
+            return self._text_holds_pii(value)
         if isinstance(value, Mapping):
             return any(self.is_pii_key(key) or self._holds_pii(item) for key, item in value.items())
         if isinstance(value, list):
@@ -422,6 +436,8 @@ class PiiPolicy:
         ``email=REDACTED&page=2``; the other parameters are kept byte for byte.
         Returns the query and the count masked.
         """
+        if type(query) is not str:
+            query = str.__str__(query)
         if ("query", query) in self._unchanged:
             return query, 0
         masked_query, masked = self._mask_parameters(query, "&")
@@ -441,6 +457,8 @@ class PiiPolicy:
         that decodes to an e-mail address becomes ``REDACTED``. Works on full
         URLs and on targets such as ``/p?x=1``. Returns the URL and the count masked.
         """
+        if type(url) is not str:
+            url = str.__str__(url)
         if ("url", url) in self._unchanged:
             return url, 0
         masked_url, masked = self._mask_url(url)

@@ -5,7 +5,8 @@ error and a JSON-ready ``metadata`` mapping. Every timestamp is UTC written as
 ``2025-12-16T08:00:00.000000+00:00``: always six fractional digits and ``+00:00``.
 
 These models are the single definition of the format. The manager validates with
-them at record time (through :func:`build_row`, proven equal to ``model_validate``),
+them at record time (through :func:`build_row`, proven equal to ``model_validate``,
+or for the plain common case ``_plain.plain_row``, proven equal to ``build_row``),
 the writer encodes each record exactly as ``model_dump_json`` would (from plain
 dicts, :func:`row_dicts`, without a model per record), and the command line reads
 files back through them.
@@ -166,9 +167,11 @@ def _flat_copy(mapping: dict[Any, Any]) -> dict[str, Any] | None:
 
     The common case, checked without building error paths. What it accepts,
     :func:`_json_object_copy` accepts with the same result; everything else is
-    left to that function, which also words the errors.
+    left to that function, which also words the errors. The copy is taken first
+    and checked, so a dict another thread changes meanwhile cannot slip past.
     """
-    for key, item in mapping.items():
+    copy = mapping.copy()
+    for key, item in copy.items():
         if type(key) is not str or not key.isascii():
             return None
         kind = type(item)
@@ -183,7 +186,7 @@ def _flat_copy(mapping: dict[Any, Any]) -> dict[str, Any] | None:
                 return None
         elif item is not None and kind is not bool:
             return None
-    return mapping.copy()
+    return copy
 
 
 def _validate_metadata(value: Any) -> dict[str, Any]:
@@ -285,14 +288,17 @@ def build_row(
 ) -> RecordRow:
     """``OperationRecord.model_validate`` of these seven fields, as a row; faster.
 
-    ``timestamp_us`` comes from a clock (microseconds since the epoch, see
-    :func:`microseconds_of`); ValueError if it is outside the years 1 to 9999.
+    ``timestamp_us`` comes from a clock: an ``int``, microseconds since the epoch
+    (see :func:`microseconds_of`); ValueError if it is anything else or outside
+    the years 1 to 9999.
     Other arguments that are plainly valid (non-empty ASCII ``str`` names, a
     finite ``float`` duration >= 0, a ``bool``, no or a short ASCII error
     message, metadata that :func:`_validate_metadata` accepts) are checked here.
     Everything else, valid or not, goes through ``model_validate``, so what is
     accepted, what is stored and every error are exactly pydantic's.
     """
+    if type(timestamp_us) is not int:
+        raise ValueError("timestamp must be an int of microseconds since the epoch")
     if not _MIN_MICROSECONDS <= timestamp_us <= _MAX_MICROSECONDS:
         raise ValueError("timestamp is outside the years 1 to 9999")
     if (

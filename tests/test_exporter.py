@@ -511,6 +511,23 @@ class TestContract:
         # every dropped key, the credentials, the query parameter, the address in note
         assert exporter.manager.stats().pii_redacted == len(blocked) + 3
 
+    def test_a_float_start_time_is_written(self, storage: Path, kit: Kit) -> None:
+        # The SDK takes start_time=time.time() * 1e9 (a float) without complaint.
+        exporter = kit.exporter(storage)
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        tracer = provider.get_tracer("tests")
+        started = 1_765_872_000.25 * 1e9  # 2025-12-16T08:00:00.25 UTC
+        tracer.start_span("float-start", start_time=started).end(end_time=int(started) + 5_000_000)
+        with tracer.start_as_current_span("normal"):
+            pass
+        provider.shutdown()
+        records = {record.operation_name: record for record in load_records(storage)}
+        assert set(records) == {"float-start", "normal"}
+        moment = records["float-start"].timestamp
+        assert moment.isoformat() == "2025-12-16T08:00:00.250000+00:00"
+        assert records["float-start"].duration_ms == pytest.approx(5.0, abs=1e-3)  # float ns
+        assert exporter.manager.stats().worker_errors == 0
+
     def test_a_secret_in_a_url_path_segment_is_masked_not_the_batch_refused(
         self, storage: Path, kit: Kit
     ) -> None:

@@ -7,7 +7,9 @@ import errno
 import json
 import os
 import re
+import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -334,6 +336,81 @@ class TestValidation:
     def test_bad_settings(self, storage: Path, options: dict[str, object], message: str) -> None:
         with pytest.raises(ValueError, match=message):
             MetricsManager(storage, **options)  # type: ignore[arg-type]
+
+
+class TestInputChangedWhileRecorded:
+    """What is checked is what is written, even when another thread changes the input."""
+
+    async def test_a_dict_changed_during_the_call_never_puts_pii_on_disk(
+        self, storage: Path
+    ) -> None:
+        shared: dict[str, object] = {"region": "us-east", "note": "fine", "rows": 1}
+        manager = make(storage, flush_interval_seconds=0.05, max_queue_size=50_000)
+        await manager.start()
+        await manager.record_operation("job", "warm", 1.0, metadata=dict(shared))
+        done = threading.Event()
+
+        def flip() -> None:
+            while not done.is_set():
+                shared["note"] = "bob@example.com"
+                sum(range(20))  # hold each value a while, so that switches land on both
+                shared["note"] = "fine"
+                sum(range(20))
+
+        flipper = threading.Thread(target=flip)
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show
+        flipper.start()
+        refused = 0
+        try:
+            for _ in range(20_000):
+                try:
+                    await manager.record_operation("job", "run", 1.0, metadata=shared)
+                except ValueError:
+                    refused += 1  # the address was there when the copy was taken
+        finally:
+            done.set()
+            flipper.join()
+            sys.setswitchinterval(previous)
+        await manager.stop()
+        notes = Counter(record.metadata.get("note") for record in load_records(storage))
+        assert "bob@example.com" not in notes
+        assert notes["fine"] + refused == 20_001  # the warm-up record too
+        assert manager.stats().total_rejected == refused
+
+    async def test_a_key_equal_to_a_cleared_key_but_not_a_str_is_refused(
+        self, storage: Path
+    ) -> None:
+        class LooksLikeRegion:
+            def __hash__(self) -> int:
+                return hash("region")
+
+            def __eq__(self, other: object) -> bool:
+                return other == "region"
+
+        manager = make(storage)
+        await manager.start()
+        await manager.record_operation("job", "warm", 1.0, metadata={"region": "ca"})
+        with pytest.raises(ValueError, match="keys must be strings"):
+            await manager.record_operation("job", "run", 1.0, metadata={LooksLikeRegion(): "ca"})
+        await manager.stop()
+        assert [record.operation_name for record in load_records(storage)] == ["warm"]
+
+    async def test_a_str_subclass_value_holding_an_address_is_refused(self, storage: Path) -> None:
+        class Label(str):
+            pass
+
+        manager = make(storage)
+        await manager.start()
+        with pytest.raises(ValueError, match="e-mail address"):
+            await manager.record_operation(
+                "job", "run", 1.0, metadata={"region": Label("bob@example.com")}
+            )
+        await manager.record_operation("job", "ok", 1.0, metadata={"region": Label("ca")})
+        await manager.stop()
+        (record,) = load_records(storage)
+        assert record.metadata == {"region": "ca"}
+        assert b"bob@" not in b"".join(path.read_bytes() for path in storage.iterdir())
 
 
 class TestLifecycle:

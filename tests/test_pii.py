@@ -636,6 +636,36 @@ class TestParametersInFreeText:
         assert (await manager.get_stats()).pii_redacted == 2
 
 
+class TestSubclasses:
+    def test_the_policy_cannot_be_subclassed(self) -> None:
+        # Its caches would bypass an overridden method: refuse at class creation.
+        with pytest.raises(TypeError, match="blocked_keys= and allowed_keys="):
+
+            class Stricter(PiiPolicy):  # type: ignore[misc]
+                def is_pii_key(self, key: str) -> bool:
+                    return key.startswith("tenant.") or super().is_pii_key(key)
+
+    def test_a_str_subclass_is_judged_by_its_text(self) -> None:
+        class Shifty(str):
+            def __eq__(self, other: object) -> bool:
+                return True
+
+            def __hash__(self) -> int:
+                return hash("region")
+
+            def isascii(self) -> bool:
+                return True
+
+        policy = PiiPolicy()
+        assert policy.is_pii_key("region") is False
+        assert policy.is_pii_key(Shifty("email")) is True
+        assert policy.mask_query("page=2") == ("page=2", 0)
+        assert policy.contains_pii(Shifty("write to bob@example.com"))
+        assert policy.mask_query(Shifty("email=bob@example.com")) == ("email=REDACTED", 1)
+        with pytest.raises(ValueError, match="e-mail address"):
+            policy.check_metadata({"note": Shifty("bob@example.com")})
+
+
 class TestRememberedCleanTexts:
     """The policy remembers short texts it found clean; a remembered text gets the same answer.
 
