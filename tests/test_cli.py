@@ -476,6 +476,32 @@ class TestSummarize:
         fill(large, 10)
         assert peak(large) < 1.5 * peak(small)  # reading all ten at once would be ~10x
 
+    def test_a_reader_that_closes_the_pipe_early_ends_it_quietly(self, tmp_path: Path) -> None:
+        """``summarize | head``: exit code 1 (documented), no traceback, nothing on stderr."""
+        moment = datetime(2025, 12, 16, tzinfo=timezone.utc)
+        records = [
+            OperationRecord(
+                operation_type="api_request",
+                operation_name=f"GET /api/route-{index:05d}",
+                duration_ms=1.0 + index,
+                timestamp=moment,
+            )
+            for index in range(3000)  # a table far larger than a pipe's buffer
+        ]
+        BatchWriter(tmp_path).write(records, now=moment)
+        reader = subprocess.Popen(
+            [sys.executable, "-m", "otel_json_exporter", "summarize", str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert reader.stdout is not None
+        assert reader.stderr is not None
+        assert reader.stdout.readline()  # the table's first line, as `head -1` would read
+        reader.stdout.close()
+        errors = reader.stderr.read()
+        assert reader.wait(timeout=60) == 1
+        assert errors == b""
+
 
 class TestSummarizeForeignNames:
     """Files written elsewhere may hold what this package would have masked."""
