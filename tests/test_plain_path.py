@@ -42,6 +42,7 @@ from otel_json_exporter.records import (
     build_row,
     record_from_row,
 )
+from tests._strategies import mostly
 from tests.conftest import load_records
 
 PII_KEYS = json.loads((Path(__file__).parent / "data" / "pii_keys.json").read_text("utf-8"))
@@ -111,18 +112,6 @@ plain_texts = st.text(PLAIN_ASCII, min_size=1, max_size=24)
 embedded_pii = st.tuples(
     st.text(PLAIN_ASCII, max_size=6), st.sampled_from(PII_TEXTS + ODD_TEXTS), st.text(max_size=4)
 ).map("".join)
-
-
-def mostly(common: st.SearchStrategy[Any], *others: st.SearchStrategy[Any], weight: int = 3) -> Any:
-    """``common`` about ``weight`` times as often as all ``others`` together.
-
-    Plain input, with one field or one value that is not, is where plain_row and
-    the full path could disagree: it must come up often.
-    """
-    # Not one_of(*[common] * n, ...): one_of drops repeated strategies.
-    branches = (common, *others)
-    choices = [0] * (weight * len(others)) + list(range(1, len(branches)))
-    return st.sampled_from(choices).flatmap(branches.__getitem__)
 
 
 names = mostly(

@@ -25,6 +25,7 @@ from otel_json_exporter.records import (
     OperationRecord,
     build_record,
 )
+from tests._strategies import mostly
 
 FIELDS = tuple(OperationRecord.model_fields)
 NOW = datetime(2025, 12, 16, 8, 0, 0, 123456, tzinfo=timezone.utc)
@@ -40,12 +41,13 @@ class Label(str):
 
 ASCII = st.characters(min_codepoint=32, max_codepoint=126)
 odd_texts = st.text(max_size=12) | st.sampled_from(["", "é", "a\ud800", Label("x"), 5, None])
-names = st.one_of(*[st.text(ASCII, min_size=1, max_size=12)] * 3, odd_texts)
-durations = st.one_of(
-    *[st.floats(0, 1e9)] * 2,
+names = mostly(st.text(ASCII, min_size=1, max_size=12), odd_texts)
+durations = mostly(
+    st.floats(0, 1e9),
     st.floats(),
     st.integers(-5, 10**6),
     st.sampled_from([0.0, -0.0, 1e308, math.inf, -1.0, True, Color.RED, "5", None]),
+    weight=1,
 )
 moments = st.sampled_from(
     [
@@ -57,7 +59,7 @@ moments = st.sampled_from(
         0,
     ]
 )
-successes = st.one_of(*[st.booleans()] * 3, st.sampled_from([1, 0, "true", None]))
+successes = mostly(st.booleans(), st.sampled_from([1, 0, "true", None]))
 scalars = (
     st.none()
     | st.booleans()
@@ -67,8 +69,8 @@ scalars = (
     | st.sampled_from([Color.RED, Label("x"), b"x", (1,), 10**5000, "\udc00"])
 )
 plain = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(-1e6, 1e6)
-metadata = st.one_of(
-    *[st.dictionaries(st.text(ASCII, max_size=8), plain | st.text(ASCII), max_size=6)] * 2,
+metadata = mostly(
+    st.dictionaries(st.text(ASCII, max_size=8), plain | st.text(ASCII), max_size=6),
     st.dictionaries(st.text(max_size=4) | st.integers(0, 2), scalars, max_size=5),
     st.dictionaries(
         st.text(max_size=4),
@@ -76,9 +78,10 @@ metadata = st.one_of(
         max_size=3,
     ),
     st.sampled_from([None, [], "x", 3]),
+    weight=1,
 )
-errors = st.one_of(
-    *[st.none() | st.text(ASCII, max_size=40)] * 2,
+errors = mostly(
+    st.none() | st.text(ASCII, max_size=40),
     odd_texts,
     st.sampled_from(["x" * MAX_ERROR_MESSAGE_LENGTH, "x" * (MAX_ERROR_MESSAGE_LENGTH + 1), 42]),
 )
