@@ -424,8 +424,8 @@ class MetricsManager:
         how many were accepted. ``redacted`` and ``rejected`` add to the
         ``pii_redacted`` and ``total_rejected`` counts (values the caller
         masked, items it could not turn into records). Raises RuntimeError
-        when the manager is not running. This is how the span exporter, which
-        masks PII rather than refusing it, hands records over.
+        when the manager is not running. The span exporter, which masks PII
+        rather than refusing it, hands records over the same way, as rows.
         """
         return self._submit_rows(
             [row_of(record) for record in records],
