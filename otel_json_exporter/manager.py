@@ -358,6 +358,10 @@ class MetricsManager:
             problem = safe_validation_message(exc)
         except ValueError as exc:
             problem = str(exc)
+        except RuntimeError:  # "dictionary changed size during iteration"
+            problem = (
+                "metadata changed while it was being recorded; pass a dict no other thread changes"
+            )
         if problem is not None:
             # Raised outside the except block, so no exception holding the input
             # (pydantic's keeps it) is chained to the error as its __context__.
@@ -370,8 +374,11 @@ class MetricsManager:
 
     def _mask_emails(self, text: Any) -> tuple[Any, int]:
         # Names and error messages are free text: an address there is masked, not refused.
-        if isinstance(text, str) and self.pii_policy.contains_pii(text):
-            return self.pii_policy.redact(text)
+        if isinstance(text, str):
+            if type(text) is not str:
+                text = str.__str__(text)  # its text: what is checked is what is written
+            if self.pii_policy.contains_pii(text):
+                return self.pii_policy.redact(text)
         return text, 0
 
     def _pii_problem(self, rows: list[RecordRow]) -> str | None:

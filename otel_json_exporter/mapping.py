@@ -172,7 +172,7 @@ def span_to_row(
     attributes = dict(span.attributes or {})
     redacted = 0
 
-    name = span.name or "unnamed"
+    name = _text_of(span.name) or "unnamed"
     if "@" in name or "=" in name or not name.isascii():
         name, redacted = _clean_text(name, policy)
 
@@ -212,7 +212,7 @@ def span_to_row(
     if operation_type is default_operation_type:
         kind_of_operation = _operation_type_of(span.kind, attributes)
     else:
-        kind_of_operation = operation_type(span)
+        kind_of_operation = _text_of(operation_type(span))
     if isinstance(kind_of_operation, str) and (
         "@" in kind_of_operation or "=" in kind_of_operation or not kind_of_operation.isascii()
     ):
@@ -259,8 +259,9 @@ def _clean_attributes(
     clean: dict[str, Any] = {}
     redacted = 0
     plain_keys = policy.plain_keys
-    for name, value in attributes.items():
-        if name in plain_keys and type(name) is str:
+    for given, value in attributes.items():
+        name = given if type(given) is str else _text_of(given)  # a subclass: its text
+        if name in plain_keys:
             key = name  # ASCII, and cleared by the policy before
         elif policy.is_pii_key(name):
             redacted += 1
@@ -321,7 +322,7 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
     if isinstance(value, Mapping):
         clean: dict[str, Any] = {}
         for key, item in value.items():
-            name = key if isinstance(key, str) else str(key)
+            name = _text_of(key) if isinstance(key, str) else str(key)
             if policy.is_pii_key(name):
                 redacted += 1
                 continue
@@ -339,8 +340,18 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
     return _clean_text(str(value), policy)
 
 
+def _text_of(value: Any) -> Any:
+    """A ``str`` subclass as a plain ``str`` of its text (what a batch file holds); else as is.
+
+    Checks then see exactly what is written, whatever the subclass overrides
+    (``__contains__``, ``isascii``, ``__hash__``...).
+    """
+    return str.__str__(value) if isinstance(value, str) and type(value) is not str else value
+
+
 def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     """``text`` ready for a record: valid Unicode, PII masked; and the count masked."""
+    text = _text_of(text)
     if not text.isascii():
         text = _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
     if "=" in text and ("?" in text or "#" in text or ";" in text):

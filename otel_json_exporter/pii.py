@@ -203,6 +203,8 @@ def mask_text(text: str) -> tuple[str, int]:
     >>> mask_text("postgresql://admin:pw@db.example.com/app for ann@example.org")
     ('postgresql://REDACTED:REDACTED@db.example.com/app for [REDACTED]', 2)
     """
+    if type(text) is not str:
+        text = str.__str__(text)  # its text, whatever a str subclass overrides
     if "@" in text:
         count = 0
 
@@ -358,6 +360,8 @@ class PiiPolicy:
 
     def _check(self, value: Any, path: str) -> None:
         if isinstance(value, str):
+            if type(value) is not str:
+                value = str.__str__(value)
             found = _find_pii_text(value)
             if found is not None:
                 what = "URL credentials" if found["credentials"] else "an e-mail address"
@@ -394,7 +398,19 @@ class PiiPolicy:
         """
         text, masked = mask_text(text)
         text, in_parameters = self.mask_parameters(text)
-        return text, masked + in_parameters
+        return self._nothing_left(text, masked + in_parameters)
+
+    def _nothing_left(self, masked: str, count: int) -> tuple[str, int]:
+        """``masked`` if :meth:`contains_pii` finds nothing in it, else all of it masked.
+
+        Masking one part can make another look like PII (``//token=a/b;x@h``
+        becomes ``//token=REDACTED;x@h``, credentials in form). The manager
+        checks what the mapping masked and refuses a whole batch of spans over
+        one such value, so whatever masking leaves must pass that check.
+        """
+        if self._text_holds_pii(masked):
+            return REDACTED, max(count, 1)
+        return masked, count
 
     def contains_pii(self, text: str) -> bool:
         """Whether :meth:`redact` would mask anything in ``text``."""
@@ -444,7 +460,7 @@ class PiiPolicy:
         masked_query, more = self._mask_the_rest(masked_query)
         if not masked + more and masked_query == query:
             self._remember_unchanged("query", query)
-        return masked_query, masked + more
+        return self._nothing_left(masked_query, masked + more)
 
     def mask_url(self, url: str) -> tuple[str, int]:
         """Mask credentials and PII parameters, path segments and fragments in a URL.
@@ -464,7 +480,7 @@ class PiiPolicy:
         masked_url, masked = self._mask_url(url)
         if not masked and masked_url == url:
             self._remember_unchanged("url", url)
-        return masked_url, masked
+        return self._nothing_left(masked_url, masked)
 
     def _mask_url(self, url: str) -> tuple[str, int]:
         try:

@@ -124,6 +124,8 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
     """A copy of ``value`` if JSON-ready; ValueError naming the path (never the value) if not.
 
     The copy means a caller who changes a dict after recording changes nothing on disk.
+    A ``str`` subclass is copied as a plain ``str`` of its text, so that what the PII
+    rule checks is exactly what is written, whatever the subclass overrides.
     """
     # None and int (bool is an int) come first: they are the common case.
     if value is None:
@@ -133,8 +135,9 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
             return value
         raise ValueError(f"metadata {path}: integer has more than {MAX_INTEGER_DIGITS} digits")
     if isinstance(value, str):
-        _check_unicode(value, path)
-        return value
+        text = value if type(value) is str else str.__str__(value)
+        _check_unicode(text, path)
+        return text
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"metadata {path}: float must be finite (no NaN or infinity)")
@@ -153,10 +156,11 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
 
 def _json_object_copy(mapping: Mapping[Any, Any], path: str, depth: int) -> dict[str, Any]:
     copy = {}
-    for key, item in mapping.items():
-        if not isinstance(key, str):
+    for given, item in mapping.items():
+        if not isinstance(given, str):
             where = path or "keys"
-            raise ValueError(f"metadata {where}: keys must be strings, not {type(key).__name__}")
+            raise ValueError(f"metadata {where}: keys must be strings, not {type(given).__name__}")
+        key = given if type(given) is str else str.__str__(given)  # its text, as for values
         _check_unicode(key, f"{path} key" if path else "key")
         copy[key] = _json_copy(item, f"{path}.{key!r}" if path else repr(key), depth)
     return copy

@@ -43,6 +43,7 @@ from otel_json_exporter.config import (
     resolve_settings,
 )
 from tests._faults import WRITER_THREAD, Fault
+from tests._tricky import disguised
 from tests.conftest import load_batches, load_records
 
 ProcessorFactory = Callable[[SpanExporter], SpanProcessor]
@@ -510,6 +511,44 @@ class TestContract:
         assert b"pw1" not in raw
         # every dropped key, the credentials, the query parameter, the address in note
         assert exporter.manager.stats().pii_redacted == len(blocked) + 3
+
+    def test_masking_never_leaves_what_the_check_refuses(self, storage: Path, kit: Kit) -> None:
+        # Masking "token=a/b" leaves "//token=REDACTED;x@h", credentials in form: the
+        # value goes whole, and the other spans of the batch are written.
+        exporter = kit.exporter(storage)
+        provider = provider_for(exporter, BatchSpanProcessor)
+        tracer = provider.get_tracer("tests")
+        for index in range(5):
+            note = "see //token=a/b;x@h" if index == 2 else f"note {index}"
+            with tracer.start_as_current_span(f"span-{index}", attributes={"note": note}):
+                pass
+        provider.shutdown()
+        notes = {r.operation_name: r.metadata["note"] for r in load_records(storage)}
+        assert notes == {f"span-{i}": "[REDACTED]" if i == 2 else f"note {i}" for i in range(5)}
+        assert exporter.manager.stats().total_rejected == 0
+
+    def test_str_subclass_attributes_are_judged_by_their_text(
+        self, storage: Path, kit: Kit
+    ) -> None:
+        Disguised = disguised(equal_to="note")
+
+        exporter = kit.exporter(storage)
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        attributes = {
+            Disguised("url.full"): "https://h.example/u/ann%40example.com",
+            "message": Disguised("reply to ann@example.com"),
+        }
+        with provider.get_tracer("tests").start_as_current_span(
+            Disguised("GET /u/ann@example.com"), attributes=attributes
+        ):
+            pass
+        provider.shutdown()
+        (record,) = load_records(storage)
+        assert record.operation_name == "GET /u/[REDACTED]"
+        assert record.metadata["url.full"] == "https://h.example/u/REDACTED"
+        assert record.metadata["message"] == "reply to [REDACTED]"
+        raw = b"".join(path.read_bytes() for path in storage.glob("metrics_*.json"))
+        assert b"ann" not in raw
 
     def test_a_float_start_time_is_written(self, storage: Path, kit: Kit) -> None:
         # The SDK takes start_time=time.time() * 1e9 (a float) without complaint.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import json
 import os
@@ -10,7 +11,7 @@ import re
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from otel_json_exporter import MetricsManager, OperationRecord, PiiPolicy, StorageError
 from otel_json_exporter.records import MetricsBatch
 
+from ._tricky import disguised
 from .conftest import load_batches, load_records
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00$")
@@ -410,7 +412,62 @@ class TestInputChangedWhileRecorded:
         await manager.stop()
         (record,) = load_records(storage)
         assert record.metadata == {"region": "ca"}
+        assert type(record.metadata["region"]) is str
         assert b"bob@" not in b"".join(path.read_bytes() for path in storage.iterdir())
+
+    async def test_str_subclasses_are_judged_and_written_by_their_text(self, storage: Path) -> None:
+        Disguised = disguised(equal_to="region")
+
+        class Tier(str, enum.Enum):
+            GOLD = "gold"
+
+        manager = make(storage)
+        await manager.start()
+        await manager.record_operation("job", "warm", 1.0, metadata={"region": "ca"})
+        for metadata in (
+            {Disguised("email"): "ann"},  # a PII key, equal to the cleared "region"
+            {"note": Disguised("write to bob@example.com")},
+            {"nested": {"note": Disguised("bob@example.com")}},
+            {"region": Disguised("ca\ud800")},  # not valid Unicode, whatever isascii says
+        ):
+            with pytest.raises(ValueError, match=r"PII|not valid Unicode"):
+                await manager.record_operation("job", "run", 1.0, metadata=metadata)
+        await manager.record_operation(
+            "job", Disguised("GET /users/bob@example.com"), 1.0, metadata={"tier": Tier.GOLD}
+        )
+        await manager.stop()
+        warm, masked = load_records(storage)
+        assert warm.operation_name == "warm"
+        assert masked.operation_name == "GET /users/[REDACTED]"
+        assert masked.metadata == {"tier": "gold"}
+        assert b"bob@" not in b"".join(path.read_bytes() for path in storage.iterdir())
+        assert manager.stats().total_rejected == 4
+
+    async def test_metadata_that_changes_size_while_copied_is_a_value_error(
+        self, storage: Path
+    ) -> None:
+        class Growing(Mapping[str, int]):
+            """A mapping whose every read adds a key: its own iteration then fails."""
+
+            def __init__(self) -> None:
+                self.data = {"a": 1}
+
+            def __getitem__(self, key: str) -> int:
+                self.data[f"k{len(self.data)}"] = 0
+                return self.data[key]
+
+            def __iter__(self) -> Iterator[str]:
+                return iter(self.data)
+
+            def __len__(self) -> int:
+                return len(self.data)
+
+        manager = make(storage)
+        await manager.start()
+        with pytest.raises(ValueError, match="metadata changed while it was being recorded"):
+            await manager.record_operation("job", "run", 1.0, metadata=Growing())
+        await manager.stop()
+        assert manager.stats().total_rejected == 1
 
 
 class TestLifecycle:
