@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import ValidationError
 
@@ -46,6 +46,7 @@ from otel_json_exporter.pii import (
     safe_validation_message,
 )
 from otel_json_exporter.records import (
+    MAX_ERROR_MESSAGE_LENGTH,
     MetricsStats,
     OperationRecord,
     RecordRow,
@@ -341,6 +342,8 @@ class MetricsManager:
         operation_type, in_type = self._mask_emails(operation_type)
         operation_name, in_name = self._mask_emails(operation_name)
         error_message, in_error = self._mask_emails(error_message)
+        if in_error:  # cut here, so that the cut never splits what masking wrote
+            error_message = self.pii_policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
         redacted = in_type + in_name + in_error
         problem = None
         try:
@@ -434,18 +437,38 @@ class MetricsManager:
         when the manager is not running. The span exporter, which masks PII
         rather than refusing it, hands records over the same way, as rows.
         """
-        return self._submit_rows(
-            [row_of(record) for record in records],
-            timeout=timeout,
-            redacted=redacted,
-            rejected=rejected,
-        )
+        pending = list(records)
+        rows: list[RecordRow] = []
+        for index, record in enumerate(pending):
+            # Validated again: a record built with model_construct, or changed since,
+            # may hold anything. This also copies its metadata.
+            problem = None
+            try:
+                rows.append(build_row(*row_of(record)))
+            except ValidationError as exc:
+                problem = safe_validation_message(exc)
+            except Exception as exc:
+                problem = f"not a valid OperationRecord ({type(exc).__name__})"
+            if problem is not None:
+                self._refuse(len(pending), redacted, rejected, f"record {index}: {problem}")
+        return self._submit_rows(rows, timeout=timeout, redacted=redacted, rejected=rejected)
+
+    def _refuse(self, count: int, redacted: int, rejected: int, problem: str) -> NoReturn:
+        """Count ``count`` items refused (and the caller's counts), then raise ValueError."""
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError("MetricsManager is not running")
+            self._redacted += redacted
+            self._rejected += rejected + count
+        raise ValueError(f"submit_records: none queued: {problem}")
 
     def _submit_rows(
         self, pending: list[RecordRow], *, timeout: float, redacted: int, rejected: int
     ) -> int:
         """:meth:`submit_records` for rows: the span exporter's way in, without models."""
         problem = self._pii_problem(pending)
+        if problem is not None:
+            self._refuse(len(pending), redacted, rejected, problem)
         accepted = 0
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -453,9 +476,6 @@ class MetricsManager:
                 raise RuntimeError("MetricsManager is not running")
             self._redacted += redacted
             self._rejected += rejected
-            if problem is not None:
-                self._rejected += len(pending)
-                raise ValueError(f"submit_records: none queued: {problem}")
             for index, row in enumerate(pending):
                 if len(self._buffer) >= self.max_queue_size:
                     self._cond.notify_all()

@@ -66,6 +66,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy
 from otel_json_exporter.records import (
+    MAX_ERROR_MESSAGE_LENGTH,
     MAX_INTEGER_DIGITS,
     MAX_METADATA_DEPTH,
     OperationRecord,
@@ -179,8 +180,8 @@ def span_to_row(
     success = True
     error_message: str | None = None
     status = span.status
-    # PII is masked before the record cuts the message to 1,000 characters, so
-    # that a cut never leaves half an address behind.
+    # PII is masked before the message is cut to 1,000 characters, so that a cut
+    # never leaves half an address behind; PiiPolicy.fit makes the cut itself safe.
     http_status = _http_status(attributes)
     server_error = http_status is not None and http_status >= 500 and span.kind is SpanKind.SERVER
     if status.status_code is StatusCode.ERROR or server_error:
@@ -190,27 +191,34 @@ def span_to_row(
             error_message = f"HTTP {http_status}"
         if error_message:
             error_message, masked = _clean_text(error_message, policy)
+            error_message = policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
             redacted += masked
 
     metadata, masked = _clean_attributes(attributes, policy)
     redacted += masked
     context = span.context
     parent = span.parent
+    added: dict[str, Any] = {}
     if context is not None:
-        metadata["trace_id"] = format(context.trace_id, "032x")
-        metadata["span_id"] = format(context.span_id, "016x")
-    metadata["parent_span_id"] = format(parent.span_id, "016x") if parent is not None else None
-    metadata["span_kind"] = _KIND_NAMES[span.kind]
+        added["trace_id"] = format(context.trace_id, "032x")
+        added["span_id"] = format(context.span_id, "016x")
+    added["parent_span_id"] = format(parent.span_id, "016x") if parent is not None else None
+    added["span_kind"] = _KIND_NAMES[span.kind]
     service = span.resource.attributes.get("service.name")
     if service is not None:
         try:
-            metadata["service.name"], masked = _clean_value(service, policy, 0)
+            added["service.name"], masked = _clean_value(service, policy, 0)
         except _Unwritable:
             masked = 1
         redacted += masked
+    for key, value in added.items():
+        if policy.is_pii_key(key):  # a policy may block even these
+            redacted += 1
+        else:
+            metadata[key] = value
 
     if operation_type is default_operation_type:
-        kind_of_operation = _operation_type_of(span.kind, attributes)
+        kind_of_operation = _text_of(_operation_type_of(span.kind, attributes))
     else:
         kind_of_operation = _text_of(operation_type(span))
     if isinstance(kind_of_operation, str) and (

@@ -400,6 +400,22 @@ class PiiPolicy:
         text, in_parameters = self.mask_parameters(text)
         return self._nothing_left(text, masked + in_parameters)
 
+    def fit(self, masked: str, limit: int) -> str:
+        """A masked text cut to ``limit`` characters, still passing :meth:`contains_pii`.
+
+        A cut inside a masked parameter (``password=RED``) leaves what the check
+        takes for a value: the cut then ends at that ``=``, and in the rare case
+        that is not enough the whole text is masked.
+        """
+        if len(masked) <= limit:
+            return masked
+        cut = masked[:limit]
+        if self._text_holds_pii(cut):
+            cut = cut[: cut.rfind("=") + 1]
+            if self._text_holds_pii(cut):
+                return REDACTED
+        return cut
+
     def _nothing_left(self, masked: str, count: int) -> tuple[str, int]:
         """``masked`` if :meth:`contains_pii` finds nothing in it, else all of it masked.
 

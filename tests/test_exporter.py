@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_json_exporter import MetricsManager, OperationSpanExporter, StorageError
+from otel_json_exporter import MetricsManager, OperationSpanExporter, PiiPolicy, StorageError
 from otel_json_exporter.config import (
     ENV_FLUSH_INTERVAL,
     ENV_MAX_BATCH_SIZE,
@@ -525,6 +525,52 @@ class TestContract:
         provider.shutdown()
         notes = {r.operation_name: r.metadata["note"] for r in load_records(storage)}
         assert notes == {f"span-{i}": "[REDACTED]" if i == 2 else f"note {i}" for i in range(5)}
+        assert exporter.manager.stats().total_rejected == 0
+
+    def test_a_message_cut_inside_a_masked_value_loses_no_span(
+        self, storage: Path, kit: Kit
+    ) -> None:
+        # Masked, the description ends "password=REDACTED" across the 1,000-character
+        # cut; cut there, "password=RE" would read as a value and refuse the batch.
+        exporter = kit.exporter(storage)
+        provider = provider_for(exporter, BatchSpanProcessor)
+        tracer = provider.get_tracer("tests")
+        description = "x" * 988 + " password=hunter2"
+        for index in range(5):
+            span = tracer.start_span(f"span-{index}")
+            if index == 2:
+                span.set_status(Status(StatusCode.ERROR, description))
+            span.end()
+        provider.shutdown()
+        records = {r.operation_name: r for r in load_records(storage)}
+        assert set(records) == {f"span-{index}" for index in range(5)}
+        assert records["span-2"].error_message == "x" * 988 + " password="
+        assert exporter.manager.stats().total_rejected == 0
+
+    def test_a_policy_may_block_the_keys_the_mapping_adds(self, storage: Path, kit: Kit) -> None:
+        policy = PiiPolicy(blocked_keys={"trace_id", "service.name"})
+        exporter = kit.exporter(storage, pii_policy=policy)
+        provider = provider_for(exporter, BatchSpanProcessor)
+        with provider.get_tracer("tests").start_as_current_span("checkout"):
+            pass
+        provider.shutdown()
+        (record,) = load_records(storage)
+        assert "trace_id" not in record.metadata
+        assert "service.name" not in record.metadata
+        assert record.metadata["span_kind"] == "internal"
+        assert exporter.manager.stats().pii_redacted == 2
+
+    def test_a_declared_operation_type_is_judged_by_its_text(self, storage: Path, kit: Kit) -> None:
+        exporter = kit.exporter(storage)
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        declared = disguised(equal_to="job")("job for ann@example.com")
+        with provider.get_tracer("tests").start_as_current_span(
+            "run", attributes={"operation.type": declared}
+        ):
+            pass
+        provider.shutdown()
+        (record,) = load_records(storage)
+        assert record.operation_type == "job for [REDACTED]"
         assert exporter.manager.stats().total_rejected == 0
 
     def test_str_subclass_attributes_are_judged_by_their_text(

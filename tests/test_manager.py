@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from otel_json_exporter import MetricsManager, OperationRecord, PiiPolicy, StorageError
-from otel_json_exporter.records import MetricsBatch
+from otel_json_exporter.records import MetricsBatch, RecordRow
 
 from ._tricky import disguised
 from .conftest import load_batches, load_records
@@ -443,6 +444,18 @@ class TestInputChangedWhileRecorded:
         assert b"bob@" not in b"".join(path.read_bytes() for path in storage.iterdir())
         assert manager.stats().total_rejected == 4
 
+    async def test_an_error_message_cut_inside_a_masked_value_keeps_no_fragment(
+        self, storage: Path
+    ) -> None:
+        manager = make(storage)
+        await manager.start()
+        message = "x" * 988 + " password=hunter2"
+        await manager.record_operation("job", "run", 1.0, success=False, error_message=message)
+        await manager.stop()
+        (record,) = load_records(storage)
+        assert record.error_message == "x" * 988 + " password="
+        assert not manager.pii_policy.contains_pii(record.error_message)
+
     async def test_metadata_that_changes_size_while_copied_is_a_value_error(
         self, storage: Path
     ) -> None:
@@ -639,8 +652,27 @@ class TestWriterResilience:
     async def test_a_record_that_cannot_be_encoded_does_not_stop_the_others(
         self, storage: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        # Validation makes such a record impossible through the public API; built
-        # with model_construct, it stands for a bug, and must cost only itself.
+        # Validation makes such a row impossible through the public API (see the
+        # next test); handed over internally, it stands for a bug, and must cost
+        # only itself.
+        manager = make(storage)
+        await manager.start()
+        now = time.time_ns() // 1000
+
+        def made(name: str, metadata: dict[str, object]) -> RecordRow:
+            return ("t", name, 1.0, now, True, None, metadata)
+
+        batch = [made("before", {}), made("bad", {"x": object()}), made("after", {})]
+        assert manager._submit_rows(batch, timeout=0.0, redacted=0, rejected=0) == 3
+        await manager.flush(timeout=5)
+        await manager.record_operation("t", "later", 1.0)
+        await manager.stop()
+        assert [r.operation_name for r in load_records(storage)] == ["before", "after", "later"]
+        stats = manager.stats()
+        assert (stats.total_dropped, stats.worker_errors, stats.total_persisted) == (1, 3, 3)
+        assert "dropped 1 queued records that cannot be encoded" in caplog.text
+
+    async def test_submit_records_validates_every_record_again(self, storage: Path) -> None:
         manager = make(storage)
         await manager.start()
         now = datetime.now(timezone.utc)
@@ -656,15 +688,22 @@ class TestWriterResilience:
                 metadata=metadata,
             )
 
-        batch = [made("before", {}), made("bad", {"x": object()}), made("after", {})]
-        assert manager.submit_records(batch) == 3
-        await manager.flush(timeout=5)
-        await manager.record_operation("t", "later", 1.0)
+        for bad in ({"x": object()}, {"note": ("bob@example.com",)}, {"n": b"bob@example.com"}):
+            with pytest.raises(ValueError, match=r"none queued: record 1: .*is not allowed"):
+                manager.submit_records([made("before", {}), made("bad", bad)])
+        valid = OperationRecord(
+            operation_type="t",
+            operation_name="kept",
+            duration_ms=1.0,
+            timestamp=now,
+            metadata={"note": "fine"},
+        )
+        assert manager.submit_records([valid]) == 1
+        valid.metadata["note"] = "bob@example.com"  # changed after it was handed over
         await manager.stop()
-        assert [r.operation_name for r in load_records(storage)] == ["before", "after", "later"]
-        stats = manager.stats()
-        assert (stats.total_dropped, stats.worker_errors, stats.total_persisted) == (1, 3, 3)
-        assert "dropped 1 queued records that cannot be encoded" in caplog.text
+        (record,) = load_records(storage)
+        assert record.metadata == {"note": "fine"}
+        assert manager.stats().total_rejected == 6
 
 
 class TestEdges:
