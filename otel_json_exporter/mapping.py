@@ -42,7 +42,8 @@ credentials inside any string ``REDACTED:REDACTED``; in ``url.full``,
 fragment and path (``;jsessionid=...``, ``/reset/token=...``) parameters become ``REDACTED``, and so
 do the PII parameters of ``url.query`` (see ``PiiPolicy.mask_url``). Every key
 dropped and every value masked counts once in the returned redaction count.
-Values become JSON-ready: tuples become lists, bytes become base64 text, and NaN
+Values become JSON-ready: tuples become lists, bytes become base64 text (unless
+they are UTF-8 text holding PII: then ``[REDACTED]``), and NaN
 or infinite floats become the strings ``"nan"``, ``"inf"`` and ``"-inf"`` (JSON
 has no such numbers).
 
@@ -64,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy
+from otel_json_exporter.pii import DEFAULT_POLICY, REDACTED, PiiPolicy
 from otel_json_exporter.records import (
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_INTEGER_DIGITS,
@@ -323,6 +324,13 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
     if isinstance(value, float):
         return (value, 0) if math.isfinite(value) else (str(value), 0)
     if isinstance(value, bytes):
+        # Base64 would hide an address from every check: judge the text first.
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if text and policy.contains_pii(text):
+            return REDACTED, 1
         return base64.b64encode(value).decode("ascii"), 0
     if depth >= MAX_METADATA_DEPTH and isinstance(value, (Mapping, tuple, list)):
         raise _Unwritable

@@ -99,6 +99,7 @@ _NAME_OWNERS = frozenset(
 )
 
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_ACRONYM_THEN_WORD = re.compile(r"([A-Z]{2,})([a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[\W_]+")  # anything but a letter or a digit
 # Words split by a separator or a capital (E-Mail, PassWord) that are one word.
@@ -156,6 +157,20 @@ def normalize_key(key: str) -> str:
     if "e_mail" in normalized or "pass_word" in normalized:
         return _SPLIT_WORDS.sub(lambda match: match[0].replace("_", ""), normalized)
     return normalized
+
+
+def _spellings(key: str, normalized: str) -> set[str]:
+    """The normalised forms a key is judged by: as written, and two readings of its case.
+
+    Case splits words (``userId``), but odd casing must not hide a word
+    (``emaIL``, ``PASSword``: the key case-folded first), and an acronym runs
+    into the next word (``APIkey``, ``DBpassword``: split after the capitals).
+    """
+    forms = {normalized}
+    if not key.islower():
+        forms.add(normalize_key(key.casefold()))
+        forms.add(normalize_key(_ACRONYM_THEN_WORD.sub(r"\1_\2", key)))
+    return forms
 
 
 def _rule_says_pii(normalized: str) -> bool:
@@ -286,11 +301,10 @@ class PiiPolicy:
             if normalized in self.allowed_keys:
                 verdict = False
             else:
-                verdict = (
-                    normalized in self.blocked_keys
-                    or _rule_says_pii(normalized)
-                    or contains_pii_text(key)  # a key that is itself an address
-                )
+                verdict = any(
+                    form in self.blocked_keys or _rule_says_pii(form)
+                    for form in _spellings(key, normalized)
+                ) or contains_pii_text(key)  # a key that is itself an address
             if len(self._verdicts) >= _CACHE_LIMIT:
                 # A bounded cache: arbitrary keys must not grow memory.
                 self._verdicts.clear()
@@ -552,12 +566,22 @@ class PiiPolicy:
                 if contains_pii_text(key):
                     name = _URL_MASK
             elif not (
-                ("@" in value or "%" in value or not value.isascii()) and _holds_pii_text(value)
+                ("@" in value or "%" in value or not value.isascii())
+                and self._decoded_holds_pii(value)
             ):
                 continue  # the common case, kept cheap: "+" alone decodes to no PII
             parts[index] = f"{name}={_URL_MASK}"
             masked += 1
         return (separator.join(parts), masked) if masked else (text, 0)
+
+    def _decoded_holds_pii(self, value: str) -> bool:
+        """Whether a parameter's value, percent-decoded, holds PII: an address,
+        credentials, or a PII ``name=value`` of a URL nested in it
+        (``next=%2Freset%3Ftoken%3Ds3cr3t``)."""
+        decoded = _decode(value)
+        return contains_pii_text(decoded) or (
+            "=" in decoded and self._pii_parameter(decoded) is not None
+        )
 
     def _mask_path(self, path: str) -> tuple[str, int]:
         if ";" not in path and "%" not in path and "@" not in path:

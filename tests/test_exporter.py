@@ -547,6 +547,22 @@ class TestContract:
         assert records["span-2"].error_message == "x" * 988 + " password="
         assert exporter.manager.stats().total_rejected == 0
 
+    def test_bytes_holding_pii_are_masked_not_hidden_in_base64(
+        self, storage: Path, kit: Kit
+    ) -> None:
+        exporter = kit.exporter(storage)
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        attributes = {"contact": b"bob@example.com", "payload": b"\x00\x01plain"}
+        with provider.get_tracer("tests").start_as_current_span("mail", attributes=attributes):
+            pass
+        provider.shutdown()
+        (record,) = load_records(storage)
+        assert record.metadata["contact"] == "[REDACTED]"
+        assert record.metadata["payload"] == "AAFwbGFpbg=="  # base64, as before
+        raw = b"".join(path.read_bytes() for path in storage.glob("metrics_*.json"))
+        assert b"Ym9iQGV4YW1wbGUuY29t" not in raw  # base64 of the address
+        assert exporter.manager.stats().pii_redacted == 1
+
     def test_a_policy_may_block_the_keys_the_mapping_adds(self, storage: Path, kit: Kit) -> None:
         policy = PiiPolicy(blocked_keys={"trace_id", "service.name"})
         exporter = kit.exporter(storage, pii_policy=policy)

@@ -636,6 +636,56 @@ class TestParametersInFreeText:
         assert (await manager.get_stats()).pii_redacted == 2
 
 
+class TestSpellingsThatHideAWord:
+    @pytest.mark.parametrize(
+        "key",
+        [
+            *("APIkey", "DBpassword", "SMTPpassword", "JWTtoken", "AWSsecret", "emaIL"),
+            *("usEr_ID", "PASSword", "EMAIL", "User_Email", "sessionID"),
+        ],
+    )
+    def test_odd_casing_and_glued_acronyms_are_pii(self, key: str) -> None:
+        assert PiiPolicy().is_pii_key(key)
+
+    @pytest.mark.parametrize(
+        "key", ["HTTPServer", "URLs", "DBname", "keyboardLayout", "tokenCount", "fileName"]
+    )
+    def test_other_capitals_stay_allowed(self, key: str) -> None:
+        assert not PiiPolicy().is_pii_key(key)
+
+
+class TestNestedEncodedUrls:
+    @pytest.mark.parametrize(
+        ("url", "masked"),
+        [
+            (
+                "https://app.example/login?next=%2Freset-password%3Ftoken%3Ds3cr3t&lang=fr",
+                "https://app.example/login?next=REDACTED&lang=fr",
+            ),
+            (
+                "/cb?redirect_uri=https%3A%2F%2Fh%2Fcb%23access_token%3Dt0k&state=1",
+                "/cb?redirect_uri=REDACTED&state=1",
+            ),
+            (
+                "/cb?next=%252Fx%253Fpassword%253Dp",  # encoded twice
+                "/cb?next=REDACTED",
+            ),
+        ],
+    )
+    def test_a_pii_parameter_of_an_encoded_nested_url_masks_the_value(
+        self, url: str, masked: str
+    ) -> None:
+        assert DEFAULT_POLICY.mask_url(url) == (masked, 1)
+
+    def test_an_encoded_nested_url_without_pii_is_kept(self) -> None:
+        url = "https://app.example/login?next=%2Forders%3Fpage%3D2"
+        assert DEFAULT_POLICY.mask_url(url) == (url, 0)
+        assert DEFAULT_POLICY.mask_query("next=%2Forders%3Fpage%3D2") == (
+            "next=%2Forders%3Fpage%3D2",
+            0,
+        )
+
+
 class TestSubclasses:
     def test_the_policy_cannot_be_subclassed(self) -> None:
         # Its caches would bypass an overridden method: refuse at class creation.
