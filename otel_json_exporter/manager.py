@@ -342,7 +342,8 @@ class MetricsManager:
         operation_type, in_type = self._mask_emails(operation_type)
         operation_name, in_name = self._mask_emails(operation_name)
         error_message, in_error = self._mask_emails(error_message)
-        if in_error:  # cut here, so that the cut never splits what masking wrote
+        if isinstance(error_message, str) and len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
+            # Cut here, so that the cut never leaves what the PII check refuses.
             error_message = self.pii_policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
         redacted = in_type + in_name + in_error
         problem = None

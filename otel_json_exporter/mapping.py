@@ -207,16 +207,18 @@ def span_to_row(
     added["span_kind"] = _KIND_NAMES[span.kind]
     service = span.resource.attributes.get("service.name")
     if service is not None:
-        try:
-            added["service.name"], masked = _clean_value(service, policy, 0)
-        except _Unwritable:
-            masked = 1
-        redacted += masked
+        added["service.name"] = service
     for key, value in added.items():
         if policy.is_pii_key(key):  # a policy may block even these
             redacted += 1
-        else:
+        elif key != "service.name":
             metadata[key] = value
+        else:
+            try:
+                metadata[key], masked = _clean_value(value, policy, 0)
+            except _Unwritable:
+                masked = 1
+            redacted += masked
 
     if operation_type is default_operation_type:
         kind_of_operation = _text_of(_operation_type_of(span.kind, attributes))
@@ -324,14 +326,10 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
     if isinstance(value, float):
         return (value, 0) if math.isfinite(value) else (str(value), 0)
     if isinstance(value, bytes):
-        # Base64 would hide an address from every check: judge the text first.
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError:
-            text = ""
-        if text and policy.contains_pii(text):
+        data = bytes(value)  # a subclass: its bytes, whatever its methods say
+        if _bytes_hold_pii(data, policy):
             return REDACTED, 1
-        return base64.b64encode(value).decode("ascii"), 0
+        return base64.b64encode(data).decode("ascii"), 0
     if depth >= MAX_METADATA_DEPTH and isinstance(value, (Mapping, tuple, list)):
         raise _Unwritable
     redacted = 0
@@ -354,6 +352,20 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
         return items, redacted
     # The SDK turns other types into str before they reach us; be as safe anyway.
     return _clean_text(str(value), policy)
+
+
+def _bytes_hold_pii(data: bytes, policy: PiiPolicy) -> bool:
+    """Whether bytes read as text hold PII; base64 would hide it from every check.
+
+    Read as UTF-8 (a stray byte replaced), as Latin-1, and with NUL bytes left
+    out (ASCII text in UTF-16 or UTF-32).
+    """
+    readings = (
+        data.decode("utf-8", "replace"),
+        data.decode("latin-1"),
+        data.replace(b"\x00", b"").decode("latin-1"),
+    )
+    return any(policy.contains_pii(text) for text in readings)
 
 
 def _text_of(value: Any) -> Any:

@@ -297,13 +297,12 @@ class PiiPolicy:
             key = str.__str__(key)  # the text itself, whatever a subclass overrides
         verdict = self._verdicts.get(key)
         if verdict is None:
-            normalized = normalize_key(key)
-            if normalized in self.allowed_keys:
-                verdict = False
+            forms = _spellings(key, normalize_key(key))
+            if not forms.isdisjoint(self.allowed_keys):
+                verdict = False  # allowed in any of its spellings
             else:
                 verdict = any(
-                    form in self.blocked_keys or _rule_says_pii(form)
-                    for form in _spellings(key, normalized)
+                    form in self.blocked_keys or _rule_says_pii(form) for form in forms
                 ) or contains_pii_text(key)  # a key that is itself an address
             if len(self._verdicts) >= _CACHE_LIMIT:
                 # A bounded cache: arbitrary keys must not grow memory.

@@ -552,16 +552,24 @@ class TestContract:
     ) -> None:
         exporter = kit.exporter(storage)
         provider = provider_for(exporter, SimpleSpanProcessor)
-        attributes = {"contact": b"bob@example.com", "payload": b"\x00\x01plain"}
+        attributes = {
+            "contact": b"bob@example.com",
+            "stray_byte": b"\xffbob@example.com",  # not valid UTF-8
+            "latin1": "j\u00fcrgen@example.de".encode("latin-1"),
+            "utf16": "bob@example.com".encode("utf-16-le"),
+            "blob": b"password=hunter2\x80",
+            "payload": b"\x00\x01plain",
+        }
         with provider.get_tracer("tests").start_as_current_span("mail", attributes=attributes):
             pass
         provider.shutdown()
         (record,) = load_records(storage)
-        assert record.metadata["contact"] == "[REDACTED]"
+        for key in ("contact", "stray_byte", "latin1", "utf16", "blob"):
+            assert record.metadata[key] == "[REDACTED]", key
         assert record.metadata["payload"] == "AAFwbGFpbg=="  # base64, as before
         raw = b"".join(path.read_bytes() for path in storage.glob("metrics_*.json"))
         assert b"Ym9iQGV4YW1wbGUuY29t" not in raw  # base64 of the address
-        assert exporter.manager.stats().pii_redacted == 1
+        assert exporter.manager.stats().pii_redacted == 5
 
     def test_a_policy_may_block_the_keys_the_mapping_adds(self, storage: Path, kit: Kit) -> None:
         policy = PiiPolicy(blocked_keys={"trace_id", "service.name"})
@@ -575,6 +583,22 @@ class TestContract:
         assert "service.name" not in record.metadata
         assert record.metadata["span_kind"] == "internal"
         assert exporter.manager.stats().pii_redacted == 2
+
+    def test_a_blocked_service_name_holding_an_address_counts_once(
+        self, storage: Path, kit: Kit
+    ) -> None:
+        exporter = kit.exporter(storage, pii_policy=PiiPolicy(blocked_keys={"service.name"}))
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": "shop ann@example.org"}),
+            shutdown_on_exit=False,
+        )
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with provider.get_tracer("tests").start_as_current_span("checkout"):
+            pass
+        provider.shutdown()
+        (record,) = load_records(storage)
+        assert "service.name" not in record.metadata
+        assert exporter.manager.stats().pii_redacted == 1
 
     def test_a_declared_operation_type_is_judged_by_its_text(self, storage: Path, kit: Kit) -> None:
         exporter = kit.exporter(storage)

@@ -456,6 +456,21 @@ class TestInputChangedWhileRecorded:
         assert record.error_message == "x" * 988 + " password="
         assert not manager.pii_policy.contains_pii(record.error_message)
 
+    async def test_a_long_message_is_cut_where_the_check_still_passes(self, storage: Path) -> None:
+        # Nothing to mask, but the plain cut would leave "password=REDAC": a record
+        # that submit_records would refuse when it is read back and handed over.
+        manager = make(storage)
+        await manager.start()
+        message = "x" * 985 + " password=REDACTED and more"
+        await manager.record_operation("job", "run", 1.0, success=False, error_message=message)
+        await manager.stop()
+        (record,) = load_records(storage)
+        assert record.error_message == "x" * 985 + " password="
+        restarted = make(storage)
+        await restarted.start()
+        assert restarted.submit_records([record]) == 1
+        await restarted.stop()
+
     async def test_metadata_that_changes_size_while_copied_is_a_value_error(
         self, storage: Path
     ) -> None:

@@ -653,6 +653,11 @@ class TestSpellingsThatHideAWord:
     def test_other_capitals_stay_allowed(self, key: str) -> None:
         assert not PiiPolicy().is_pii_key(key)
 
+    def test_an_allowed_key_is_allowed_in_every_spelling(self) -> None:
+        policy = PiiPolicy(allowed_keys={"api_key", "token"})
+        assert not any(policy.is_pii_key(key) for key in ("APIkey", "ToKen", "api_key", "TOKEN"))
+        assert policy.is_pii_key("password")
+
 
 class TestNestedEncodedUrls:
     @pytest.mark.parametrize(
