@@ -98,6 +98,19 @@ _NAME_OWNERS = frozenset(
     {"user", "enduser", "customer", "person", "first", "last", "full", "display", "account"}
 )
 
+# Characters that show nothing: Unicode's format characters (category Cf: the soft
+# hyphen, zero-width spaces and joiners, bidirectional controls...), fillers and
+# variation selectors. Inside an address or a key they would hide it from a search;
+# the folded form a non-ASCII text is also judged in leaves them out.
+_INVISIBLE = re.compile(
+    "["
+    "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f\u1160"
+    "\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef"
+    "]"
+)
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _ACRONYM_THEN_WORD = re.compile(r"([A-Z]{2,})([a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
@@ -149,7 +162,7 @@ _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 def normalize_key(key: str) -> str:
     """Normalise a key for the PII rule: ``"x-API-Key"`` -> ``"x_api_key"``."""
     if not key.isascii():
-        key = unicodedata.normalize("NFKC", key)
+        key = _fold(key)
     key = _ACRONYM_BOUNDARY.sub(r"\1_\2", key)
     key = _WORD_BOUNDARY.sub(r"\1_\2", key)
     words = _SEPARATORS.split(key.casefold())
@@ -192,11 +205,19 @@ def _search(text: str) -> re.Match[str] | None:
     return None
 
 
+def _fold(text: str) -> str:
+    """The NFKC form of a non-ASCII string, without invisible characters."""
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    return _INVISIBLE.sub("", text)
+
+
 def _search_folded(text: str) -> re.Match[str] | None:
-    """Search the NFKC form of a non-ASCII string (a full-width at sign, U+FF20)."""
-    if unicodedata.is_normalized("NFKC", text):
+    """Search the folded form of a non-ASCII string (a full-width at sign, U+FF20, or
+    a zero-width space inside an address)."""
+    folded = _fold(text)
+    if folded == text:
         return None
-    folded = unicodedata.normalize("NFKC", text)
     return _search(folded) if "@" in folded else None
 
 
@@ -340,10 +361,18 @@ class PiiPolicy:
             return False
         if ("@" in text or not text.isascii()) and _find_pii_text(text) is not None:
             return True
-        if "=" in text and self._pii_parameter(text) is not None:
+        if self._pii_parameter(text) is not None or self._folded_parameter(text) is not None:
             return True
         self._remember_unchanged("text", text)
         return False
+
+    def _folded_parameter(self, text: str) -> str | None:
+        """A PII ``name=value`` found only in the folded form of a non-ASCII text
+        (a full-width equals sign, U+FF1D, a soft hyphen inside ``password``), or None."""
+        if text.isascii():
+            return None
+        folded = _fold(text)
+        return self._pii_parameter(folded) if folded != text else None
 
     def _remember_unchanged(self, operation: str, text: str) -> None:
         """Remember that ``operation`` found no PII in ``text``: a bounded cache.
@@ -379,7 +408,7 @@ class PiiPolicy:
             if found is not None:
                 what = "URL credentials" if found["credentials"] else "an e-mail address"
                 raise ValueError(f"metadata {path} contains {what} (PII)")
-            parameter = self._pii_parameter(value)
+            parameter = self._pii_parameter(value) or self._folded_parameter(value)
             if parameter is not None:
                 raise ValueError(
                     f"metadata {path} contains a value for the PII parameter "

@@ -659,6 +659,48 @@ class TestSpellingsThatHideAWord:
         assert policy.is_pii_key("password")
 
 
+class TestInvisibleAndFullWidthCharacters:
+    """Characters that show nothing, or show as ASCII, never hide an address, key or parameter."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "bob\u200b@example.com",  # zero-width space
+            "write to bob@exa\u00admple.com",  # soft hyphen
+            "bob\u2060@example.com",  # word joiner
+            "passw\u00adord=hunter2",
+            "password\uff1dhunter2",  # full-width equals sign
+            "https://h.example/p?passw\u200cord=x",
+        ],
+    )
+    def test_found_and_masked_whole_or_in_place(self, text: str) -> None:
+        policy = PiiPolicy()
+        assert policy.contains_pii(text)
+        masked, count = policy.redact(text)
+        assert count >= 1
+        assert not policy.contains_pii(masked)
+        assert "hunter2" not in masked
+        assert "example.com" not in masked or "bob" not in masked
+
+    def test_refused_in_metadata_naming_the_place(self) -> None:
+        with pytest.raises(ValueError, match="'note' contains a value for the PII parameter"):
+            PiiPolicy().check_metadata({"note": "password\uff1dhunter2"})
+        with pytest.raises(ValueError, match="'note' contains an e-mail address"):
+            PiiPolicy().check_metadata({"note": "bob\u200b@example.com"})
+
+    def test_a_key_with_an_invisible_character_is_judged_without_it(self) -> None:
+        policy = PiiPolicy()
+        assert policy.is_pii_key("passw\u00adord")
+        assert policy.is_pii_key("e\u200bmail")
+        assert not policy.is_pii_key("r\u00e9gion")
+
+    def test_ordinary_non_ascii_text_is_kept(self) -> None:
+        policy = PiiPolicy()
+        for text in ("caf\u00e9 cr\u00e8me", "r\u00e9gion=qc", "\u00e9t\u00e9 2025 \u2014 bilan"):
+            assert not policy.contains_pii(text)
+            assert policy.redact(text) == (text, 0)
+
+
 class TestNestedEncodedUrls:
     @pytest.mark.parametrize(
         ("url", "masked"),
