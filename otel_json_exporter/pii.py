@@ -106,11 +106,12 @@ _INVISIBLE = re.compile(
     "["
     "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f\u1160"
     "\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
-    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd"
+    "\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd"
     "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef"
     "]"
 )
+_TAGS = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)}
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _ACRONYM_THEN_WORD = re.compile(r"([A-Z]{2,})([a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
@@ -162,7 +163,7 @@ _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 def normalize_key(key: str) -> str:
     """Normalise a key for the PII rule: ``"x-API-Key"`` -> ``"x_api_key"``."""
     if not key.isascii():
-        key = _fold(key)
+        key = unicodedata.normalize("NFKC", key)  # an invisible character separates words
     key = _ACRONYM_BOUNDARY.sub(r"\1_\2", key)
     key = _WORD_BOUNDARY.sub(r"\1_\2", key)
     words = _SEPARATORS.split(key.casefold())
@@ -180,6 +181,8 @@ def _spellings(key: str, normalized: str) -> set[str]:
     into the next word (``APIkey``, ``DBpassword``: split after the capitals).
     """
     forms = {normalized}
+    if not key.isascii() and _INVISIBLE.search(key):
+        forms.add(normalize_key(_INVISIBLE.sub("", key)))  # db<soft hyphen>password
     if not key.islower():
         forms.add(normalize_key(key.casefold()))
         forms.add(normalize_key(_ACRONYM_THEN_WORD.sub(r"\1_\2", key)))
@@ -206,10 +209,14 @@ def _search(text: str) -> re.Match[str] | None:
 
 
 def _fold(text: str) -> str:
-    """The NFKC form of a non-ASCII string, without invisible characters."""
+    """The NFKC form of a non-ASCII string, without invisible characters.
+
+    Tag characters (U+E0020 to U+E007E, an invisible copy of ASCII) become the
+    ASCII they copy, so that text hidden in them is judged too.
+    """
     if not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
-    return _INVISIBLE.sub("", text)
+    return _INVISIBLE.sub("", text.translate(_TAGS))
 
 
 def _search_folded(text: str) -> re.Match[str] | None:
@@ -264,8 +271,12 @@ def mask_text(text: str) -> tuple[str, int]:
 
 
 def _describe_key(key: str) -> str:
-    # An error names the offending key; a key that itself holds an address is masked.
-    return repr(mask_text(key)[0])
+    # An error names the offending key; a key that itself holds an address (even
+    # percent-encoded: bob%40example.com) is masked.
+    masked, count = mask_text(key)
+    if not count and _holds_pii_text(key):
+        masked = REDACTED
+    return repr(masked)
 
 
 @final
@@ -359,10 +370,15 @@ class PiiPolicy:
             return False  # no address, credentials or name=value without "@" or "="
         if ("text", text) in self._unchanged:
             return False
-        if ("@" in text or not text.isascii()) and _find_pii_text(text) is not None:
+        if ("@" in text and _search(text) is not None) or self._pii_parameter(text) is not None:
             return True
-        if self._pii_parameter(text) is not None or self._folded_parameter(text) is not None:
-            return True
+        if not text.isascii():
+            folded = _fold(text)  # once, for both searches
+            if folded != text and (
+                ("@" in folded and _search(folded) is not None)
+                or self._pii_parameter(folded) is not None
+            ):
+                return True
         self._remember_unchanged("text", text)
         return False
 
@@ -453,8 +469,9 @@ class PiiPolicy:
             return masked
         cut = masked[:limit]
         if self._text_holds_pii(cut):
-            cut = cut[: cut.rfind("=") + 1]
-            if self._text_holds_pii(cut):
+            equals = cut.rfind("=")
+            cut = cut[: equals + 1] if equals >= 0 else ""
+            if not cut or self._text_holds_pii(cut):
                 return REDACTED
         return cut
 

@@ -688,11 +688,40 @@ class TestInvisibleAndFullWidthCharacters:
         with pytest.raises(ValueError, match="'note' contains an e-mail address"):
             PiiPolicy().check_metadata({"note": "bob\u200b@example.com"})
 
-    def test_a_key_with_an_invisible_character_is_judged_without_it(self) -> None:
+    def test_a_key_with_an_invisible_character_is_judged_both_ways(self) -> None:
+        # Left out, it may join a word (passw-ord); read as a separator, it may
+        # split two (customer|email, db|password): PII if either reading is.
         policy = PiiPolicy()
-        assert policy.is_pii_key("passw\u00adord")
-        assert policy.is_pii_key("e\u200bmail")
+        for key in ("passw\u00adord", "e\u200bmail", "customer\u200bemail", "csrf\u00adtoken"):
+            assert policy.is_pii_key(key), key
         assert not policy.is_pii_key("r\u00e9gion")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "db\u00adpassword=hunter2",
+            "https://h.example/p?csrf\u200btoken=abc123",
+            "bob\u2800@example.com",  # braille blank
+            "password\uff1d" + "".join(chr(0xE0000 + ord(c)) for c in "hunter2"),  # tags
+        ],
+    )
+    def test_more_hiding_places(self, text: str) -> None:
+        policy = PiiPolicy()
+        assert policy.contains_pii(text)
+        assert not policy.contains_pii(policy.redact(text)[0])
+        assert not policy.contains_pii(policy.mask_url(text)[0])
+        with pytest.raises(ValueError, match="PII"):
+            policy.check_metadata({"note": text})
+
+    def test_a_cut_inside_a_full_width_parameter_never_leaves_an_empty_text(self) -> None:
+        policy = PiiPolicy()
+        cut = policy.fit("x" * 985 + " password\uff1dREDACTED", 1000)
+        assert cut == "[REDACTED]"
+
+    def test_an_error_never_names_a_percent_encoded_address(self) -> None:
+        with pytest.raises(ValueError, match="PII parameter") as caught:
+            PiiPolicy().check_metadata({"k": "bob%40example.com=1"})
+        assert "bob" not in str(caught.value)
 
     def test_ordinary_non_ascii_text_is_kept(self) -> None:
         policy = PiiPolicy()
