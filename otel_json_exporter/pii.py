@@ -112,6 +112,7 @@ _INVISIBLE = re.compile(
     "]"
 )
 _TAGS = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)}
+_TAG = re.compile("[\U000e0020-\U000e007e]")
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _ACRONYM_THEN_WORD = re.compile(r"([A-Z]{2,})([a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
@@ -181,11 +182,19 @@ def _spellings(key: str, normalized: str) -> set[str]:
     into the next word (``APIkey``, ``DBpassword``: split after the capitals).
     """
     forms = {normalized}
-    if not key.isascii() and _INVISIBLE.search(key):
-        forms.add(normalize_key(_INVISIBLE.sub("", key)))  # db<soft hyphen>password
-    if not key.islower():
-        forms.add(normalize_key(key.casefold()))
-        forms.add(normalize_key(_ACRONYM_THEN_WORD.sub(r"\1_\2", key)))
+    readings = [key]
+    if not key.isascii():
+        # An invisible character may join a word (passw<soft hyphen>ord), split two
+        # (customer<zero-width space>email), or hide as a letter (a Hangul filler):
+        # each reading counts, and so do tag characters read as the ASCII they copy.
+        key = unicodedata.normalize("NFKC", key)
+        if _INVISIBLE.search(key):
+            readings = [key, *_folds(key), _INVISIBLE.sub("_", key)]
+    for reading in readings:
+        forms.add(normalize_key(reading))
+        if not reading.islower():
+            forms.add(normalize_key(reading.casefold()))
+            forms.add(normalize_key(_ACRONYM_THEN_WORD.sub(r"\1_\2", reading)))
     return forms
 
 
@@ -208,24 +217,32 @@ def _search(text: str) -> re.Match[str] | None:
     return None
 
 
-def _fold(text: str) -> str:
-    """The NFKC form of a non-ASCII string, without invisible characters.
+def _folds(text: str) -> list[str]:
+    """The folded forms of a non-ASCII string: NFKC without invisible characters.
 
-    Tag characters (U+E0020 to U+E007E, an invisible copy of ASCII) become the
-    ASCII they copy, so that text hidden in them is judged too.
+    Tag characters (U+E0020 to U+E007E, an invisible copy of ASCII) are read
+    both ways: left out (``bob<tag space>@x.io`` is an address) and as the ASCII
+    they copy (a value hidden in them). Forms equal to ``text`` are left out.
     """
     if not unicodedata.is_normalized("NFKC", text):
-        text = unicodedata.normalize("NFKC", text)
-    return _INVISIBLE.sub("", text.translate(_TAGS))
+        text_nfkc = unicodedata.normalize("NFKC", text)
+    else:
+        text_nfkc = text
+    forms = [_INVISIBLE.sub("", text_nfkc)]
+    if _TAG.search(text_nfkc):
+        forms.append(_INVISIBLE.sub("", text_nfkc.translate(_TAGS)))
+    return [form for form in forms if form != text]
 
 
 def _search_folded(text: str) -> re.Match[str] | None:
-    """Search the folded form of a non-ASCII string (a full-width at sign, U+FF20, or
+    """Search the folded forms of a non-ASCII string (a full-width at sign, U+FF20, or
     a zero-width space inside an address)."""
-    folded = _fold(text)
-    if folded == text:
-        return None
-    return _search(folded) if "@" in folded else None
+    for folded in _folds(text):
+        if "@" in folded:
+            match = _search(folded)
+            if match is not None:
+                return match
+    return None
 
 
 def _find_pii_text(text: str) -> re.Match[str] | None:
@@ -373,12 +390,11 @@ class PiiPolicy:
         if ("@" in text and _search(text) is not None) or self._pii_parameter(text) is not None:
             return True
         if not text.isascii():
-            folded = _fold(text)  # once, for both searches
-            if folded != text and (
-                ("@" in folded and _search(folded) is not None)
-                or self._pii_parameter(folded) is not None
-            ):
-                return True
+            for folded in _folds(text):  # folded once, for both searches
+                if ("@" in folded and _search(folded) is not None) or self._pii_parameter(
+                    folded
+                ) is not None:
+                    return True
         self._remember_unchanged("text", text)
         return False
 
@@ -387,8 +403,11 @@ class PiiPolicy:
         (a full-width equals sign, U+FF1D, a soft hyphen inside ``password``), or None."""
         if text.isascii():
             return None
-        folded = _fold(text)
-        return self._pii_parameter(folded) if folded != text else None
+        for folded in _folds(text):
+            parameter = self._pii_parameter(folded)
+            if parameter is not None:
+                return parameter
+        return None
 
     def _remember_unchanged(self, operation: str, text: str) -> None:
         """Remember that ``operation`` found no PII in ``text``: a bounded cache.

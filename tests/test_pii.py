@@ -694,6 +694,10 @@ class TestInvisibleAndFullWidthCharacters:
         policy = PiiPolicy()
         for key in ("passw\u00adord", "e\u200bmail", "customer\u200bemail", "csrf\u00adtoken"):
             assert policy.is_pii_key(key), key
+        # with odd casing or a glued acronym too, and a Hangul filler that NFKC
+        # keeps as a letter
+        for key in ("emai\u200bL", "AP\u200bIkey", "EMAI\u00adl", "db\u3164password"):
+            assert policy.is_pii_key(key), key
         assert not policy.is_pii_key("r\u00e9gion")
 
     @pytest.mark.parametrize(
@@ -703,6 +707,8 @@ class TestInvisibleAndFullWidthCharacters:
             "https://h.example/p?csrf\u200btoken=abc123",
             "bob\u2800@example.com",  # braille blank
             "password\uff1d" + "".join(chr(0xE0000 + ord(c)) for c in "hunter2"),  # tags
+            "bob\U000e0020@example.com",  # a tag space inside an address
+            "email\U000e003f\uff1dhunter2",  # a tag "?" inside a parameter
         ],
     )
     def test_more_hiding_places(self, text: str) -> None:
