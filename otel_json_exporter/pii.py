@@ -113,8 +113,10 @@ _INVISIBLE = re.compile(
 )
 _TAGS = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)}
 _TAG = re.compile("[\U000e0020-\U000e007e]")
-_ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
-_ACRONYM_THEN_WORD = re.compile(r"([A-Z]{2,})([a-z])")
+# Both are zero-width, so that they take linear time on a long run of capitals
+# (a "([A-Z]+)..." group backtracks: quadratic, a second for 8,000 capitals).
+_ACRONYM_BOUNDARY = re.compile(r"(?<=[A-Z])(?=[A-Z][a-z])")  # HTTP|Server
+_ACRONYM_THEN_WORD = re.compile(r"(?<=[A-Z]{2})(?=[a-z])")  # API|key
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[\W_]+")  # anything but a letter or a digit
 # Words split by a separator or a capital (E-Mail, PassWord) that are one word.
@@ -165,7 +167,7 @@ def normalize_key(key: str) -> str:
     """Normalise a key for the PII rule: ``"x-API-Key"`` -> ``"x_api_key"``."""
     if not key.isascii():
         key = unicodedata.normalize("NFKC", key)  # an invisible character separates words
-    key = _ACRONYM_BOUNDARY.sub(r"\1_\2", key)
+    key = _ACRONYM_BOUNDARY.sub("_", key)
     key = _WORD_BOUNDARY.sub(r"\1_\2", key)
     words = _SEPARATORS.split(key.casefold())
     normalized = "_".join(_WORD_SPELLINGS.get(word, word) for word in words if word)
@@ -182,19 +184,23 @@ def _spellings(key: str, normalized: str) -> set[str]:
     into the next word (``APIkey``, ``DBpassword``: split after the capitals).
     """
     forms = {normalized}
-    readings = [key]
+    readings = {key}  # as written: NFKC may join e + U+0301 into an é no rule splits at
     if not key.isascii():
-        # An invisible character may join a word (passw<soft hyphen>ord), split two
-        # (customer<zero-width space>email), or hide as a letter (a Hangul filler):
-        # each reading counts, and so do tag characters read as the ASCII they copy.
-        key = unicodedata.normalize("NFKC", key)
-        if _INVISIBLE.search(key):
-            readings = [key, *_folds(key), _INVISIBLE.sub("_", key)]
+        folded = unicodedata.normalize("NFKC", key)
+        readings.add(folded)
+        if _INVISIBLE.search(folded):
+            # An invisible character may join a word (passw<soft hyphen>ord), split
+            # two (customer<zero-width space>email), or hide as a letter (a Hangul
+            # filler): each reading counts, and so do tag characters read as the
+            # ASCII they copy.
+            for text in (key, folded):
+                readings.update((_INVISIBLE.sub("", text), _INVISIBLE.sub("_", text)))
+            readings.update(_folds(folded))
     for reading in readings:
         forms.add(normalize_key(reading))
         if not reading.islower():
             forms.add(normalize_key(reading.casefold()))
-            forms.add(normalize_key(_ACRONYM_THEN_WORD.sub(r"\1_\2", reading)))
+            forms.add(normalize_key(_ACRONYM_THEN_WORD.sub("_", reading)))
     return forms
 
 

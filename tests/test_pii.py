@@ -698,6 +698,9 @@ class TestInvisibleAndFullWidthCharacters:
         # keeps as a letter
         for key in ("emai\u200bL", "AP\u200bIkey", "EMAI\u00adl", "db\u3164password"):
             assert policy.is_pii_key(key), key
+        # decomposed accents (as macOS writes them), with and without an invisible one
+        for key in ("EMAILe\u0301tudiant", "\u200bEMAILe\u0301tudiant"):
+            assert policy.is_pii_key(key), key
         assert not policy.is_pii_key("r\u00e9gion")
 
     @pytest.mark.parametrize(
