@@ -52,6 +52,7 @@ from otel_json_exporter.records import (
     RecordRow,
     build_row,
     row_of,
+    text_of,
 )
 from otel_json_exporter.writer import (
     MAX_RETENTION_DAYS,
@@ -380,7 +381,7 @@ class MetricsManager:
         # Names and error messages are free text: an address there is masked, not refused.
         if isinstance(text, str):
             if type(text) is not str:
-                text = str.__str__(text)  # its text: what is checked is what is written
+                text = text_of(text)  # what is checked is what is written
             if self.pii_policy.contains_pii(text):
                 return self.pii_policy.redact(text)
         return text, 0

@@ -43,7 +43,7 @@ fragment and path (``;jsessionid=...``, ``/reset/token=...``) parameters become 
 do the PII parameters of ``url.query`` (see ``PiiPolicy.mask_url``). Every key
 dropped and every value masked counts once in the returned redaction count.
 Values become JSON-ready: tuples become lists, bytes become base64 text (unless
-they are UTF-8 text holding PII: then ``[REDACTED]``), and NaN
+they hold PII read as text: then ``[REDACTED]``), and NaN
 or infinite floats become the strings ``"nan"``, ``"inf"`` and ``"-inf"`` (JSON
 has no such numbers).
 
@@ -74,6 +74,7 @@ from otel_json_exporter.records import (
     RecordRow,
     build_row,
     record_from_row,
+    text_of,
 )
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ def span_to_row(
     attributes = dict(span.attributes or {})
     redacted = 0
 
-    name = _text_of(span.name) or "unnamed"
+    name = text_of(span.name) or "unnamed"
     if "@" in name or "=" in name or not name.isascii():
         name, redacted = _clean_text(name, policy)
 
@@ -208,22 +209,15 @@ def span_to_row(
     service = span.resource.attributes.get("service.name")
     if service is not None:
         added["service.name"] = service
-    for key, value in added.items():
-        if policy.is_pii_key(key):  # a policy may block even these
-            redacted += 1
-        elif key != "service.name":
-            metadata[key] = value
-        else:
-            try:
-                metadata[key], masked = _clean_value(value, policy, 0)
-            except _Unwritable:
-                masked = 1
-            redacted += masked
+    # The same filter as the span's own attributes: a policy may block even these.
+    clean_added, masked = _clean_attributes(added, policy)
+    metadata.update(clean_added)
+    redacted += masked
 
     if operation_type is default_operation_type:
-        kind_of_operation = _text_of(_operation_type_of(span.kind, attributes))
+        kind_of_operation = text_of(_operation_type_of(span.kind, attributes))
     else:
-        kind_of_operation = _text_of(operation_type(span))
+        kind_of_operation = text_of(operation_type(span))
     if isinstance(kind_of_operation, str) and (
         "@" in kind_of_operation or "=" in kind_of_operation or not kind_of_operation.isascii()
     ):
@@ -271,7 +265,7 @@ def _clean_attributes(
     redacted = 0
     plain_keys = policy.plain_keys
     for given, value in attributes.items():
-        name = given if type(given) is str else _text_of(given)  # a subclass: its text
+        name = given if type(given) is str else text_of(given)  # a subclass: its text
         if name in plain_keys:
             key = name  # ASCII, and cleared by the policy before
         elif policy.is_pii_key(name):
@@ -336,7 +330,7 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
     if isinstance(value, Mapping):
         clean: dict[str, Any] = {}
         for key, item in value.items():
-            name = _text_of(key) if isinstance(key, str) else str(key)
+            name = text_of(key) if isinstance(key, str) else str(key)
             if policy.is_pii_key(name):
                 redacted += 1
                 continue
@@ -368,18 +362,9 @@ def _bytes_hold_pii(data: bytes, policy: PiiPolicy) -> bool:
     return any(policy.contains_pii(text) for text in readings)
 
 
-def _text_of(value: Any) -> Any:
-    """A ``str`` subclass as a plain ``str`` of its text (what a batch file holds); else as is.
-
-    Checks then see exactly what is written, whatever the subclass overrides
-    (``__contains__``, ``isascii``, ``__hash__``...).
-    """
-    return str.__str__(value) if isinstance(value, str) and type(value) is not str else value
-
-
 def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     """``text`` ready for a record: valid Unicode, PII masked; and the count masked."""
-    text = _text_of(text)
+    text = text_of(text)
     if not text.isascii():
         text = _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
     if "=" in text and ("?" in text or "#" in text or ";" in text):

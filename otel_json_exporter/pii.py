@@ -50,13 +50,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, final
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import ValidationError
+
+from otel_json_exporter.records import text_of
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -176,14 +178,15 @@ def normalize_key(key: str) -> str:
     return normalized
 
 
-def _spellings(key: str, normalized: str) -> set[str]:
-    """The normalised forms a key is judged by: as written, and two readings of its case.
+def _spellings(key: str) -> set[str]:
+    """The normalised forms a key is judged by: every reading of it, each three ways.
 
-    Case splits words (``userId``), but odd casing must not hide a word
-    (``emaIL``, ``PASSword``: the key case-folded first), and an acronym runs
-    into the next word (``APIkey``, ``DBpassword``: split after the capitals).
+    The readings are the key as written, its NFKC form and, with invisible
+    characters, each way of reading those. Each is normalised as it is, case-folded
+    first (odd casing must not hide a word: ``emaIL``, ``PASSword``), and with an
+    acronym split from the word glued to it (``APIkey``, ``DBpassword``).
     """
-    forms = {normalized}
+    forms = set()
     readings = {key}  # as written: NFKC may join e + U+0301 into an é no rule splits at
     if not key.isascii():
         folded = unicodedata.normalize("NFKC", key)
@@ -270,7 +273,7 @@ def mask_text(text: str) -> tuple[str, int]:
     ('postgresql://REDACTED:REDACTED@db.example.com/app for [REDACTED]', 2)
     """
     if type(text) is not str:
-        text = str.__str__(text)  # its text, whatever a str subclass overrides
+        text = text_of(text)
     if "@" in text:
         count = 0
 
@@ -349,10 +352,10 @@ class PiiPolicy:
     def is_pii_key(self, key: str) -> bool:
         """Whether ``key`` names personal data under this policy."""
         if type(key) is not str:
-            key = str.__str__(key)  # the text itself, whatever a subclass overrides
+            key = text_of(key)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            forms = _spellings(key, normalize_key(key))
+            forms = _spellings(key)
             if not forms.isdisjoint(self.allowed_keys):
                 verdict = False  # allowed in any of its spellings
             else:
@@ -364,7 +367,7 @@ class PiiPolicy:
                 self._verdicts.clear()
                 self._plain_keys.clear()
             self._verdicts[key] = verdict
-            if not verdict and type(key) is str and key.isascii():
+            if not verdict and key.isascii():
                 self._plain_keys.add(key)
         return verdict
 
@@ -388,7 +391,7 @@ class PiiPolicy:
 
     def _text_holds_pii(self, text: str) -> bool:
         if type(text) is not str:
-            text = str.__str__(text)  # the text itself, whatever a subclass overrides
+            text = text_of(text)
         if "@" not in text and "=" not in text and text.isascii():
             return False  # no address, credentials or name=value without "@" or "="
         if ("text", text) in self._unchanged:
@@ -444,7 +447,7 @@ class PiiPolicy:
     def _check(self, value: Any, path: str) -> None:
         if isinstance(value, str):
             if type(value) is not str:
-                value = str.__str__(value)
+                value = text_of(value)
             found = _find_pii_text(value)
             if found is not None:
                 what = "URL credentials" if found["credentials"] else "an e-mail address"
@@ -552,15 +555,12 @@ class PiiPolicy:
         ``email=REDACTED&page=2``; the other parameters are kept byte for byte.
         Returns the query and the count masked.
         """
-        if type(query) is not str:
-            query = str.__str__(query)
-        if ("query", query) in self._unchanged:
-            return query, 0
+        return self._masked("query", query, self._mask_query)
+
+    def _mask_query(self, query: str) -> tuple[str, int]:
         masked_query, masked = self._mask_parameters(query, "&")
         masked_query, more = self._mask_the_rest(masked_query)
-        if not masked + more and masked_query == query:
-            self._remember_unchanged("query", query)
-        return self._nothing_left(masked_query, masked + more)
+        return masked_query, masked + more
 
     def mask_url(self, url: str) -> tuple[str, int]:
         """Mask credentials and PII parameters, path segments and fragments in a URL.
@@ -573,14 +573,19 @@ class PiiPolicy:
         that decodes to an e-mail address becomes ``REDACTED``. Works on full
         URLs and on targets such as ``/p?x=1``. Returns the URL and the count masked.
         """
-        if type(url) is not str:
-            url = str.__str__(url)
-        if ("url", url) in self._unchanged:
-            return url, 0
-        masked_url, masked = self._mask_url(url)
-        if not masked and masked_url == url:
-            self._remember_unchanged("url", url)
-        return self._nothing_left(masked_url, masked)
+        return self._masked("url", url, self._mask_url)
+
+    def _masked(
+        self, operation: str, text: str, mask: Callable[[str], tuple[str, int]]
+    ) -> tuple[str, int]:
+        """``mask(text)``, remembered when it changed nothing, and never leaving PII."""
+        text = text_of(text)
+        if (operation, text) in self._unchanged:
+            return text, 0
+        masked, count = mask(text)
+        if not count and masked == text:
+            self._remember_unchanged(operation, text)
+        return self._nothing_left(masked, count)
 
     def _mask_url(self, url: str) -> tuple[str, int]:
         try:

@@ -50,6 +50,7 @@ __all__ = [
     "record_from_row",
     "row_dicts",
     "row_of",
+    "text_of",
 ]
 
 MAX_ERROR_MESSAGE_LENGTH = 1000
@@ -111,6 +112,16 @@ UtcTimestamp = Annotated[
 """A UTC datetime, written and read back only as ``2025-12-16T08:00:00.000000+00:00``."""
 
 
+def text_of(value: Any) -> Any:
+    """A ``str`` subclass as a plain ``str`` of its text, which is what a batch file
+    holds; anything else as it is.
+
+    Checks made on the result see exactly what is written, whatever the subclass
+    overrides (``__contains__``, ``isascii``, ``__hash__``, a ``str`` enum's value).
+    """
+    return str.__str__(value) if isinstance(value, str) and type(value) is not str else value
+
+
 def _check_unicode(text: str, path: str) -> None:
     # Lone surrogates cannot be written as UTF-8: refuse them rather than mangle them.
     if not text.isascii():
@@ -135,7 +146,7 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
             return value
         raise ValueError(f"metadata {path}: integer has more than {MAX_INTEGER_DIGITS} digits")
     if isinstance(value, str):
-        text = value if type(value) is str else str.__str__(value)
+        text = text_of(value)
         _check_unicode(text, path)
         return text
     if isinstance(value, float):
@@ -160,7 +171,7 @@ def _json_object_copy(mapping: Mapping[Any, Any], path: str, depth: int) -> dict
         if not isinstance(given, str):
             where = path or "keys"
             raise ValueError(f"metadata {where}: keys must be strings, not {type(given).__name__}")
-        key = given if type(given) is str else str.__str__(given)  # its text, as for values
+        key = text_of(given)  # its text, as for values
         _check_unicode(key, f"{path} key" if path else "key")
         copy[key] = _json_copy(item, f"{path}.{key!r}" if path else repr(key), depth)
     return copy
@@ -276,9 +287,13 @@ def microseconds_of(moment: datetime) -> int:
 
 def moment_of(microseconds: int) -> datetime:
     """The UTC datetime of a row's timestamp; ValueError if no datetime can hold it."""
+    _check_microseconds(microseconds)
+    return _EPOCH + timedelta(microseconds=microseconds)
+
+
+def _check_microseconds(microseconds: int) -> None:
     if not _MIN_MICROSECONDS <= microseconds <= _MAX_MICROSECONDS:
         raise ValueError("timestamp is outside the years 1 to 9999")
-    return _EPOCH + timedelta(microseconds=microseconds)
 
 
 def build_row(
@@ -303,8 +318,7 @@ def build_row(
     """
     if type(timestamp_us) is not int:
         raise ValueError("timestamp must be an int of microseconds since the epoch")
-    if not _MIN_MICROSECONDS <= timestamp_us <= _MAX_MICROSECONDS:
-        raise ValueError("timestamp is outside the years 1 to 9999")
+    _check_microseconds(timestamp_us)
     if (
         type(operation_type) is str
         and type(operation_name) is str
