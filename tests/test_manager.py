@@ -155,6 +155,9 @@ class TestBatching:
         await manager.record_operation("t", "n", 1.0)
         await asyncio.sleep(0.2)
         assert manager.stats().queue_size == 1  # a partial batch waits for the timer
+        for index in range(4):  # the queue reaches a batch again: written again at once
+            await manager.record_operation("t", "n", float(index))
+        await eventually(lambda: manager.stats().batches_written == 2)
         await manager.stop()
 
     async def test_flushes_partial_batches_on_the_timer(self, storage: Path) -> None:
