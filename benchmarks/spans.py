@@ -1,6 +1,6 @@
 """Spans: ``BatchSpanProcessor`` end to end with four exporters.
 
-``python benchmarks/spans.py --exporter ours|noop|otlp_file|console --spans N [--dir D]``
+``python benchmarks/spans.py --exporter ours|noop|read_only|otlp_file|console --spans N [--dir D]``
 
 One thread starts and ends ``N`` HTTP server spans (``SpanKind.SERVER``, the
 HTTP semantic-convention attributes of ``_common.span_pool``, 2 % failing with
@@ -14,6 +14,10 @@ afterwards, so a drop would show.
 * ``ours``: ``OperationSpanExporter`` (span -> operation record, PII rule,
   atomic fsynced batch files).
 * ``noop``: an exporter whose ``export`` returns SUCCESS at once: the ceiling.
+* ``read_only``: an exporter that reads, from every span, each field an
+  operation record is made of, and keeps nothing: no PII filter, no encoding,
+  no file. The ceiling of any exporter that turns spans into records in
+  Python, whatever it does with them afterwards.
 * ``otlp_file``: the official ``opentelemetry-exporter-otlp-json-file``
   ``FileSpanExporter`` (OTLP JSON lines, flushed, never fsynced, no filtering).
 * ``console``: the SDK's ``ConsoleSpanExporter`` writing into a file (not fsynced).
@@ -43,6 +47,35 @@ SCHEDULE_DELAY_MILLIS = 1000.0
 MAX_EXPORT_BATCH_SIZE = 512
 OURS_FLUSH_INTERVAL_SECONDS = 1.0
 OURS_MAX_BATCH_SIZE = 1000
+
+
+class ReadOnlyExporter(SpanExporter):
+    """Reads what a record is made of from every span, and nothing more."""
+
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            context, parent = span.context, span.parent
+            _ = (
+                span.name,
+                span.kind,
+                span.start_time,
+                span.end_time,
+                span.status.status_code,
+                span.status.description,
+                dict(span.attributes or {}),
+                format(context.trace_id, "032x") if context is not None else None,
+                format(context.span_id, "016x") if context is not None else None,
+                format(parent.span_id, "016x") if parent is not None else None,
+                span.resource.attributes.get("service.name"),
+            )
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
 
 
 class CountingNoopExporter(SpanExporter):
@@ -84,6 +117,8 @@ def build_exporter(
         )
     if kind == "noop":
         return CountingNoopExporter(), None, {}
+    if kind == "read_only":
+        return ReadOnlyExporter(), None, {}
     if kind == "otlp_file":
         from opentelemetry.exporter.otlp.json.file import FileSpanExporter
 
@@ -98,8 +133,8 @@ def count_exported(kind: str, exporter: SpanExporter, directory: Path) -> int:
     """How many spans the exporter delivered, read back from what it wrote."""
     if kind == "ours":
         return count_batch_records(directory)
-    if kind == "noop":
-        assert isinstance(exporter, CountingNoopExporter)
+    if kind in ("noop", "read_only"):
+        assert isinstance(exporter, (CountingNoopExporter, ReadOnlyExporter))
         return exporter.exported
     if kind == "otlp_file":
         total = 0
@@ -164,7 +199,7 @@ def run(kind: str, spans: int, directory: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--exporter", choices=("ours", "noop", "otlp_file", "console"), required=True
+        "--exporter", choices=("ours", "noop", "read_only", "otlp_file", "console"), required=True
     )
     parser.add_argument("--spans", type=int, default=100_000)
     parser.add_argument("--dir", default=None, help="parent of the scratch directory")

@@ -64,6 +64,11 @@ class TestQuickRun:
         for field in ("cores: ", "python: CPython", "filesystem: "):
             assert field in stdout
         assert "| Measurement | Result | Compared with | Ratio | Target | This run |" in stdout
+        # What explains the verdicts: the CPU split, and the read-only exporter's ceiling.
+        assert "| record_operation CPU per record: calling thread + writer thread |" in stdout
+        assert (
+            "| spans end to end, an exporter that only reads the fields a record needs |" in stdout
+        )
 
     def test_every_target_has_a_verdict(self, bench: tuple[str, dict[str, Any], Path]) -> None:
         stdout, report, _ = bench
@@ -101,8 +106,10 @@ class TestQuickRun:
             assert math.isfinite(result["end_to_end_per_second"])
             assert result["end_to_end_per_second"] > 0
             assert 0 < result["p50_us"] <= result["p99_us"] <= result["p999_us"]
+            assert result["producer_cpu_us"] > 0
+            assert result["background_cpu_us"] > 0  # the writer or listener thread worked
         assert results["direct_ours"]["batches"] >= 2  # max_batch_size 1000, 2000 records
-        for exporter in ("ours", "noop", "otlp_file", "console"):
+        for exporter in ("ours", "noop", "read_only", "otlp_file", "console"):
             result = results["spans"][exporter]
             assert result["on_disk"] == result["spans"] == report["sizes"]["spans"], exporter
             assert result["end_to_end_per_second"] > 0
