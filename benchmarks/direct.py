@@ -48,13 +48,16 @@ from _common import (
 )
 
 from otel_json_exporter import MetricsManager
+from otel_json_exporter.manager import WriterKind
 
 FLUSH_INTERVAL_SECONDS = 5.0
 MAX_BATCH_SIZE = 1000
 MAX_QUEUE_SIZE = 10_000
 
 
-async def run_ours(records: int, directory: Path, max_batch_size: int) -> dict[str, Any]:
+async def run_ours(
+    records: int, directory: Path, max_batch_size: int, writer: WriterKind = "thread"
+) -> dict[str, Any]:
     """Time ``record_operation`` for ``records`` calls plus ``stop()``."""
     pool = record_pool()
     manager = MetricsManager(
@@ -62,6 +65,7 @@ async def run_ours(records: int, directory: Path, max_batch_size: int) -> dict[s
         flush_interval_seconds=FLUSH_INTERVAL_SECONDS,
         max_batch_size=max_batch_size,
         max_queue_size=max(MAX_QUEUE_SIZE, max_batch_size),
+        writer=writer,
     )
     await manager.start()
     record = manager.record_operation
@@ -96,6 +100,7 @@ async def run_ours(records: int, directory: Path, max_batch_size: int) -> dict[s
             "max_batch_size": manager.max_batch_size,
             "max_queue_size": manager.max_queue_size,
             "queue_full_policy": manager.queue_full_policy,
+            "writer": manager.writer,
         },
         **latency_summary(latencies),
     }
@@ -192,12 +197,15 @@ def main() -> None:
     parser.add_argument("--system", choices=("ours", "logging"), required=True)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE)
+    parser.add_argument("--writer", choices=("thread", "process"), default="thread")
     parser.add_argument("--dir", default=None, help="parent of the scratch directory")
     args = parser.parse_args()
     directory = scratch_dir(args.dir, f"direct-{args.system}")
     try:
         if args.system == "ours":
-            result = asyncio.run(run_ours(args.records, directory, args.max_batch_size))
+            result = asyncio.run(
+                run_ours(args.records, directory, args.max_batch_size, args.writer)
+            )
         else:
             result = run_logging(args.records, directory)
     finally:

@@ -40,6 +40,7 @@ from typing import Any, Literal, NoReturn
 from pydantic import ValidationError
 
 from otel_json_exporter._plain import plain_row
+from otel_json_exporter._process_writer import ProcessBatchWriter
 from otel_json_exporter.pii import (
     DEFAULT_POLICY,
     PiiPolicy,
@@ -62,11 +63,22 @@ from otel_json_exporter.writer import (
     remove_stale_temp_files,
 )
 
-__all__ = ["MetricsManager", "QueueFullPolicy"]
+__all__ = ["MetricsManager", "QueueFullPolicy", "WriterKind"]
 
 logger = logging.getLogger("otel_json_exporter")
 
 _TEXT_FIELDS = ("operation_type", "operation_name", "error_message")
+
+WriterKind = Literal["thread", "process"]
+"""Where batches are encoded and written.
+
+``"thread"`` (default): in the manager's writer thread. ``"process"``: in a
+child process that the writer thread hands batches to
+(:mod:`otel_json_exporter._process_writer`); same files and guarantees, but
+the encoding and disk work no longer share the application's GIL, which
+raises throughput when producers are busy. A child that dies has its batches
+in flight written again, which may double those records.
+"""
 
 QueueFullPolicy = Literal["block", "raise", "drop"]
 """What ``record_operation`` does when the queue is full.
@@ -130,6 +142,7 @@ class MetricsManager:
         queue_full_policy: QueueFullPolicy = "block",
         pii_policy: PiiPolicy | None = None,
         retention_days: float | None = None,
+        writer: WriterKind = "thread",
     ) -> None:
         if not (isinstance(flush_interval_seconds, (int, float)) and flush_interval_seconds > 0):
             raise ValueError("flush_interval_seconds must be a positive number")
@@ -140,6 +153,8 @@ class MetricsManager:
                 raise ValueError(f"{label} must be a positive integer")
         if queue_full_policy not in ("block", "raise", "drop"):
             raise ValueError("queue_full_policy must be 'block', 'raise' or 'drop'")
+        if writer not in ("thread", "process"):
+            raise ValueError("writer must be 'thread' or 'process'")
         if retention_days is not None and not (0 < retention_days <= MAX_RETENTION_DAYS):
             raise ValueError(
                 f"retention_days must be a positive number of days, at most {MAX_RETENTION_DAYS}"
@@ -153,7 +168,12 @@ class MetricsManager:
         self.queue_full_policy: QueueFullPolicy = queue_full_policy
         self.pii_policy = pii_policy or DEFAULT_POLICY
         self.retention_days = retention_days
-        self._writer = BatchWriter(self.storage_path)
+        self.writer: WriterKind = writer
+        self._writer: BatchWriter | ProcessBatchWriter = (
+            BatchWriter(self.storage_path)
+            if writer == "thread"
+            else ProcessBatchWriter(self.storage_path, self._following)
+        )
         self._reset_state()
         self._buffer: deque[RecordRow] = deque()  # rows: a third of a model's memory
         _MANAGERS.add(self)
@@ -641,6 +661,9 @@ class MetricsManager:
         with self._cond:
             batch = self._next_batch()
             if batch is None:
+                # Closed before anyone can see the writer gone: when stop() returns, a
+                # process writer has exited (nothing is in flight here, so it is quick).
+                self._writer.close()
                 self._worker_alive = False
         if batch is None:
             self._wake_waiters()
@@ -671,10 +694,17 @@ class MetricsManager:
                 self._drain_to = max(self._drain_to, self._accepted)
                 self._next_timed = now + self.flush_interval_seconds
             stopping = not self._accepting
-            ready = bool(self._buffer) and (
-                len(self._buffer) >= self._write_at or self._settled < self._drain_to
+            # Rows the process writer sent ahead head the queue: their answer is next.
+            in_flight = self._writer.in_flight > 0
+            ready = in_flight or (
+                bool(self._buffer)
+                and (len(self._buffer) >= self._write_at or self._settled < self._drain_to)
             )
-            if stopping and (not ready or (self._stop_expired() and self._stop_tried)):
+            if (
+                stopping
+                and not in_flight
+                and (not ready or (self._stop_expired() and self._stop_tried))
+            ):
                 return None
             if stopping and not self._stop_tried:
                 self._retry_at = 0.0  # the first attempt of a stop() waits for no backoff
@@ -692,6 +722,16 @@ class MetricsManager:
             if self._stop_deadline is not None:
                 wake = min(wake, self._stop_deadline)
             self._cond.wait(max(wake - now, 0.0))
+
+    def _following(self, taken: int) -> list[RecordRow] | None:
+        """The batch after the first ``taken`` queued rows, if it is due now (process writer)."""
+        with self._lock:
+            waiting = len(self._buffer) - taken
+            if waiting <= 0:
+                return None
+            if waiting < self._write_at and self._settled + taken >= self._drain_to:
+                return None  # a partial batch that nothing asks to write yet
+            return list(islice(self._buffer, taken, taken + self.max_batch_size))
 
     def _stop_expired(self) -> bool:
         return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
@@ -765,6 +805,7 @@ class MetricsManager:
         # The parent's queued records are the parent's to write; the child starts
         # empty, with fresh locks, and its own writer if the parent's was running.
         was_running = self._accepting
+        self._writer.after_fork()
         self._buffer.clear()
         self._reset_state()
         if was_running:

@@ -121,9 +121,18 @@ def encode_batch(records: Sequence[OperationRecord], batch_timestamp: datetime) 
 class BatchWriter:
     """Writes batches into one directory; one instance per writer thread."""
 
+    in_flight = 0
+    """Rows sent ahead and not yet answered: none, each batch is written when asked."""
+
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._last_timestamp: datetime | None = None
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""
+
+    def after_fork(self) -> None:
+        """Nothing to forget in a forked child: no file stays open between calls."""
 
     def prepare(self) -> None:
         """Create the directory if needed and prove it is writable.
@@ -172,9 +181,17 @@ class BatchWriter:
         """Write ``records`` as one new batch file; see :meth:`write_rows`."""
         return self.write_rows([row_of(record) for record in records], now)
 
-    def write_rows(self, rows: Sequence[RecordRow], now: datetime | None = None) -> WrittenBatch:
+    def write_rows(
+        self,
+        rows: Sequence[RecordRow],
+        now: datetime | None = None,
+        *,
+        encoded: bytes | None = None,
+    ) -> WrittenBatch:
         """Write validated rows as one new batch file and return what was written.
 
+        ``encoded`` is ``encode_rows(rows, now)`` when the caller has it already;
+        it is used if ``now`` is still free to be this batch's timestamp.
         Raises OSError when the disk refuses; then nothing is left behind under
         a ``metrics_*.json`` name and the same records can be written again.
         A temporary file that cannot be removed is left for
@@ -183,8 +200,10 @@ class BatchWriter:
         moment = now or datetime.now(timezone.utc)
         if self._last_timestamp is not None and moment <= self._last_timestamp:
             moment = next_microsecond(self._last_timestamp)
+            encoded = None
         while True:
-            data = encode_rows(rows, moment)
+            data = encode_rows(rows, moment) if encoded is None else encoded
+            encoded = None
             final = self.directory / f"metrics_{batch_id_for(moment)}.json"
             temp = self._temp_path()
             try:

@@ -111,7 +111,7 @@ _FORKED_CHILD = """
 import asyncio, multiprocessing, os, sys
 from otel_json_exporter import MetricsManager
 
-manager = MetricsManager(sys.argv[1], flush_interval_seconds=3600)
+manager = MetricsManager(sys.argv[1], flush_interval_seconds=3600, writer=sys.argv[2])
 manager.start_sync()
 
 
@@ -131,18 +131,21 @@ if __name__ == "__main__":
         child("fork-child")
         sys.exit(0)
     os.waitpid(pid, 0)
+    child("parent")  # the parent's writer still works after its children are gone
+    manager.flush_sync()
     manager.stop_sync()
     sys.exit(worker.exitcode)
 """
 
 
 class TestForkedChildrenThatForgetStop:
-    def test_records_of_forked_children_are_written(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("writer", ["thread", "process"])
+    def test_records_of_forked_children_are_written(self, tmp_path: Path, writer: str) -> None:
         script = tmp_path / "forked.py"
         script.write_text(_FORKED_CHILD)
         storage = tmp_path / "metrics"
         done = subprocess.run(
-            [sys.executable, str(script), str(storage)],
+            [sys.executable, str(script), str(storage), writer],
             capture_output=True,
             text=True,
             timeout=60,
@@ -153,8 +156,9 @@ class TestForkedChildrenThatForgetStop:
             record.operation_name for batch in load_batches(storage) for record in batch.records
         )
         # multiprocessing ends its forked child with os._exit (no atexit): its exit
-        # finalizer writes the records.
-        assert names == {"mp-child": 5, "fork-child": 5}
+        # finalizer writes the records. A forked child starts its own writer (and, with
+        # writer="process", its own writer process), leaving the parent's alone.
+        assert names == {"mp-child": 5, "fork-child": 5, "parent": 5}
 
 
 class TestKilledWriters:

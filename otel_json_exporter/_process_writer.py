@@ -1,0 +1,354 @@
+"""A batch writer in a child process: encoding and disk work leave the application's GIL.
+
+``MetricsManager(writer="process")`` hands its batches to
+:class:`ProcessBatchWriter` instead of :class:`~otel_json_exporter.writer.BatchWriter`.
+The child process runs that same ``BatchWriter``, so the files, their
+atomicity and their fsyncs are exactly the same; what moves is the CPU time.
+Under the GIL the writer thread's encoding and its system calls take turns
+with the threads that produce records; in a child they run on another core.
+
+The parent sends each batch as a pickle over a pipe (about a fifth of the cost
+of encoding it) and the child answers once the batch is on disk. To keep the
+child busy while the parent hands over the next batch, a second batch may be
+in flight: :meth:`ProcessBatchWriter.write_rows` sends the batch asked for,
+then the next one that is ready (the manager's ``following`` callback says
+which), and returns when the first is on disk. When the manager then asks for
+a batch that starts with the rows already in flight, it gets that batch's
+answer without sending anything.
+
+What keeps this safe:
+
+* A record leaves the manager's queue only when the child has said its batch
+  is on disk, as with the thread writer.
+* After a failed batch the child answers ``skipped`` to the batch behind it
+  without writing it, until the parent says ``resume``: the failed batch is
+  retried first, and the files keep the records' order.
+* If the child dies, the batches in flight count as failed and are written
+  again by a new child. A batch the dead child had already written is then
+  written twice: records are never lost, but may, in that case only, be doubled.
+* The child ignores SIGINT and SIGTERM (a Ctrl-C or a service manager reaches
+  the whole process group, while the application may still be flushing) and
+  exits when its input closes: when the manager stops, or the parent dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from otel_json_exporter.records import RecordRow
+from otel_json_exporter.writer import BatchWriter, WrittenBatch, encode_rows
+
+__all__ = ["ProcessBatchWriter", "WriterProcessError"]
+
+_HEADER = struct.Struct("<Q")
+_PIPE_BYTES = 1 << 20  # one batch of 1,000 records pickles to about 100 KB: no partial writes
+_CLOSE_TIMEOUT = 10.0
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+Following = Callable[[int], "list[RecordRow] | None"]
+"""Given how many rows at the head of the queue are taken, the next batch that is ready, if any."""
+
+
+class WriterProcessError(OSError):
+    """The writer process could not be started, or died: its batches in flight failed."""
+
+
+def _send(fd: int, message: Any) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(payload)) + payload)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, _PIPE_BYTES))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _receive(fd: int) -> Any:
+    """The next message, or None when the other side has closed the pipe."""
+    header = _read_exactly(fd, _HEADER.size)
+    if header is None:
+        return None
+    payload = _read_exactly(fd, _HEADER.unpack(header)[0])
+    return None if payload is None else pickle.loads(payload)
+
+
+class ProcessBatchWriter:
+    """:class:`~otel_json_exporter.writer.BatchWriter`'s contract, served by a child process.
+
+    One instance per manager; ``write_rows`` is called by the manager's writer
+    thread only, ``prepare`` and ``close`` by any thread.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], following: Following) -> None:
+        self.directory = Path(directory)
+        self._following = following
+        self._lock = threading.Lock()  # one conversation with the child at a time
+        self._process: subprocess.Popen[bytes] | None = None
+        self._in_flight: list[RecordRow] | None = None  # sent ahead, not yet answered
+
+    def prepare(self) -> None:
+        """Check the directory here (StorageError says what is wrong), then start the child."""
+        BatchWriter(self.directory).prepare()
+        with self._lock:
+            if self._process is not None and self._process.poll() is not None:
+                self._lost()  # died while idle: a new one starts below
+            self._ensure_child()
+
+    @property
+    def in_flight(self) -> int:
+        """Rows sent ahead whose answer has not been asked for: the manager must ask next."""
+        ahead = self._in_flight
+        return 0 if ahead is None else len(ahead)
+
+    def write_rows(self, rows: Sequence[RecordRow]) -> WrittenBatch:
+        """Write ``rows``, or the batch already in flight if ``rows`` starts with it.
+
+        Returns what was written (its ``records`` may be fewer than ``len(rows)``:
+        the manager removes that many). Raises OSError when the batch failed.
+        """
+        with self._lock:
+            ahead, self._in_flight = self._in_flight, None
+            if ahead is not None and not _starts_with(rows, ahead):
+                # Cannot happen while the manager keeps its queue in order and asks for
+                # what is in flight first; a batch sent is written unless refused, so
+                # its answer comes before anything else.
+                self._in_flight = ahead
+                self._recover()
+                ahead = None
+            batch = ahead if ahead is not None else list(rows)
+            try:
+                if ahead is None:
+                    self._ensure_child()
+                    _send(self._input, ("write", batch))
+                following = self._following(len(batch))
+                if following:
+                    _send(self._input, ("write", following))
+                    self._in_flight = following
+                return self._answer()
+            except WriterProcessError:
+                raise  # the child is gone; whatever was in flight is retried
+            except BrokenPipeError:
+                raise self._lost() from None
+            except (OSError, RuntimeError):
+                self._recover()
+                raise
+
+    def close(self) -> None:
+        """End the child once it has answered everything; it exits when its input closes."""
+        with self._lock:
+            if self._in_flight is not None:
+                self._in_flight = None
+                self._settle()
+            process, self._process = self._process, None
+        if process is not None:
+            _close_quietly(process)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's writer process without touching it."""
+        process, self._process = self._process, None
+        self._in_flight = None
+        self._lock = threading.Lock()
+        if process is not None:
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            process.returncode = 0  # not ours to wait for: the parent reaps it
+
+    # -- the conversation ---------------------------------------------------------
+
+    @property
+    def _input(self) -> int:
+        assert self._process is not None
+        assert self._process.stdin is not None
+        return self._process.stdin.fileno()
+
+    def _answer(self) -> WrittenBatch:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        reply = _receive(self._process.stdout.fileno())
+        if reply is None:
+            raise self._lost()
+        kind = reply[0]
+        if kind == "written":
+            path, batch_id, records, size = reply[1:]
+            return WrittenBatch(Path(path), batch_id, records, size)
+        if kind == "oserror":
+            raise OSError(reply[1], reply[2])
+        if kind == "skipped":
+            raise OSError(errno.ECANCELED, "skipped: the batch before it failed")
+        raise RuntimeError(f"the writer process failed to write a batch ({reply[1]})")
+
+    def _settle(self) -> None:
+        """Wait for the answer about a batch nobody will ask for any more."""
+        with contextlib.suppress(OSError, RuntimeError):
+            self._answer()
+
+    def _recover(self) -> None:
+        """After a failed batch: drain the skipped one behind it, let the child go on."""
+        if self._in_flight is not None:
+            self._in_flight = None
+            self._settle()
+        if self._process is not None:
+            with contextlib.suppress(OSError):
+                _send(self._input, ("resume",))
+
+    def _lost(self) -> WriterProcessError:
+        process, self._process = self._process, None
+        self._in_flight = None
+        code = None
+        if process is not None:
+            _close_quietly(process)
+            code = process.returncode
+        return WriterProcessError(
+            errno.EPIPE, f"the writer process exited (exit code {code}); its batches are retried"
+        )
+
+    def _ensure_child(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            return
+        if self._process is not None:
+            raise self._lost()
+        if not sys.executable:
+            raise WriterProcessError(errno.ENOENT, "no Python executable to start (sys.executable)")
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(self.directory)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise WriterProcessError(
+                exc.errno, f"cannot start the writer process with {sys.executable}: {exc.strerror}"
+            ) from exc
+        assert process.stdin is not None
+        assert process.stdout is not None
+        with contextlib.suppress(OSError):  # a smaller pipe still works, only slower
+            fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        self._process = process
+        ready = _receive(process.stdout.fileno())
+        if ready != ("ready",):
+            raise self._lost()
+
+
+def _starts_with(rows: Sequence[RecordRow], ahead: list[RecordRow]) -> bool:
+    """Whether ``rows`` begins with the very row objects of ``ahead``."""
+    return len(rows) >= len(ahead) and all(a is b for a, b in zip(ahead, rows, strict=False))
+
+
+def _close_quietly(process: subprocess.Popen[bytes]) -> None:
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    try:
+        process.wait(_CLOSE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# -- the child ---------------------------------------------------------------------
+
+# Isolated (-I): no PYTHONPATH, PYTHONSTARTUP or user site, so that nothing the
+# application's environment runs at start-up (auto-instrumentation's
+# sitecustomize, say) runs in the child. It imports from the parent's sys.path.
+_CHILD_CODE = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from otel_json_exporter._process_writer import serve; serve(sys.argv[2])"
+)
+
+
+def _child_path() -> str:
+    return json.dumps([_PACKAGE_PARENT, *(entry for entry in sys.path if isinstance(entry, str))])
+
+
+def serve(directory: str) -> None:
+    """The child's main loop: write each batch it is sent, answer what happened.
+
+    A reading thread takes each message and encodes its batch while this
+    thread fsyncs the one before: the two overlap, since fsync releases the GIL.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Answers go to a private copy of stdout; a stray print goes to stderr instead
+    # of into the middle of an answer.
+    answers = os.dup(1)
+    os.dup2(2, 1)
+    writer = BatchWriter(directory)
+    work: queue.Queue[_Work | None] = queue.Queue(maxsize=1)
+    threading.Thread(target=_read_and_encode, args=(work,), daemon=True).start()
+    _send(answers, ("ready",))
+    failed = False
+    while True:
+        item = work.get()
+        if item is None:
+            return
+        if item.rows is None:  # resume
+            failed = False
+            continue
+        if failed:
+            _send(answers, ("skipped",))
+            continue
+        try:
+            written = writer.write_rows(item.rows, item.moment, encoded=item.encoded)
+        except OSError as exc:
+            failed = True
+            _send(answers, ("oserror", exc.errno, exc.strerror or type(exc).__name__))
+        except Exception as exc:
+            failed = True
+            _send(answers, ("error", type(exc).__name__))
+        else:
+            _send(
+                answers,
+                ("written", str(written.path), written.batch_id, written.records, written.bytes),
+            )
+
+
+@dataclass
+class _Work:
+    rows: list[RecordRow] | None  # None: resume after a failure
+    moment: datetime | None = None
+    encoded: bytes | None = None
+
+
+def _read_and_encode(work: queue.Queue[_Work | None]) -> None:
+    while True:
+        message = _receive(0)
+        if message is None:
+            work.put(None)
+            return
+        if message[0] == "resume":
+            work.put(_Work(None))
+            continue
+        rows = message[1]
+        moment = datetime.now(timezone.utc)
+        try:
+            encoded: bytes | None = encode_rows(rows, moment)
+        except Exception:
+            encoded = None  # the writing thread encodes again and reports the error
+        work.put(_Work(rows, moment, encoded))

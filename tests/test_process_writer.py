@@ -1,0 +1,290 @@
+"""``MetricsManager(writer="process")``: batches written by a real child process.
+
+Faults are real too: the child is killed with SIGKILL, sent SIGINT and SIGTERM,
+and its storage directory is swapped for a file, so that its writes fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from otel_json_exporter import MetricsManager
+from otel_json_exporter.records import OperationRecord
+
+from .conftest import load_batches, load_records
+
+
+def make(storage: Path, **options: object) -> MetricsManager:
+    settings: dict[str, object] = {"flush_interval_seconds": 60.0, "writer": "process"}
+    settings.update(options)
+    return MetricsManager(storage, **settings)  # type: ignore[arg-type]
+
+
+def child_pid(manager: MetricsManager) -> int:
+    process = manager._writer._process  # type: ignore[union-attr]
+    assert process is not None, "no writer process"
+    pid: int = process.pid
+    return pid
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, or a thread id, does not count)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+    except FileNotFoundError:
+        return False
+    return fields["Tgid"].strip() == str(pid) and not fields["State"].strip().startswith("Z")
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
+
+
+async def record(manager: MetricsManager, rids: range) -> None:
+    for rid in rids:
+        await manager.record_operation("job", f"step {rid % 7}", float(rid), metadata={"rid": rid})
+
+
+def rids_on_disk(records: list[OperationRecord]) -> list[int]:
+    return [record.metadata["rid"] for record in records]
+
+
+class TestWriting:
+    async def test_writes_every_record_in_order_and_the_child_ends_with_stop(
+        self, storage: Path
+    ) -> None:
+        manager = make(storage, max_batch_size=100)
+        await manager.start()
+        pid = child_pid(manager)
+        assert pid != os.getpid()
+        assert running(pid)
+        await record(manager, range(2_050))
+        await manager.stop()
+        assert not running(pid)
+        assert rids_on_disk(load_records(storage)) == list(range(2_050))
+        batches = load_batches(storage)
+        assert [batch.total_records for batch in batches] == [100] * 20 + [50]
+        stats = manager.stats()
+        assert (stats.total_persisted, stats.batches_written, stats.write_errors) == (2_050, 21, 0)
+        assert stats.bytes_written == sum(path.stat().st_size for path in storage.iterdir())
+
+    async def test_writes_the_same_records_as_the_thread_writer(self, tmp_path: Path) -> None:
+        records: dict[str, list[OperationRecord]] = {}
+        for writer in ("thread", "process"):
+            directory = tmp_path / writer
+            manager = make(directory, writer=writer, max_batch_size=64)
+            await manager.start()
+            await manager.record_operation("api", "GET /a", 1.5, False, "boom", {"k": [1, "x"]})
+            await manager.record_operation("db", "SELECT", 0.25, metadata={"note": "é ☃"})
+            await record(manager, range(200))
+            await manager.stop()
+            records[writer] = load_records(directory)
+        fields = [
+            [(r.operation_type, r.operation_name, r.duration_ms, r.success, r.error_message,
+              r.metadata) for r in records[writer]]
+            for writer in ("thread", "process")
+        ]  # fmt: skip
+        assert fields[0] == fields[1]
+        assert len(fields[1]) == 202
+
+    async def test_timer_flush_and_restart_after_stop(self, storage: Path) -> None:
+        manager = make(storage, flush_interval_seconds=0.05)
+        await manager.start()
+        await record(manager, range(3))
+        await eventually(lambda: manager.stats().total_persisted == 3)
+        await manager.stop()
+        await manager.start()  # a new child
+        await record(manager, range(3, 5))
+        await manager.flush()
+        assert rids_on_disk(load_records(storage)) == [0, 1, 2, 3, 4]
+        await manager.stop()
+
+    def test_an_unknown_writer_is_refused(self, storage: Path) -> None:
+        with pytest.raises(ValueError, match="writer must be 'thread' or 'process'"):
+            MetricsManager(storage, writer="fork")  # type: ignore[arg-type]
+
+
+class TestFaults:
+    async def test_a_killed_child_is_replaced_and_no_record_is_lost(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=50, max_queue_size=400)
+        await manager.start()
+        first = child_pid(manager)
+        await record(manager, range(500))
+        os.kill(first, signal.SIGKILL)
+        await record(manager, range(500, 1_500))
+        await manager.stop(timeout=30)
+        on_disk = rids_on_disk(load_records(storage))
+        assert set(on_disk) == set(range(1_500))
+        # Only batches in flight when the child died (two of 50) may be written twice.
+        assert len(on_disk) - len(set(on_disk)) <= 100
+        stats = manager.stats()
+        assert stats.write_errors >= 1
+        assert stats.total_persisted == 1_500
+
+    async def test_a_failing_disk_keeps_records_queued_in_order(self, storage: Path) -> None:
+        manager = make(storage, max_batch_size=10, flush_interval_seconds=0.05)
+        await manager.start()
+        await record(manager, range(10))
+        await eventually(lambda: manager.stats().total_persisted == 10)
+        moved = storage.with_name("moved")
+        storage.rename(moved)
+        storage.write_text("not a directory")  # every write of the child now fails
+        await record(manager, range(10, 45))  # batches queue up behind the failing one
+        await eventually(lambda: manager.stats().write_errors >= 2)
+        assert manager.stats().queue_size == 35
+        storage.unlink()
+        moved.rename(storage)
+        await manager.flush(timeout=30)
+        # Nothing doubled, nothing out of order: the batch behind a failure was skipped.
+        assert rids_on_disk(load_records(storage)) == list(range(45))
+        await manager.stop()
+
+    @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+    async def test_the_child_ignores_interrupts_and_termination(
+        self, storage: Path, signum: int
+    ) -> None:
+        manager = make(storage, max_batch_size=10)
+        await manager.start()
+        pid = child_pid(manager)
+        os.kill(pid, signum)
+        await asyncio.sleep(0.2)
+        await record(manager, range(25))
+        await manager.stop()
+        assert rids_on_disk(load_records(storage)) == list(range(25))
+        assert manager.stats().write_errors == 0  # the same child did it all
+
+    def test_the_child_exits_when_its_parent_dies(self, storage: Path) -> None:
+        script = textwrap.dedent(
+            f"""
+            import asyncio, os
+            from otel_json_exporter import MetricsManager
+
+            async def main():
+                manager = MetricsManager({str(storage)!r}, writer="process", max_batch_size=5)
+                await manager.start()
+                for rid in range(12):
+                    await manager.record_operation("job", "step", 1.0, metadata={{"rid": rid}})
+                await manager.flush()
+                print(manager._writer._process.pid, flush=True)
+                os._exit(0)  # no stop(), no exit hooks: the parent is simply gone
+
+            asyncio.run(main())
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+        )
+        pid = int(done.stdout.split()[-1])
+        deadline = time.monotonic() + 10
+        while running(pid):
+            assert time.monotonic() < deadline, "the writer process outlived its parent"
+            time.sleep(0.02)
+        assert rids_on_disk(load_records(storage)) == list(range(12))
+
+
+class TestTheChildsProtocol:
+    """The child alone, spoken to through its pipes: what a failed batch does to the next."""
+
+    def test_after_a_failure_batches_are_skipped_until_resume(self, storage: Path) -> None:
+        from otel_json_exporter._process_writer import _CHILD_CODE, _child_path, _receive, _send
+        from otel_json_exporter.records import build_row
+
+        def rows(first: int) -> list[object]:
+            return [
+                build_row("job", "step", 1.0, 1_700_000_000_000_000, True, None, {"rid": rid})
+                for rid in range(first, first + 3)
+            ]
+
+        storage.mkdir(exist_ok=True)
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(storage)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdin is not None
+        assert child.stdout is not None
+        to_child, from_child = child.stdin.fileno(), child.stdout.fileno()
+        try:
+            assert _receive(from_child) == ("ready",)
+            _send(to_child, ("write", rows(0)))
+            assert _receive(from_child)[0] == "written"
+            moved = storage.with_name("moved")
+            storage.rename(moved)
+            storage.write_text("not a directory")
+            _send(to_child, ("write", rows(3)))
+            failed = _receive(from_child)
+            assert failed[0] == "oserror"
+            assert isinstance(failed[1], int)
+            storage.unlink()
+            moved.rename(storage)  # the disk works again, but the child waits for resume
+            _send(to_child, ("write", rows(6)))
+            assert _receive(from_child) == ("skipped",)
+            _send(to_child, ("resume",))
+            _send(to_child, ("write", rows(3)))
+            assert _receive(from_child)[0] == "written"
+        finally:
+            child.stdin.close()
+            assert child.wait(10) == 0  # its input closed: it exits, cleanly
+            child.stdout.close()
+        assert rids_on_disk(load_records(storage)) == [0, 1, 2, 3, 4, 5]
+
+
+_FORK_AND_RECORD_TOGETHER = """
+import asyncio, os, sys
+from otel_json_exporter import MetricsManager
+
+manager = MetricsManager(sys.argv[1], writer="process", max_batch_size=20)
+manager.start_sync()
+
+
+async def record(tag):
+    for rid in range(1500):
+        await manager.record_operation("job", tag, float(rid), metadata={"rid": rid})
+    await manager.flush()
+    print(tag, manager._writer._process.pid, manager.stats().write_errors, flush=True)
+    await manager.stop()
+
+
+pid = os.fork()
+asyncio.run(record("child" if pid == 0 else "parent"))  # both at once
+if pid == 0:
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_gets_its_own_writer_process(tmp_path: Path) -> None:
+    script = tmp_path / "fork.py"
+    script.write_text(_FORK_AND_RECORD_TOGETHER)
+    storage = tmp_path / "metrics"
+    done = subprocess.run(
+        [sys.executable, str(script), str(storage)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    writers = {tag: (pid, errors) for tag, pid, errors in map(str.split, done.stdout.splitlines())}
+    assert writers.keys() == {"parent", "child"}
+    assert writers["parent"][0] != writers["child"][0]
+    assert writers["parent"][1] == writers["child"][1] == "0"  # no write failed on the way
+    records = load_records(storage)
+    for tag in ("parent", "child"):
+        assert [r.metadata["rid"] for r in records if r.operation_name == tag] == list(range(1500))
