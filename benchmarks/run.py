@@ -6,7 +6,8 @@
 
 Scenarios (see each module's docstring for what exactly is timed):
 
-* ``direct.py``: ``record_operation`` vs ``QueueHandler``/``QueueListener``/``FileHandler``;
+* ``direct.py``: ``record_operation``, with each ``writer`` setting, vs
+  ``QueueHandler``/``QueueListener``/``FileHandler``;
 * ``spans.py``: ``BatchSpanProcessor`` with ``OperationSpanExporter``, a do-nothing
   exporter, an exporter that only reads each span's fields, the official OTLP
   JSON file exporter and ``ConsoleSpanExporter``;
@@ -162,68 +163,65 @@ def micros(value: float) -> str:
     return f"{value:,.1f} µs"
 
 
-def build_rows(results: dict[str, Any]) -> list[Row]:
-    """The table: absolute figures, ratios and a verdict for every target."""
-    ours = results["direct_ours"]
-    logging_ = results["direct_logging"]
-    rows: list[Row] = []
+def direct_rows(label: str, ours: dict[str, Any], logging_: dict[str, Any]) -> list[Row]:
+    """Throughput, latency and CPU of one ``writer`` setting against the logging baseline."""
     speed = ours["end_to_end_per_second"]
     base = logging_["end_to_end_per_second"]
-    rows.append(
+    rows = [
         Row(
-            "record_operation end to end (until stop() returns, fsynced)",
+            f"record_operation end to end, {label} (until stop() returns, fsynced)",
             per_second(speed, "records"),
             f"logging {per_second(base, 'records')}",
             f"{speed / base:.2f}x",
             "≥ 5x logging",
             speed >= 5 * base,
-        )
-    )
-    rows.append(
+        ),
         Row(
-            "record_operation end to end, absolute",
+            f"record_operation end to end, {label}, absolute",
             per_second(speed, "records"),
             target="≥ 100,000 records/s",
             met=speed >= 100_000,
-        )
-    )
-    rows.append(
+        ),
         Row(
-            "record_operation latency p50",
+            f"record_operation latency p50, {label}",
             micros(ours["p50_us"]),
             f"logger.info {micros(logging_['p50_us'])}",
             f"{ours['p50_us'] / logging_['p50_us']:.2f}x",
-        )
-    )
-    rows.append(
+        ),
         Row(
-            "record_operation latency p99",
+            f"record_operation latency p99, {label}",
             micros(ours["p99_us"]),
             f"logger.info {micros(logging_['p99_us'])}",
             f"{ours['p99_us'] / logging_['p99_us']:.2f}x",
             "≤ 25 µs",
             ours["p99_us"] <= 25,
-        )
-    )
-    rows.append(
+        ),
         Row(
-            "record_operation latency p99.9",
+            f"record_operation latency p99.9, {label}",
             micros(ours["p999_us"]),
             f"logger.info {micros(logging_['p999_us'])}",
             f"{ours['p999_us'] / logging_['p999_us']:.2f}x",
             "< 1 ms",
             ours["p999_us"] < 1000,
-        )
-    )
+        ),
+    ]
     producer, background = ours["producer_cpu_us"], ours["background_cpu_us"]
     rows.append(
         Row(
-            "record_operation CPU per record: calling thread + writer thread",
+            f"record_operation CPU per record, {label}: calling thread + the other threads",
             f"{producer:.2f} + {background:.2f} = {producer + background:.2f} µs",
             f"wall {1e6 / speed:.2f} µs per record; 5x logging needs at most "
             f"{1e6 / base / 5:.2f} µs",
         )
     )
+    return rows
+
+
+def build_rows(results: dict[str, Any]) -> list[Row]:
+    """The table: absolute figures, ratios and a verdict for every target."""
+    logging_ = results["direct_logging"]
+    rows = direct_rows('writer="thread" (default)', results["direct_ours"], logging_)
+    rows += direct_rows('writer="process"', results["direct_ours_process"], logging_)
     spans = results["spans"]
     if "error" not in spans["read_only"]:
         read_rate = spans["read_only"]["end_to_end_per_second"]
@@ -299,7 +297,7 @@ def render_settings(results: dict[str, Any], sizes: dict[str, Any]) -> str:
     lines = [
         f"- direct: {sizes['records']:,} records per system; MetricsManager("
         + ", ".join(f"{key}={value!r}" for key, value in direct.items())
-        + "); logging baseline fsyncs "
+        + "), then the same with writer='process'; logging baseline fsyncs "
         + results["direct_logging"]["settings"]["fsync"],
         f"- spans: {sizes['spans']:,} spans per exporter; BatchSpanProcessor("
         f"max_queue_size={span_settings.get('bsp_max_queue_size')}, "
@@ -327,7 +325,13 @@ def render_settings(results: dict[str, Any], sizes: dict[str, Any]) -> str:
 def check_complete(results: dict[str, Any]) -> list[str]:
     """Scenarios whose output lost records: a benchmark that drops data proves nothing."""
     problems = []
-    for name in ("direct_ours", "direct_logging", "memory_queued", "memory_overload"):
+    for name in (
+        "direct_ours",
+        "direct_ours_process",
+        "direct_logging",
+        "memory_queued",
+        "memory_overload",
+    ):
         result = results[name]
         expected = result.get("records", result.get("queued", result.get("produced")))
         if result["on_disk"] != expected:
@@ -345,11 +349,15 @@ def collect(
     repeat = sizes["repeat"]
     extra = ["--dir", scratch] if scratch else []
     results: dict[str, Any] = {}
-    for system in ("ours", "logging"):
-        log(f"direct recording: {system}")
-        results[f"direct_{system}"] = repeated(
-            repeat, "direct.py", "--system", system, "--records", str(sizes["records"]), *extra
-        )
+    direct = ("direct.py", "--records", str(sizes["records"]), *extra)
+    log("direct recording: ours, writer thread")
+    results["direct_ours"] = repeated(repeat, *direct, "--system", "ours")
+    log("direct recording: ours, writer process")
+    results["direct_ours_process"] = repeated(
+        repeat, *direct, "--system", "ours", "--writer", "process"
+    )
+    log("direct recording: logging")
+    results["direct_logging"] = repeated(repeat, *direct, "--system", "logging")
     results["spans"] = {}
     for exporter in SPAN_EXPORTERS:
         log(f"spans: {exporter}")

@@ -307,7 +307,10 @@ def serve(directory: str) -> None:
     while True:
         item = work.get()
         if item is None:
-            return
+            # Nothing is left to do or to flush: every answer went out through os.write,
+            # every batch was fsynced. Skipping the interpreter's clean-up saves stop()
+            # the 30 ms it takes.
+            os._exit(0)
         if item.rows is None:  # resume
             failed = False
             continue
