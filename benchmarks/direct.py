@@ -8,7 +8,8 @@ disk and the background thread has stopped:
 
 * ``ours``: ``await manager.record_operation(...)`` per record, then
   ``await manager.stop()``. Validation, the PII rule and an ``fsync`` of every
-  batch file (and of the directory) are all on.
+  batch file (and of the directory) are all on. ``--writer`` picks the
+  manager's ``writer`` setting (``thread``, the default, or ``process``).
 * ``logging``: the standard non-blocking pattern, ``QueueHandler`` on the logger
   and ``QueueListener`` feeding a ``FileHandler`` whose formatter writes one
   ``json.dumps`` line per record (the same fields, timestamp from the log
@@ -20,7 +21,9 @@ The latency of each call is taken with ``time.perf_counter_ns`` around it.
 Over the same span of time, the CPU time of the calling thread and of the
 whole process are read too: the calling thread's is the producer's, the rest
 belongs to the background thread that encodes and writes (and, for ours,
-fsyncs). Under the GIL these two add up instead of overlapping.
+fsyncs). Under the GIL these two add up instead of overlapping. With
+``--writer process`` the encoding and writing happen in a child process, whose
+CPU time is not the application's and is not counted.
 """
 
 from __future__ import annotations

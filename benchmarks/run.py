@@ -208,6 +208,7 @@ def direct_rows(label: str, ours: dict[str, Any], logging_: dict[str, Any]) -> l
     producer, background = ours["producer_cpu_us"], ours["background_cpu_us"]
     rows.append(
         Row(
+            # A writer process's own CPU time is not the application's: not counted here.
             f"record_operation CPU per record, {label}: calling thread + the other threads",
             f"{producer:.2f} + {background:.2f} = {producer + background:.2f} µs",
             f"wall {1e6 / speed:.2f} µs per record; 5x logging needs at most "
