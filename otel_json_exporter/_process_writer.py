@@ -36,10 +36,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
+import logging
 import os
 import pickle
 import queue
+import select
 import signal
 import struct
 import subprocess
@@ -56,9 +59,24 @@ from otel_json_exporter.writer import BatchWriter, WrittenBatch, encode_rows
 
 __all__ = ["ProcessBatchWriter", "WriterProcessError"]
 
+logger = logging.getLogger("otel_json_exporter")
+
 _HEADER = struct.Struct("<Q")
 _PIPE_BYTES = 1 << 20  # one batch of 1,000 records pickles to about 100 KB: no partial writes
+_LARGEST_MESSAGE = 1 << 32  # a length beyond this is not one of ours: the pipe is corrupt
 _CLOSE_TIMEOUT = 10.0
+_START_TIMEOUT = 10.0  # Python's start-up and the imports take about 0.1 s
+
+# Held while a child is being started (and its pipes are not yet ours to track), and by
+# os.fork(): a process forked meanwhile would keep those pipes open, and the child
+# could never see its input close.
+_SPAWNING = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_SPAWNING.acquire,
+        after_in_parent=_SPAWNING.release,
+        after_in_child=_SPAWNING.release,
+    )
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 Following = Callable[[int], "list[RecordRow] | None"]
@@ -87,13 +105,31 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Builtins only: rows hold nothing else, and nothing may import code on the way."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"not a plain value: {module}.{name}")
+
+
 def _receive(fd: int) -> Any:
-    """The next message, or None when the other side has closed the pipe."""
+    """The next message, or None when the other side has closed the pipe.
+
+    Raises OSError (EPROTO) when what arrives is not a message of ours.
+    """
     header = _read_exactly(fd, _HEADER.size)
     if header is None:
         return None
-    payload = _read_exactly(fd, _HEADER.unpack(header)[0])
-    return None if payload is None else pickle.loads(payload)
+    (size,) = _HEADER.unpack(header)
+    if size > _LARGEST_MESSAGE:  # out of step: nothing after this can be read either
+        raise OSError(errno.EBADMSG, "the writer process pipe carries something else")
+    payload = _read_exactly(fd, size)
+    if payload is None:
+        return None
+    try:
+        return _PlainUnpickler(io.BytesIO(payload)).load()
+    except Exception as exc:
+        raise OSError(errno.EPROTO, f"unreadable message ({type(exc).__name__})") from None
 
 
 class ProcessBatchWriter:
@@ -113,10 +149,16 @@ class ProcessBatchWriter:
     def prepare(self) -> None:
         """Check the directory here (StorageError says what is wrong), then start the child."""
         BatchWriter(self.directory).prepare()
+        process = self._process
+        if process is not None and process.poll() is None:
+            return  # running; the lock may be held by a write that waits for a slow disk
         with self._lock:
-            if self._process is not None and self._process.poll() is not None:
-                self._lost()  # died while idle: a new one starts below
             self._ensure_child()
+
+    @property
+    def closed(self) -> bool:
+        """Whether no child is running (none started yet, or closed)."""
+        return self._process is None
 
     @property
     def in_flight(self) -> int:
@@ -190,7 +232,11 @@ class ProcessBatchWriter:
     def _answer(self) -> WrittenBatch:
         assert self._process is not None
         assert self._process.stdout is not None
-        reply = _receive(self._process.stdout.fileno())
+        try:
+            reply = _receive(self._process.stdout.fileno())
+        except OSError:
+            self._process.kill()  # it says what it should not: start afresh
+            reply = None
         if reply is None:
             raise self._lost()
         kind = reply[0]
@@ -224,35 +270,60 @@ class ProcessBatchWriter:
         if process is not None:
             _close_quietly(process)
             code = process.returncode
-        return WriterProcessError(
-            errno.EPIPE, f"the writer process exited (exit code {code}); its batches are retried"
-        )
+        return WriterProcessError(errno.EPIPE, f"the writer process exited (exit code {code})")
 
     def _ensure_child(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            return
+        """Start a child if none runs (lock held, nothing in flight)."""
         if self._process is not None:
-            raise self._lost()
+            if self._process.poll() is None:
+                return
+            # It died while idle (killed, out of memory): nothing was in flight, so a
+            # new one takes over at once; say so, since something killed it.
+            logger.warning("%s; starting a new one", self._lost().strerror)
         if not sys.executable:
             raise WriterProcessError(errno.ENOENT, "no Python executable to start (sys.executable)")
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(self.directory)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            )
-        except OSError as exc:
-            raise WriterProcessError(
-                exc.errno, f"cannot start the writer process with {sys.executable}: {exc.strerror}"
-            ) from exc
+        with _SPAWNING:
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(self.directory)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    # With no stderr of ours, the child's would land on its answer pipe.
+                    stderr=None if _is_open(2) else subprocess.DEVNULL,
+                )
+            except OSError as exc:
+                raise WriterProcessError(
+                    exc.errno,
+                    f"cannot start the writer process with {sys.executable}: {exc.strerror}",
+                ) from exc
+            self._process = process
         assert process.stdin is not None
         assert process.stdout is not None
         with contextlib.suppress(OSError):  # a smaller pipe still works, only slower
             fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        self._process = process
-        ready = _receive(process.stdout.fileno())
+        answers = process.stdout.fileno()
+        started, _, _ = select.select([answers], [], [], _START_TIMEOUT)
+        try:
+            ready = _receive(answers) if started else None
+        except OSError:
+            ready = None
         if ready != ("ready",):
-            raise self._lost()
+            process.kill()
+            lost = self._lost()
+            raise WriterProcessError(
+                errno.ECHILD,
+                f"the writer process did not say it was ready within {_START_TIMEOUT:g} s "
+                f"({lost.strerror}); is {sys.executable} a Python interpreter that can "
+                "import this package?",
+            )
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _starts_with(rows: Sequence[RecordRow], ahead: list[RecordRow]) -> bool:
@@ -299,10 +370,16 @@ def serve(directory: str) -> None:
     # of into the middle of an answer.
     answers = os.dup(1)
     os.dup2(2, 1)
+
+    def answer(message: Any) -> None:
+        # A parent that died reads no answer; what it sent is still written.
+        with contextlib.suppress(BrokenPipeError):
+            _send(answers, message)
+
     writer = BatchWriter(directory)
     work: queue.Queue[_Work | None] = queue.Queue(maxsize=1)
     threading.Thread(target=_read_and_encode, args=(work,), daemon=True).start()
-    _send(answers, ("ready",))
+    answer(("ready",))
     failed = False
     while True:
         item = work.get()
@@ -311,47 +388,58 @@ def serve(directory: str) -> None:
             # every batch was fsynced. Skipping the interpreter's clean-up saves stop()
             # the 30 ms it takes.
             os._exit(0)
-        if item.rows is None:  # resume
+        if item.rows is None and item.problem is None:  # resume
             failed = False
             continue
         if failed:
-            _send(answers, ("skipped",))
+            answer(("skipped",))
+            continue
+        if item.rows is None:
+            failed = True
+            answer(("error", item.problem))
             continue
         try:
             written = writer.write_rows(item.rows, item.moment, encoded=item.encoded)
         except OSError as exc:
             failed = True
-            _send(answers, ("oserror", exc.errno, exc.strerror or type(exc).__name__))
+            answer(("oserror", exc.errno, exc.strerror or type(exc).__name__))
         except Exception as exc:
             failed = True
-            _send(answers, ("error", type(exc).__name__))
+            answer(("error", type(exc).__name__))
         else:
-            _send(
-                answers,
-                ("written", str(written.path), written.batch_id, written.records, written.bytes),
-            )
+            answer(("written", str(written.path), written.batch_id, written.records, written.bytes))
 
 
 @dataclass
 class _Work:
-    rows: list[RecordRow] | None  # None: resume after a failure
+    rows: list[RecordRow] | None  # None: resume after a failure, or a message it could not read
     moment: datetime | None = None
     encoded: bytes | None = None
+    problem: str | None = None  # why a message could not be read
 
 
 def _read_and_encode(work: queue.Queue[_Work | None]) -> None:
-    while True:
-        message = _receive(0)
-        if message is None:
-            work.put(None)
-            return
-        if message[0] == "resume":
-            work.put(_Work(None))
-            continue
-        rows = message[1]
-        moment = datetime.now(timezone.utc)
-        try:
-            encoded: bytes | None = encode_rows(rows, moment)
-        except Exception:
-            encoded = None  # the writing thread encodes again and reports the error
-        work.put(_Work(rows, moment, encoded))
+    try:
+        while True:
+            try:
+                message = _receive(0)
+            except OSError as exc:
+                if exc.errno == errno.EBADMSG:
+                    return
+                # Not a batch of plain values: answered as an error, never imported.
+                work.put(_Work(None, problem=exc.strerror))
+                continue
+            if message is None:
+                return
+            if message[0] == "resume":
+                work.put(_Work(None))
+                continue
+            rows = message[1]
+            moment = datetime.now(timezone.utc)
+            try:
+                encoded: bytes | None = encode_rows(rows, moment)
+            except Exception:
+                encoded = None  # the writing thread encodes again and reports the error
+            work.put(_Work(rows, moment, encoded))
+    finally:
+        work.put(None)  # whatever ends this thread ends the child, which the parent sees

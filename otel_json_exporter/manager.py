@@ -40,7 +40,7 @@ from typing import Any, Literal, NoReturn
 from pydantic import ValidationError
 
 from otel_json_exporter._plain import plain_row
-from otel_json_exporter._process_writer import ProcessBatchWriter
+from otel_json_exporter._process_writer import ProcessBatchWriter, WriterProcessError
 from otel_json_exporter.pii import (
     DEFAULT_POLICY,
     PiiPolicy,
@@ -660,12 +660,15 @@ class MetricsManager:
         """Wait for work and do it once; False when the writer should exit."""
         with self._cond:
             batch = self._next_batch()
-            if batch is None:
-                # Closed before anyone can see the writer gone: when stop() returns, a
-                # process writer has exited (nothing is in flight here, so it is quick).
-                self._writer.close()
+            if batch is None and self._writer.closed:
                 self._worker_alive = False
         if batch is None:
+            if self._worker_alive:
+                # A process writer's child is ended first, so that it has exited when
+                # stop() returns; outside the lock, since a stuck child takes seconds.
+                # Then decide again: start() may have come meanwhile.
+                self._writer.close()
+                return True
             self._wake_waiters()
             return False
         if not batch:
@@ -727,7 +730,7 @@ class MetricsManager:
         """The batch after the first ``taken`` queued rows, if it is due now (process writer)."""
         with self._lock:
             waiting = len(self._buffer) - taken
-            if waiting <= 0:
+            if waiting <= 0 or (not self._accepting and self._stop_expired()):
                 return None
             if waiting < self._write_at and self._settled + taken >= self._drain_to:
                 return None  # a partial batch that nothing asks to write yet
@@ -745,7 +748,11 @@ class MetricsManager:
             logger.warning(
                 "batch write of %d records failed (%s); they stay queued and will be retried",
                 len(batch),
-                os.strerror(exc.errno) if exc.errno else type(exc).__name__,
+                exc.strerror  # says what happened to the writer process
+                if isinstance(exc, WriterProcessError)
+                else os.strerror(exc.errno)
+                if exc.errno
+                else type(exc).__name__,
             )
             return False
         except Exception:

@@ -142,6 +142,10 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
     if value is None:
         return value
     if isinstance(value, int):
+        if type(value) is not int and type(value) is not bool:
+            # An int subclass (an IntEnum...) is copied as the plain int it holds: rows
+            # hold builtins only, which any writer (a writer process too) can take.
+            value = int.__int__(value)
         if -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
             return value
         raise ValueError(f"metadata {path}: integer has more than {MAX_INTEGER_DIGITS} digits")
@@ -150,6 +154,8 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
         _check_unicode(text, path)
         return text
     if isinstance(value, float):
+        if type(value) is not float:
+            value = float.__float__(value)  # the plain float it holds, as for int
         if not math.isfinite(value):
             raise ValueError(f"metadata {path}: float must be finite (no NaN or infinity)")
         return value

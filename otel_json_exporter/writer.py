@@ -124,6 +124,9 @@ class BatchWriter:
     in_flight = 0
     """Rows sent ahead and not yet answered: none, each batch is written when asked."""
 
+    closed = True
+    """Nothing runs between calls: there is never anything to close."""
+
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._last_timestamp: datetime | None = None

@@ -7,6 +7,8 @@ and its storage directory is swapped for a file, so that its writes fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import os
 import signal
 import subprocess
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_json_exporter import MetricsManager
+from otel_json_exporter import MetricsManager, _process_writer
+from otel_json_exporter._process_writer import WriterProcessError
 from otel_json_exporter.records import OperationRecord
 
 from .conftest import load_batches, load_records
@@ -288,3 +291,118 @@ def test_a_forked_child_gets_its_own_writer_process(tmp_path: Path) -> None:
     records = load_records(storage)
     for tag in ("parent", "child"):
         assert [r.metadata["rid"] for r in records if r.operation_name == tag] == list(range(1500))
+
+
+class TestReviewFindings:
+    """Each of these failed before its fix (a hang, a 10 s stall, a doubled batch...)."""
+
+    async def test_int_and_float_subclasses_are_written_as_plain_values(
+        self, storage: Path
+    ) -> None:
+        class Status(enum.IntEnum):  # a local class: no other process can import it
+            OK = 200
+
+        class Seconds(float):
+            pass
+
+        manager = make(storage, max_batch_size=5)
+        await manager.start()
+        for rid in range(12):
+            metadata = {"rid": rid, "status": Status.OK, "wait": Seconds(0.5), "l": [Status.OK]}
+            await manager.record_operation("job", "step", Seconds(1.5), metadata=metadata)
+        await manager.stop(timeout=30)
+        records = load_records(storage)
+        assert rids_on_disk(records) == list(range(12))
+        assert records[0].metadata == {"rid": 0, "status": 200, "wait": 0.5, "l": [200]}
+        assert type(records[0].metadata["status"]) is int
+        stats = manager.stats()
+        assert (stats.write_errors, stats.worker_errors) == (0, 0)
+
+    @pytest.mark.parametrize("program", ["sleep 60", "echo hello"])
+    async def test_start_fails_clearly_when_the_executable_is_not_python(
+        self, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, program: str
+    ) -> None:
+        fake = tmp_path / "frozen-app"
+        fake.write_text(f"#!/bin/sh\n{program}\n")
+        fake.chmod(0o755)
+        monkeypatch.setattr(sys, "executable", str(fake))  # as in a frozen application
+        monkeypatch.setattr(_process_writer, "_START_TIMEOUT", 0.5)
+        manager = make(storage)
+        started = time.monotonic()
+        with pytest.raises(WriterProcessError, match="did not say it was ready"):
+            await manager.start()
+        assert time.monotonic() - started < 5
+        assert manager._writer.closed  # nothing left running
+        assert not manager.is_running
+
+    async def test_an_idle_child_that_died_is_replaced_without_a_failed_write(
+        self, storage: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        manager = make(storage, flush_interval_seconds=0.05)
+        await manager.start()
+        first = child_pid(manager)
+        child = manager._writer._process  # type: ignore[union-attr]
+        assert child is not None
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: child.poll() is not None)  # dead before the next write
+        await record(manager, range(5))
+        await manager.flush(timeout=30)
+        assert rids_on_disk(load_records(storage)) == list(range(5))
+        assert manager.stats().write_errors == 0
+        assert child_pid(manager) != first
+        assert "the writer process exited (exit code -9); starting a new one" in caplog.text
+        await manager.stop()
+
+    def test_a_stuck_child_holds_up_neither_stop_nor_other_threads(self, storage: Path) -> None:
+        manager = make(storage)
+        manager.start_sync()
+        pid = child_pid(manager)
+        os.kill(pid, signal.SIGSTOP)  # a child stuck in the kernel (a hung mount)
+        try:
+            started = time.monotonic()
+            manager.stop_sync(0.5)  # nothing was queued: it only has to end the child
+            assert time.monotonic() - started < 5  # not the 10 s given to a child to exit
+            started = time.monotonic()
+            manager.stats()  # the writer thread, still ending the child, holds no lock
+            assert time.monotonic() - started < 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while running(pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    async def test_a_stop_that_gives_up_with_a_batch_in_flight_doubles_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        for round_ in range(5):
+            storage = tmp_path / str(round_)
+            manager = make(storage, max_batch_size=50, max_queue_size=5000)
+            await manager.start()
+            await record(manager, range(3000))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await manager.stop(timeout=0)
+            await manager.start()
+            await manager.stop(timeout=30)
+            assert sorted(rids_on_disk(load_records(storage))) == list(range(3000))
+
+    def test_without_a_stderr_the_child_writes_nothing_into_its_answers(
+        self, storage: Path
+    ) -> None:
+        script = textwrap.dedent(
+            f"""
+            import os
+            from otel_json_exporter import MetricsManager
+
+            os.close(2)
+            manager = MetricsManager({str(storage)!r}, writer="process")
+            manager.start_sync()
+            pid = manager._writer._process.pid
+            print(os.readlink(f"/proc/{{pid}}/fd/1"), os.readlink(f"/proc/{{pid}}/fd/2"))
+            manager.stop_sync()
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert done.stdout.split() == ["/dev/null", "/dev/null"]
