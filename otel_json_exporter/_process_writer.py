@@ -67,15 +67,45 @@ _LARGEST_MESSAGE = 1 << 32  # a length beyond this is not one of ours: the pipe 
 _CLOSE_TIMEOUT = 10.0
 _START_TIMEOUT = 10.0  # Python's start-up and the imports take about 0.1 s
 
-# Held while a child is being started (and its pipes are not yet ours to track), and by
-# os.fork(): a process forked meanwhile would keep those pipes open, and the child
-# could never see its input close.
-_SPAWNING = threading.Lock()
+
+class _PipeGuard:
+    """Held while a child's pipes change hands (it is started, or let go), and by os.fork().
+
+    A process forked at such a moment would keep pipes that no ``after_fork``
+    can find, and the child would never see its input close. A fork from the
+    holding thread itself (a signal handler) does not wait: it would wait forever.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._taken_for_fork = False
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def __exit__(self, *_: object) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def before_fork(self) -> None:
+        if self._owner != threading.get_ident():
+            self._lock.acquire()
+            self._taken_for_fork = True
+
+    def after_fork(self) -> None:
+        if self._taken_for_fork:
+            self._taken_for_fork = False
+            self._lock.release()
+
+
+_PIPES = _PipeGuard()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_SPAWNING.acquire,
-        after_in_parent=_SPAWNING.release,
-        after_in_child=_SPAWNING.release,
+        before=_PIPES.before_fork,
+        after_in_parent=_PIPES.after_fork,
+        after_in_child=_PIPES.after_fork,
     )
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
@@ -155,6 +185,17 @@ class ProcessBatchWriter:
         with self._lock:
             self._ensure_child()
 
+    @staticmethod
+    def accepts(row: RecordRow) -> bool:
+        """Whether this row can be written, and be handed to the child as plain values."""
+        if not BatchWriter.accepts(row):
+            return False
+        try:
+            _PlainUnpickler(io.BytesIO(pickle.dumps(row))).load()
+        except Exception:
+            return False
+        return True
+
     @property
     def closed(self) -> bool:
         """Whether no child is running (none started yet, or closed)."""
@@ -205,9 +246,9 @@ class ProcessBatchWriter:
             if self._in_flight is not None:
                 self._in_flight = None
                 self._settle()
-            process, self._process = self._process, None
+            process = self._let_go()
         if process is not None:
-            _close_quietly(process)
+            _reap(process)
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's writer process without touching it."""
@@ -239,15 +280,17 @@ class ProcessBatchWriter:
             reply = None
         if reply is None:
             raise self._lost()
-        kind = reply[0]
-        if kind == "written":
-            path, batch_id, records, size = reply[1:]
-            return WrittenBatch(Path(path), batch_id, records, size)
-        if kind == "oserror":
-            raise OSError(reply[1], reply[2])
-        if kind == "skipped":
-            raise OSError(errno.ECANCELED, "skipped: the batch before it failed")
-        raise RuntimeError(f"the writer process failed to write a batch ({reply[1]})")
+        match reply:
+            case ("written", str(path), str(batch_id), int(records), int(size)):
+                return WrittenBatch(Path(path), batch_id, records, size)
+            case ("oserror", int(number), str(reason)):
+                raise OSError(number, reason)
+            case ("skipped",):
+                raise OSError(errno.ECANCELED, "skipped: the batch before it failed")
+            case ("error", str(kind)):
+                raise RuntimeError(f"the writer process failed to write a batch ({kind})")
+        self._process.kill()  # out of step with us: start afresh
+        raise self._lost()
 
     def _settle(self) -> None:
         """Wait for the answer about a batch nobody will ask for any more."""
@@ -263,12 +306,23 @@ class ProcessBatchWriter:
             with contextlib.suppress(OSError):
                 _send(self._input, ("resume",))
 
+    def _let_go(self) -> subprocess.Popen[bytes] | None:
+        """Forget the child and close its pipes, so that it sees its input close."""
+        with _PIPES:
+            process, self._process = self._process, None
+            if process is not None:
+                for stream in (process.stdin, process.stdout):
+                    if stream is not None:
+                        with contextlib.suppress(OSError):
+                            stream.close()
+        return process
+
     def _lost(self) -> WriterProcessError:
-        process, self._process = self._process, None
         self._in_flight = None
+        process = self._let_go()
         code = None
         if process is not None:
-            _close_quietly(process)
+            _reap(process)
             code = process.returncode
         return WriterProcessError(errno.EPIPE, f"the writer process exited (exit code {code})")
 
@@ -282,7 +336,7 @@ class ProcessBatchWriter:
             logger.warning("%s; starting a new one", self._lost().strerror)
         if not sys.executable:
             raise WriterProcessError(errno.ENOENT, "no Python executable to start (sys.executable)")
-        with _SPAWNING:
+        with _PIPES:
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(self.directory)],
@@ -297,25 +351,38 @@ class ProcessBatchWriter:
                     f"cannot start the writer process with {sys.executable}: {exc.strerror}",
                 ) from exc
             self._process = process
+        try:
+            ready = self._handshake(process)
+        except BaseException:  # Ctrl-C included: no child is left half started
+            process.kill()
+            self._lost()
+            raise
+        if ready is not True:
+            process.kill()
+            lost = self._lost()
+            raise WriterProcessError(
+                errno.ECHILD,
+                f"the writer process did not start: {ready or lost.strerror}; is "
+                f"{sys.executable} a Python interpreter that can import this package?",
+            )
+
+    @staticmethod
+    def _handshake(process: subprocess.Popen[bytes]) -> bool | str:
+        """True once the child says it is ready; else what went wrong ("" if it exited)."""
         assert process.stdin is not None
         assert process.stdout is not None
         with contextlib.suppress(OSError):  # a smaller pipe still works, only slower
             fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         answers = process.stdout.fileno()
-        started, _, _ = select.select([answers], [], [], _START_TIMEOUT)
+        waiting = select.poll()  # not select.select: it fails on descriptors above 1023
+        waiting.register(answers, select.POLLIN)
+        if not waiting.poll(_START_TIMEOUT * 1000):
+            return f"no answer within {_START_TIMEOUT:g} s"
         try:
-            ready = _receive(answers) if started else None
-        except OSError:
-            ready = None
-        if ready != ("ready",):
-            process.kill()
-            lost = self._lost()
-            raise WriterProcessError(
-                errno.ECHILD,
-                f"the writer process did not say it was ready within {_START_TIMEOUT:g} s "
-                f"({lost.strerror}); is {sys.executable} a Python interpreter that can "
-                "import this package?",
-            )
+            ready = _receive(answers)
+        except OSError as exc:
+            return exc.strerror or "an unreadable answer"
+        return True if ready == ("ready",) else ""
 
 
 def _is_open(fd: int) -> bool:
@@ -331,11 +398,8 @@ def _starts_with(rows: Sequence[RecordRow], ahead: list[RecordRow]) -> bool:
     return len(rows) >= len(ahead) and all(a is b for a, b in zip(ahead, rows, strict=False))
 
 
-def _close_quietly(process: subprocess.Popen[bytes]) -> None:
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Wait for a child whose input is closed; one that does not exit in time is killed."""
     try:
         process.wait(_CLOSE_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -59,7 +59,6 @@ from otel_json_exporter.writer import (
     MAX_RETENTION_DAYS,
     BatchWriter,
     delete_expired_batches,
-    encode_rows,
     remove_stale_temp_files,
 )
 
@@ -660,17 +659,19 @@ class MetricsManager:
         """Wait for work and do it once; False when the writer should exit."""
         with self._cond:
             batch = self._next_batch()
-            if batch is None and self._writer.closed:
+            exiting = batch is None and self._writer.closed
+            if exiting:
                 self._worker_alive = False
-        if batch is None:
-            if self._worker_alive:
-                # A process writer's child is ended first, so that it has exited when
-                # stop() returns; outside the lock, since a stuck child takes seconds.
-                # Then decide again: start() may have come meanwhile.
-                self._writer.close()
-                return True
+        if exiting:
             self._wake_waiters()
             return False
+        if batch is None:
+            # A process writer's child is ended before the writer thread is seen gone,
+            # so that a stop() that returns in time finds it exited; outside the lock,
+            # since a stuck child takes seconds. Then decide again: start() may have
+            # come meanwhile.
+            self._writer.close()
+            return True
         if not batch:
             self._apply_retention()
             return True
@@ -782,13 +783,7 @@ class MetricsManager:
         """
         with self._lock:
             head = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
-            keep = []
-            for row in head:
-                try:
-                    encode_rows([row], datetime.now(timezone.utc))
-                except Exception:
-                    continue
-                keep.append(row)
+            keep = [row for row in head if self._writer.accepts(row)]
             self._buffer.extendleft(reversed(keep))
             lost = len(head) - len(keep)
             self._dropped += lost

@@ -134,6 +134,15 @@ class BatchWriter:
     def close(self) -> None:
         """Nothing to release: every call opens and closes its own files."""
 
+    @staticmethod
+    def accepts(row: RecordRow) -> bool:
+        """Whether this row can be written (validation should make it always so)."""
+        try:
+            encode_rows([row], datetime.now(timezone.utc))
+        except Exception:
+            return False
+        return True
+
     def after_fork(self) -> None:
         """Nothing to forget in a forked child: no file stays open between calls."""
 

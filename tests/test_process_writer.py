@@ -329,7 +329,7 @@ class TestReviewFindings:
         monkeypatch.setattr(_process_writer, "_START_TIMEOUT", 0.5)
         manager = make(storage)
         started = time.monotonic()
-        with pytest.raises(WriterProcessError, match="did not say it was ready"):
+        with pytest.raises(WriterProcessError, match="did not start"):
             await manager.start()
         assert time.monotonic() - started < 5
         assert manager._writer.closed  # nothing left running
@@ -406,3 +406,35 @@ class TestReviewFindings:
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
         )
         assert done.stdout.split() == ["/dev/null", "/dev/null"]
+
+    def test_works_when_its_pipes_get_descriptors_above_1023(self, storage: Path) -> None:
+        # A server with a raised `ulimit -n` and many sockets: select.select() failed here.
+        script = textwrap.dedent(
+            f"""
+            import asyncio, os, resource
+            from otel_json_exporter import MetricsManager
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(4096, soft), max(4096, hard)))
+            held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+            manager = MetricsManager({str(storage)!r}, writer="process", max_batch_size=10)
+            manager.start_sync()
+            pipe = manager._writer._process.stdout.fileno()
+
+            async def record():
+                for rid in range(100):
+                    await manager.record_operation("job", "x", 1.0, metadata={{"rid": rid}})
+
+            asyncio.run(record())
+            manager.stop_sync(30)
+            print(pipe, manager.stats().write_errors)
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        pipe, write_errors = map(int, done.stdout.split())
+        assert pipe > 1023  # the case in point
+        assert write_errors == 0
+        assert rids_on_disk(load_records(storage)) == list(range(100))
