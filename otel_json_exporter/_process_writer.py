@@ -68,45 +68,36 @@ _CLOSE_TIMEOUT = 10.0
 _START_TIMEOUT = 10.0  # Python's start-up and the imports take about 0.1 s
 
 
-class _PipeGuard:
-    """Held while a child's pipes change hands (it is started, or let go), and by os.fork().
-
-    A process forked at such a moment would keep pipes that no ``after_fork``
-    can find, and the child would never see its input close. A fork from the
-    holding thread itself (a signal handler) does not wait: it would wait forever.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-        self._taken_for_fork = False
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-        self._owner = threading.get_ident()
-
-    def __exit__(self, *_: object) -> None:
-        self._owner = None
-        self._lock.release()
-
-    def before_fork(self) -> None:
-        if self._owner != threading.get_ident():
-            self._lock.acquire()
-            self._taken_for_fork = True
-
-    def after_fork(self) -> None:
-        if self._taken_for_fork:
-            self._taken_for_fork = False
-            self._lock.release()
+# Every pipe end this module holds. A process forked from the application (gunicorn's
+# workers, multiprocessing) must not keep them: the child would never see its input
+# close. They are closed in the forked process, with no lock taken around fork(),
+# which a fork from a signal handler could wait on forever.
+_PIPE_ENDS: set[int] = set()
 
 
-_PIPES = _PipeGuard()
+def _close_inherited_pipe_ends() -> None:
+    for fd in list(_PIPE_ENDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _PIPE_ENDS.clear()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_PIPES.before_fork,
-        after_in_parent=_PIPES.after_fork,
-        after_in_child=_PIPES.after_fork,
-    )
+    os.register_at_fork(after_in_child=_close_inherited_pipe_ends)
+
+
+def _pipe() -> tuple[int, int]:
+    read, write = os.pipe2(os.O_CLOEXEC)
+    _PIPE_ENDS.update((read, write))
+    return read, write
+
+
+def _close_pipe_end(fd: int) -> None:
+    _PIPE_ENDS.discard(fd)  # first: a fork in between keeps it, rather than closing a reused fd
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 Following = Callable[[int], "list[RecordRow] | None"]
@@ -117,11 +108,20 @@ class WriterProcessError(OSError):
     """The writer process could not be started, or died: its batches in flight failed."""
 
 
-def _send(fd: int, message: Any) -> None:
+def _frame(message: Any) -> bytes:
+    """A message as sent: its length, then its pickle (which may raise: nothing is sent yet)."""
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(payload)) + payload)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _send(fd: int, message: Any) -> None:
+    _write_all(fd, _frame(message))
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
@@ -174,6 +174,8 @@ class ProcessBatchWriter:
         self._following = following
         self._lock = threading.Lock()  # one conversation with the child at a time
         self._process: subprocess.Popen[bytes] | None = None
+        self._to_child = -1  # our ends of its stdin and stdout pipes while it runs
+        self._from_child = -1
         self._in_flight: list[RecordRow] | None = None  # sent ahead, not yet answered
 
     def prepare(self) -> None:
@@ -223,13 +225,21 @@ class ProcessBatchWriter:
                 self._recover()
                 ahead = None
             batch = ahead if ahead is not None else list(rows)
+            # Pickled before anything is sent: a batch that cannot be fails alone
+            # (the manager drops its bad rows after three tries), and one that cannot
+            # go ahead is simply not sent ahead.
+            first = None if ahead is not None else _frame(("write", batch))
+            following = self._following(len(batch))
+            second = None
+            if following:
+                with contextlib.suppress(Exception):
+                    second = _frame(("write", following))
             try:
-                if ahead is None:
+                if first is not None:
                     self._ensure_child()
-                    _send(self._input, ("write", batch))
-                following = self._following(len(batch))
-                if following:
-                    _send(self._input, ("write", following))
+                    _write_all(self._to_child, first)
+                if second is not None:
+                    _write_all(self._to_child, second)
                     self._in_flight = following
                 return self._answer()
             except WriterProcessError:
@@ -251,30 +261,23 @@ class ProcessBatchWriter:
             _reap(process)
 
     def after_fork(self) -> None:
-        """In a forked child: forget the parent's writer process without touching it."""
+        """In a forked child: forget the parent's writer process without touching it.
+
+        Its pipe ends are closed already (``_close_inherited_pipe_ends``).
+        """
         process, self._process = self._process, None
+        self._to_child = self._from_child = -1
         self._in_flight = None
         self._lock = threading.Lock()
         if process is not None:
-            for stream in (process.stdin, process.stdout):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
             process.returncode = 0  # not ours to wait for: the parent reaps it
 
     # -- the conversation ---------------------------------------------------------
 
-    @property
-    def _input(self) -> int:
-        assert self._process is not None
-        assert self._process.stdin is not None
-        return self._process.stdin.fileno()
-
     def _answer(self) -> WrittenBatch:
         assert self._process is not None
-        assert self._process.stdout is not None
         try:
-            reply = _receive(self._process.stdout.fileno())
+            reply = _receive(self._from_child)
         except OSError:
             self._process.kill()  # it says what it should not: start afresh
             reply = None
@@ -304,17 +307,15 @@ class ProcessBatchWriter:
             self._settle()
         if self._process is not None:
             with contextlib.suppress(OSError):
-                _send(self._input, ("resume",))
+                _send(self._to_child, ("resume",))
 
     def _let_go(self) -> subprocess.Popen[bytes] | None:
-        """Forget the child and close its pipes, so that it sees its input close."""
-        with _PIPES:
-            process, self._process = self._process, None
-            if process is not None:
-                for stream in (process.stdin, process.stdout):
-                    if stream is not None:
-                        with contextlib.suppress(OSError):
-                            stream.close()
+        """Forget the child and close our pipe ends, so that it sees its input close."""
+        process, self._process = self._process, None
+        for fd in (self._to_child, self._from_child):
+            if fd >= 0:
+                _close_pipe_end(fd)
+        self._to_child = self._from_child = -1
         return process
 
     def _lost(self) -> WriterProcessError:
@@ -336,23 +337,30 @@ class ProcessBatchWriter:
             logger.warning("%s; starting a new one", self._lost().strerror)
         if not sys.executable:
             raise WriterProcessError(errno.ENOENT, "no Python executable to start (sys.executable)")
-        with _PIPES:
-            try:
-                process = subprocess.Popen(
-                    [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(self.directory)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    # With no stderr of ours, the child's would land on its answer pipe.
-                    stderr=None if _is_open(2) else subprocess.DEVNULL,
-                )
-            except OSError as exc:
-                raise WriterProcessError(
-                    exc.errno,
-                    f"cannot start the writer process with {sys.executable}: {exc.strerror}",
-                ) from exc
-            self._process = process
+        # Looked at first: with no stderr of ours, a new pipe could take its number.
+        stderr = None if _is_open(2) else subprocess.DEVNULL
+        child_in, to_child = _pipe()
+        from_child, child_out = _pipe()
         try:
-            ready = self._handshake(process)
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(self.directory)],
+                stdin=child_in,
+                stdout=child_out,
+                stderr=stderr,  # with none of ours, the child's would be its answer pipe
+            )
+        except OSError as exc:
+            _close_pipe_end(to_child)
+            _close_pipe_end(from_child)
+            raise WriterProcessError(
+                exc.errno,
+                f"cannot start the writer process with {sys.executable}: {exc.strerror}",
+            ) from exc
+        finally:
+            _close_pipe_end(child_in)  # the child's ends are the child's now
+            _close_pipe_end(child_out)
+        self._process, self._to_child, self._from_child = process, to_child, from_child
+        try:
+            ready = self._handshake(to_child, from_child)
         except BaseException:  # Ctrl-C included: no child is left half started
             process.kill()
             self._lost()
@@ -367,13 +375,10 @@ class ProcessBatchWriter:
             )
 
     @staticmethod
-    def _handshake(process: subprocess.Popen[bytes]) -> bool | str:
+    def _handshake(to_child: int, answers: int) -> bool | str:
         """True once the child says it is ready; else what went wrong ("" if it exited)."""
-        assert process.stdin is not None
-        assert process.stdout is not None
         with contextlib.suppress(OSError):  # a smaller pipe still works, only slower
-            fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        answers = process.stdout.fileno()
+            fcntl.fcntl(to_child, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         waiting = select.poll()  # not select.select: it fails on descriptors above 1023
         waiting.register(answers, select.POLLIN)
         if not waiting.poll(_START_TIMEOUT * 1000):

@@ -419,7 +419,7 @@ class TestReviewFindings:
             held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
             manager = MetricsManager({str(storage)!r}, writer="process", max_batch_size=10)
             manager.start_sync()
-            pipe = manager._writer._process.stdout.fileno()
+            pipe = manager._writer._from_child
 
             async def record():
                 for rid in range(100):
@@ -438,3 +438,37 @@ class TestReviewFindings:
         assert pipe > 1023  # the case in point
         assert write_errors == 0
         assert rids_on_disk(load_records(storage)) == list(range(100))
+
+
+_FORKED_PROCESS_KEEPS_NO_PIPE = """
+import os, sys
+from otel_json_exporter import MetricsManager
+
+manager = MetricsManager(sys.argv[1], writer="process")
+manager.start_sync()
+writer = manager._writer
+ends = {os.readlink(f"/proc/self/fd/{fd}") for fd in (writer._to_child, writer._from_child)}
+pid = os.fork()
+if pid == 0:
+    held = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+    os.write(1, (" ".join(sorted(ends & held)) or "none").encode() + b"\\n")
+    os._exit(0)
+os.waitpid(pid, 0)
+manager.stop_sync()
+"""
+
+
+def test_a_forked_process_keeps_none_of_the_writer_pipes(tmp_path: Path) -> None:
+    # Else the writer process would not see its input close while that process lives.
+    script = tmp_path / "fork.py"
+    script.write_text(_FORKED_PROCESS_KEEPS_NO_PIPE)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "metrics")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["none"]
