@@ -348,9 +348,11 @@ class ProcessBatchWriter:
                 stdout=child_out,
                 stderr=stderr,  # with none of ours, the child's would be its answer pipe
             )
-        except OSError as exc:
+        except BaseException as exc:  # Ctrl-C included: our ends go too
             _close_pipe_end(to_child)
             _close_pipe_end(from_child)
+            if not isinstance(exc, OSError):
+                raise
             raise WriterProcessError(
                 exc.errno,
                 f"cannot start the writer process with {sys.executable}: {exc.strerror}",

@@ -335,6 +335,18 @@ class TestReviewFindings:
         assert manager._writer.closed  # nothing left running
         assert not manager.is_running
 
+    async def test_an_executable_that_cannot_run_fails_start_and_leaks_no_descriptor(
+        self, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+        manager = make(storage)
+        before = set(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises(WriterProcessError, match="cannot start the writer process"):
+                await manager.start()
+        assert set(os.listdir("/proc/self/fd")) <= before
+        assert not _process_writer._PIPE_ENDS
+
     async def test_an_idle_child_that_died_is_replaced_without_a_failed_write(
         self, storage: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
