@@ -48,6 +48,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -124,15 +125,24 @@ def _send(fd: int, message: Any) -> None:
     _write_all(fd, _frame(message))
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
+def _read_exactly(fd: int, size: int, deadline: float | None = None) -> bytes | None:
+    """``size`` bytes; None at end of file, or when ``deadline`` (monotonic) passes first."""
     chunks = []
     while size:
+        if deadline is not None and not _readable(fd, deadline):
+            return None
         chunk = os.read(fd, min(size, _PIPE_BYTES))
         if not chunk:
             return None
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def _readable(fd: int, deadline: float) -> bool:
+    waiting = select.poll()  # not select.select: it fails on descriptors above 1023
+    waiting.register(fd, select.POLLIN)
+    return bool(waiting.poll(max(deadline - time.monotonic(), 0.0) * 1000))
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -142,18 +152,18 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"not a plain value: {module}.{name}")
 
 
-def _receive(fd: int) -> Any:
-    """The next message, or None when the other side has closed the pipe.
+def _receive(fd: int, deadline: float | None = None) -> Any:
+    """The next message; None when the other side has closed the pipe, or at ``deadline``.
 
     Raises OSError (EPROTO) when what arrives is not a message of ours.
     """
-    header = _read_exactly(fd, _HEADER.size)
+    header = _read_exactly(fd, _HEADER.size, deadline)
     if header is None:
         return None
     (size,) = _HEADER.unpack(header)
     if size > _LARGEST_MESSAGE:  # out of step: nothing after this can be read either
         raise OSError(errno.EBADMSG, "the writer process pipe carries something else")
-    payload = _read_exactly(fd, size)
+    payload = _read_exactly(fd, size, deadline)
     if payload is None:
         return None
     try:
@@ -339,27 +349,28 @@ class ProcessBatchWriter:
             raise WriterProcessError(errno.ENOENT, "no Python executable to start (sys.executable)")
         # Looked at first: with no stderr of ours, a new pipe could take its number.
         stderr = None if _is_open(2) else subprocess.DEVNULL
-        child_in, to_child = _pipe()
-        from_child, child_out = _pipe()
+        ends: list[int] = []
         try:
+            ends.extend(_pipe())
+            ends.extend(_pipe())
+            child_in, to_child, from_child, child_out = ends
             process = subprocess.Popen(
                 [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(self.directory)],
                 stdin=child_in,
                 stdout=child_out,
                 stderr=stderr,  # with none of ours, the child's would be its answer pipe
             )
-        except BaseException as exc:  # Ctrl-C included: our ends go too
-            _close_pipe_end(to_child)
-            _close_pipe_end(from_child)
+        except BaseException as exc:  # Ctrl-C included: every end made so far goes
+            for fd in ends:
+                _close_pipe_end(fd)
             if not isinstance(exc, OSError):
                 raise
             raise WriterProcessError(
                 exc.errno,
                 f"cannot start the writer process with {sys.executable}: {exc.strerror}",
             ) from exc
-        finally:
-            _close_pipe_end(child_in)  # the child's ends are the child's now
-            _close_pipe_end(child_out)
+        _close_pipe_end(child_in)  # the child's ends are the child's now
+        _close_pipe_end(child_out)
         self._process, self._to_child, self._from_child = process, to_child, from_child
         try:
             ready = self._handshake(to_child, from_child)
@@ -381,15 +392,14 @@ class ProcessBatchWriter:
         """True once the child says it is ready; else what went wrong ("" if it exited)."""
         with contextlib.suppress(OSError):  # a smaller pipe still works, only slower
             fcntl.fcntl(to_child, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        waiting = select.poll()  # not select.select: it fails on descriptors above 1023
-        waiting.register(answers, select.POLLIN)
-        if not waiting.poll(_START_TIMEOUT * 1000):
-            return f"no answer within {_START_TIMEOUT:g} s"
+        deadline = time.monotonic() + _START_TIMEOUT
         try:
-            ready = _receive(answers)
+            ready = _receive(answers, deadline)
         except OSError as exc:
             return exc.strerror or "an unreadable answer"
-        return True if ready == ("ready",) else ""
+        if ready == ("ready",):
+            return True
+        return f"no answer within {_START_TIMEOUT:g} s" if time.monotonic() >= deadline else ""
 
 
 def _is_open(fd: int) -> bool:

@@ -220,9 +220,16 @@ class MetricsManager:
         with self._lock:
             self._check_startable()
         self._writer.prepare()
-        for path in remove_stale_temp_files(self.storage_path):
-            logger.info("removed stale temporary file %s", path.name)
-        self._apply_retention()
+        try:
+            for path in remove_stale_temp_files(self.storage_path):
+                logger.info("removed stale temporary file %s", path.name)
+            self._apply_retention()
+        except BaseException:
+            with self._lock:
+                idle = not self._worker_alive
+            if idle:  # a process writer's child, started for nothing: end it
+                self._writer.close()
+            raise
         with self._lock:
             self._check_startable()  # again: another thread may have started it meanwhile
             self._accepting = True

@@ -318,7 +318,7 @@ class TestReviewFindings:
         stats = manager.stats()
         assert (stats.write_errors, stats.worker_errors) == (0, 0)
 
-    @pytest.mark.parametrize("program", ["sleep 60", "echo hello"])
+    @pytest.mark.parametrize("program", ["sleep 60", "echo hello", "printf abc; sleep 60"])
     async def test_start_fails_clearly_when_the_executable_is_not_python(
         self, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, program: str
     ) -> None:
@@ -345,6 +345,26 @@ class TestReviewFindings:
             with pytest.raises(WriterProcessError, match="cannot start the writer process"):
                 await manager.start()
         assert set(os.listdir("/proc/self/fd")) <= before
+        assert not _process_writer._PIPE_ENDS
+
+    async def test_a_start_that_fails_after_the_child_started_ends_the_child(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        storage.mkdir()
+        stale = storage / ".metrics_999999_abc.tmp"  # left by a writer that is gone
+        stale.write_text("")
+        real_unlink = os.unlink
+
+        def unlink(path: object, *args: object, **kwargs: object) -> None:
+            if str(path) == str(stale):
+                raise PermissionError(13, "Permission denied")  # injected at the os call
+            real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "unlink", unlink)
+        manager = make(storage)
+        with pytest.raises(PermissionError):
+            await manager.start()
+        assert manager._writer.closed  # the child started by prepare() was ended
         assert not _process_writer._PIPE_ENDS
 
     async def test_an_idle_child_that_died_is_replaced_without_a_failed_write(
