@@ -88,7 +88,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _pipe() -> tuple[int, int]:
-    read, write = os.pipe2(os.O_CLOEXEC)
+    read, write = os.pipe()  # not inheritable (close-on-exec), as every fd Python makes
     _PIPE_ENDS.update((read, write))
     return read, write
 
@@ -390,8 +390,10 @@ class ProcessBatchWriter:
     @staticmethod
     def _handshake(to_child: int, answers: int) -> bool | str:
         """True once the child says it is ready; else what went wrong ("" if it exited)."""
-        with contextlib.suppress(OSError):  # a smaller pipe still works, only slower
-            fcntl.fcntl(to_child, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        grow = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+        if grow is not None:
+            with contextlib.suppress(OSError):  # a smaller pipe still works, only slower
+                fcntl.fcntl(to_child, grow, _PIPE_BYTES)
         deadline = time.monotonic() + _START_TIMEOUT
         try:
             ready = _receive(answers, deadline)
