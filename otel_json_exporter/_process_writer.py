@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_json_exporter.records import RecordRow
-from otel_json_exporter.writer import BatchWriter, WrittenBatch, encode_rows
+from otel_json_exporter.writer import BatchWriter, WrittenBatch, encode_rows, write_all
 
 __all__ = ["ProcessBatchWriter", "WriterProcessError"]
 
@@ -115,14 +115,8 @@ def _frame(message: Any) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _send(fd: int, message: Any) -> None:
-    _write_all(fd, _frame(message))
+    write_all(fd, _frame(message))
 
 
 def _read_exactly(fd: int, size: int, deadline: float | None = None) -> bytes | None:
@@ -247,9 +241,9 @@ class ProcessBatchWriter:
             try:
                 if first is not None:
                     self._ensure_child()
-                    _write_all(self._to_child, first)
+                    write_all(self._to_child, first)
                 if second is not None:
-                    _write_all(self._to_child, second)
+                    write_all(self._to_child, second)
                     self._in_flight = following
                 return self._answer()
             except WriterProcessError:

@@ -332,11 +332,12 @@ class MetricsManager:
         """
         if not self._accepting:
             raise RuntimeError("MetricsManager is not running; await start() first")
+        now_us = time.time_ns() // 1000
         row = plain_row(
             operation_type,
             operation_name,
             duration_ms,
-            time.time_ns() // 1000,
+            now_us,
             success,
             error_message,
             metadata,
@@ -344,7 +345,13 @@ class MetricsManager:
         )
         if row is None:  # not the plain common case: the full checks, masking, errors
             row = self._build_row(
-                operation_type, operation_name, duration_ms, success, error_message, metadata
+                operation_type,
+                operation_name,
+                duration_ms,
+                now_us,
+                success,
+                error_message,
+                metadata,
             )
         if self._offer(row):
             return
@@ -362,6 +369,7 @@ class MetricsManager:
         operation_type: str,
         operation_name: str,
         duration_ms: float,
+        timestamp_us: int,
         success: bool,
         error_message: str | None,
         metadata: Mapping[str, Any] | None,
@@ -379,7 +387,7 @@ class MetricsManager:
                 operation_type,
                 operation_name,
                 duration_ms,
-                time.time_ns() // 1000,
+                timestamp_us,
                 success,
                 error_message,
                 metadata,

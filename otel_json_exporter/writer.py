@@ -118,6 +118,13 @@ def encode_batch(records: Sequence[OperationRecord], batch_timestamp: datetime) 
     return encode_rows([row_of(record) for record in records], batch_timestamp)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``: ``os.write`` may take only part of it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class BatchWriter:
     """Writes batches into one directory; one instance per writer thread."""
 
@@ -253,10 +260,7 @@ class BatchWriter:
     def _write_durably(path: Path, data: bytes) -> None:
         fd = os.open(path, _FILE_FLAGS, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

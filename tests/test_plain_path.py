@@ -256,11 +256,15 @@ def running(directory: Path, policy: PiiPolicy) -> Iterator[MetricsManager]:
         manager.stop_sync()
 
 
-def full_path(manager: MetricsManager, fields: dict[str, Any]) -> tuple[RecordRow | None, int]:
+def full_path(
+    manager: MetricsManager, fields: dict[str, Any], timestamp_us: int | None = None
+) -> tuple[RecordRow | None, int]:
     """The full path's row (None when refused) and how many parts it masked."""
     before = manager.stats()
+    arguments = [fields[name] for name in FIELDS]
+    moment = time.time_ns() // 1000 if timestamp_us is None else timestamp_us
     try:
-        row = manager._build_row(*(fields[name] for name in FIELDS))
+        row = manager._build_row(*arguments[:3], moment, *arguments[3:])
     except ValueError:
         after = manager.stats()
         assert after.total_rejected == before.total_rejected + 1
@@ -288,20 +292,17 @@ def assert_full_path_agrees(
     row: RecordRow, fields: dict[str, Any], timestamp_us: int, manager: MetricsManager
 ) -> None:
     """The full path accepts ``fields``, masks nothing and builds ``row``."""
-    theirs, redacted = full_path(manager, fields)
+    theirs, redacted = full_path(manager, fields, timestamp_us)
     assert theirs is not None, "plain_row accepted what the full path refuses"
     assert redacted == 0, "plain_row accepted what the full path masks"
-    # The full path reads its own clock; everything else must be identical.
-    assert_identical(row[:3] + row[4:], theirs[:3] + theirs[4:])
+    # Given the same clock reading, the full path builds the very same row.
+    assert_identical(row, theirs)
     assert type(row[3]) is int
     assert row[3] == timestamp_us
     # With the same clock reading, build_row (what the full path calls) gives this row.
     arguments = [fields[name] for name in FIELDS]
     assert_identical(row, build_row(*arguments[:3], timestamp_us, *arguments[3:]))
-    assert (
-        record_from_row(row).model_dump_json()
-        == record_from_row((*theirs[:3], row[3], *theirs[4:])).model_dump_json()
-    )
+    assert record_from_row(row).model_dump_json() == record_from_row(theirs).model_dump_json()
     assert row[6] is not fields["metadata"]
     assert row[6] is not theirs[6]
     for name in ("operation_type", "operation_name", "error_message"):
