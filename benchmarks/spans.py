@@ -43,10 +43,14 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from otel_json_exporter.manager import WriterKind
+
 SCHEDULE_DELAY_MILLIS = 1000.0
 MAX_EXPORT_BATCH_SIZE = 512
 OURS_FLUSH_INTERVAL_SECONDS = 1.0
 OURS_MAX_BATCH_SIZE = 1000
+OURS: dict[str, WriterKind] = {"ours": "thread", "ours_process": "process"}
+"""Our exporter, with each ``writer`` setting."""
 
 
 class ReadOnlyExporter(SpanExporter):
@@ -96,15 +100,17 @@ def build_exporter(
     kind: str, directory: Path, spans: int
 ) -> tuple[SpanExporter, IO[str] | None, dict[str, Any]]:
     """The exporter under test, a stream to close after shutdown, and its settings."""
-    if kind == "ours":
+    if kind in OURS:
         from otel_json_exporter.exporter import OperationSpanExporter
 
         queue_size = max(spans + 1, 10_000)
+        writer = OURS[kind]
         exporter: SpanExporter = OperationSpanExporter(
             storage_path=directory,
             flush_interval_seconds=OURS_FLUSH_INTERVAL_SECONDS,
             max_batch_size=OURS_MAX_BATCH_SIZE,
             max_queue_size=queue_size,
+            writer=writer,
         )
         return (
             exporter,
@@ -113,6 +119,7 @@ def build_exporter(
                 "flush_interval_seconds": OURS_FLUSH_INTERVAL_SECONDS,
                 "max_batch_size": OURS_MAX_BATCH_SIZE,
                 "max_queue_size": queue_size,
+                "writer": writer,
             },
         )
     if kind == "noop":
@@ -131,7 +138,7 @@ def build_exporter(
 
 def count_exported(kind: str, exporter: SpanExporter, directory: Path) -> int:
     """How many spans the exporter delivered, read back from what it wrote."""
-    if kind == "ours":
+    if kind in OURS:
         return count_batch_records(directory)
     if kind in ("noop", "read_only"):
         assert isinstance(exporter, (CountingNoopExporter, ReadOnlyExporter))
@@ -199,7 +206,9 @@ def run(kind: str, spans: int, directory: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--exporter", choices=("ours", "noop", "read_only", "otlp_file", "console"), required=True
+        "--exporter",
+        choices=(*OURS, "noop", "read_only", "otlp_file", "console"),
+        required=True,
     )
     parser.add_argument("--spans", type=int, default=100_000)
     parser.add_argument("--dir", default=None, help="parent of the scratch directory")

@@ -8,7 +8,11 @@ Under the GIL the writer thread's encoding and its system calls take turns
 with the threads that produce records; in a child they run on another core.
 
 The parent sends each batch as a pickle over a pipe (about a fifth of the cost
-of encoding it) and the child answers once the batch is on disk. To keep the
+of encoding it) and the child answers once the batch is on disk. A batch may
+hold spans not yet mapped (:data:`~otel_json_exporter._span_rows.SpanSnapshot`,
+from the span exporter): the child maps them, with the manager's PII policy,
+before it encodes, and says how many it masked and how many could not become
+records. To keep the
 child busy while the parent hands over the next batch, a second batch may be
 in flight: :meth:`ProcessBatchWriter.write_rows` sends the batch asked for,
 then the next one that is ready (the manager's ``following`` callback says
@@ -49,12 +53,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from otel_json_exporter._span_rows import SpanSnapshot, is_snapshot, rows_of
+from otel_json_exporter.pii import PiiPolicy
 from otel_json_exporter.records import RecordRow
 from otel_json_exporter.writer import BatchWriter, WrittenBatch, encode_rows, write_all
 
@@ -101,17 +107,55 @@ def _close_pipe_end(fd: int) -> None:
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
-Following = Callable[[int], "list[RecordRow] | None"]
-"""Given how many rows at the head of the queue are taken, the next batch that is ready, if any."""
+QueuedItem = RecordRow | SpanSnapshot
+"""What the manager's queue holds: a validated row, or a span the child maps."""
+
+Following = Callable[[int], "list[QueuedItem] | None"]
+"""Given how many items at the head of the queue are taken, the next batch that is ready, if any."""
 
 
 class WriterProcessError(OSError):
     """The writer process could not be started, or died: its batches in flight failed."""
 
 
+class _PlainPickler(pickle.Pickler):
+    """Pickles builtins as they are, and what a span may hold besides as builtins too.
+
+    A span's attributes may hold a subclass of ``str``, ``int``, ``float`` or
+    ``bytes`` (an enum member...), which the child, importing nothing of the
+    application's, could not unpickle: it goes as the plain value it holds, as
+    the mapping would read it. Any other object goes as its ``str()``, which is
+    what the mapping makes of it. Exact builtins never reach this method (C
+    pickles them first), so rows cost nothing more.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type):
+            return NotImplemented  # the builtin types returned below, pickled by name
+        if isinstance(obj, str):
+            return str, (str.__str__(obj),)
+        if isinstance(obj, int):  # bool cannot be subclassed: never seen here
+            return int, (int.__int__(obj),)
+        if isinstance(obj, float):
+            return float, (float.__float__(obj),)
+        if isinstance(obj, bytes):
+            return bytes, (bytes(obj),)
+        if isinstance(obj, Mapping):
+            return dict, (list(obj.items()),)
+        if isinstance(obj, (tuple, list)):
+            return list, (list(obj),)
+        return str, (str(obj),)
+
+
+def _pickle(message: Any) -> bytes:
+    buffer = io.BytesIO()
+    _PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    return buffer.getvalue()
+
+
 def _frame(message: Any) -> bytes:
     """A message as sent: its length, then its pickle (which may raise: nothing is sent yet)."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    payload = _pickle(message)
     return _HEADER.pack(len(payload)) + payload
 
 
@@ -139,10 +183,19 @@ def _readable(fd: int, deadline: float) -> bool:
     return bool(waiting.poll(max(deadline - time.monotonic(), 0.0) * 1000))
 
 
+_PLAIN_TYPES = {"str": str, "int": int, "float": float, "bytes": bytes, "dict": dict, "list": list}
+
+
 class _PlainUnpickler(pickle.Unpickler):
-    """Builtins only: rows hold nothing else, and nothing may import code on the way."""
+    """Builtins only, and nothing may import code on the way.
+
+    The builtin types :class:`_PlainPickler` rebuilds a value with are the only
+    callables it finds; they make plain values of plain values.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name in _PLAIN_TYPES:
+            return _PLAIN_TYPES[name]
         raise pickle.UnpicklingError(f"not a plain value: {module}.{name}")
 
 
@@ -173,14 +226,17 @@ class ProcessBatchWriter:
     thread only, ``prepare`` and ``close`` by any thread.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], following: Following) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], following: Following, policy: PiiPolicy
+    ) -> None:
         self.directory = Path(directory)
         self._following = following
+        self._policy = policy  # the child maps spans with the manager's own PII rule
         self._lock = threading.Lock()  # one conversation with the child at a time
         self._process: subprocess.Popen[bytes] | None = None
         self._to_child = -1  # our ends of its stdin and stdout pipes while it runs
         self._from_child = -1
-        self._in_flight: list[RecordRow] | None = None  # sent ahead, not yet answered
+        self._in_flight: list[QueuedItem] | None = None  # sent ahead, not yet answered
 
     def prepare(self) -> None:
         """Check the directory here (StorageError says what is wrong), then start the child."""
@@ -192,15 +248,16 @@ class ProcessBatchWriter:
             self._ensure_child()
 
     @staticmethod
-    def accepts(row: RecordRow) -> bool:
-        """Whether this row can be written, and be handed to the child as plain values."""
-        if not BatchWriter.accepts(row):
-            return False
+    def accepts(item: QueuedItem) -> bool:
+        """Whether this item can be handed to the child as plain values, and written.
+
+        A span the child cannot map is accepted: the child counts it as rejected.
+        """
         try:
-            _PlainUnpickler(io.BytesIO(pickle.dumps(row))).load()
+            _PlainUnpickler(io.BytesIO(_pickle(item))).load()
         except Exception:
             return False
-        return True
+        return is_snapshot(item) or BatchWriter.accepts(item)
 
     @property
     def closed(self) -> bool:
@@ -209,15 +266,17 @@ class ProcessBatchWriter:
 
     @property
     def in_flight(self) -> int:
-        """Rows sent ahead whose answer has not been asked for: the manager must ask next."""
+        """Items sent ahead whose answer has not been asked for: the manager must ask next."""
         ahead = self._in_flight
         return 0 if ahead is None else len(ahead)
 
-    def write_rows(self, rows: Sequence[RecordRow]) -> WrittenBatch:
+    def write_rows(self, rows: Sequence[QueuedItem]) -> WrittenBatch:
         """Write ``rows``, or the batch already in flight if ``rows`` starts with it.
 
-        Returns what was written (its ``records`` may be fewer than ``len(rows)``:
-        the manager removes that many). Raises OSError when the batch failed.
+        Returns what was written: ``records`` plus ``rejected`` (spans that could
+        not become records) is how many items it took, which the manager removes;
+        ``path`` is None when no item became a record. Raises OSError when the
+        batch failed.
         """
         with self._lock:
             ahead, self._in_flight = self._in_flight, None
@@ -288,8 +347,18 @@ class ProcessBatchWriter:
         if reply is None:
             raise self._lost()
         match reply:
-            case ("written", str(path), str(batch_id), int(records), int(size)):
-                return WrittenBatch(Path(path), batch_id, records, size)
+            case (
+                "written",
+                str(path),
+                str(batch_id),
+                int(records),
+                int(size),
+                int(rejected),
+                int(redacted),
+            ):
+                return WrittenBatch(Path(path), batch_id, records, size, rejected, redacted)
+            case ("nothing", int(rejected), int(redacted)):
+                return WrittenBatch(None, None, 0, 0, rejected, redacted)
             case ("oserror", int(number), str(reason)):
                 raise OSError(number, reason)
             case ("skipped",):
@@ -349,7 +418,7 @@ class ProcessBatchWriter:
             ends.extend(_pipe())
             child_in, to_child, from_child, child_out = ends
             process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(self.directory)],
+                _child_command(self.directory, self._policy),
                 stdin=child_in,
                 stdout=child_out,
                 stderr=stderr,  # with none of ours, the child's would be its answer pipe
@@ -406,8 +475,8 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def _starts_with(rows: Sequence[RecordRow], ahead: list[RecordRow]) -> bool:
-    """Whether ``rows`` begins with the very row objects of ``ahead``."""
+def _starts_with(rows: Sequence[QueuedItem], ahead: list[QueuedItem]) -> bool:
+    """Whether ``rows`` begins with the very item objects of ``ahead``."""
     return len(rows) >= len(ahead) and all(a is b for a, b in zip(ahead, rows, strict=False))
 
 
@@ -427,20 +496,35 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
 # sitecustomize, say) runs in the child. It imports from the parent's sys.path.
 _CHILD_CODE = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-    "from otel_json_exporter._process_writer import serve; serve(sys.argv[2])"
+    "from otel_json_exporter._process_writer import serve; serve(sys.argv[2], sys.argv[3])"
 )
 
 
-def _child_path() -> str:
-    return json.dumps([_PACKAGE_PARENT, *(entry for entry in sys.path if isinstance(entry, str))])
+def _child_command(directory: Path, policy: PiiPolicy) -> list[str]:
+    """How to start the child: this interpreter, isolated, with our paths, directory, policy."""
+    paths = [_PACKAGE_PARENT, *(entry for entry in sys.path if isinstance(entry, str))]
+    keys = [sorted(policy.blocked_keys), sorted(policy.allowed_keys)]
+    return [
+        sys.executable,
+        "-I",
+        "-c",
+        _CHILD_CODE,
+        json.dumps(paths),
+        str(directory),
+        json.dumps(keys),  # the child builds the same policy from them
+    ]
 
 
-def serve(directory: str) -> None:
+def serve(directory: str, policy_keys: str) -> None:
     """The child's main loop: write each batch it is sent, answer what happened.
 
-    A reading thread takes each message and encodes its batch while this
-    thread fsyncs the one before: the two overlap, since fsync releases the GIL.
+    A reading thread takes each message, maps its spans and encodes its batch
+    while this thread fsyncs the one before: the two overlap, since fsync
+    releases the GIL. ``policy_keys`` is the manager's PII policy, as JSON
+    ``[blocked_keys, allowed_keys]``.
     """
+    blocked, allowed = json.loads(policy_keys)
+    policy = PiiPolicy(blocked_keys=blocked, allowed_keys=allowed)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Answers go to a private copy of stdout; a stray print goes to stderr instead
@@ -455,7 +539,7 @@ def serve(directory: str) -> None:
 
     writer = BatchWriter(directory)
     work: queue.Queue[_Work | None] = queue.Queue(maxsize=1)
-    threading.Thread(target=_read_and_encode, args=(work,), daemon=True).start()
+    threading.Thread(target=_read_and_encode, args=(work, policy), daemon=True).start()
     answer(("ready",))
     failed = False
     while True:
@@ -475,6 +559,9 @@ def serve(directory: str) -> None:
             failed = True
             answer(("error", item.problem))
             continue
+        if not item.rows:  # every item was a span that could not become a record
+            answer(("nothing", item.rejected, item.redacted))
+            continue
         try:
             written = writer.write_rows(item.rows, item.moment, encoded=item.encoded)
         except OSError as exc:
@@ -484,7 +571,17 @@ def serve(directory: str) -> None:
             failed = True
             answer(("error", type(exc).__name__))
         else:
-            answer(("written", str(written.path), written.batch_id, written.records, written.bytes))
+            answer(
+                (
+                    "written",
+                    str(written.path),
+                    written.batch_id,
+                    written.records,
+                    written.bytes,
+                    item.rejected,
+                    item.redacted,
+                )
+            )
 
 
 @dataclass
@@ -493,9 +590,11 @@ class _Work:
     moment: datetime | None = None
     encoded: bytes | None = None
     problem: str | None = None  # why a message could not be read
+    rejected: int = 0  # spans that could not become records, left out of rows
+    redacted: int = 0  # values masked while mapping spans
 
 
-def _read_and_encode(work: queue.Queue[_Work | None]) -> None:
+def _read_and_encode(work: queue.Queue[_Work | None], policy: PiiPolicy) -> None:
     try:
         while True:
             try:
@@ -511,12 +610,12 @@ def _read_and_encode(work: queue.Queue[_Work | None]) -> None:
             if message[0] == "resume":
                 work.put(_Work(None))
                 continue
-            rows = message[1]
+            rows, rejected, redacted = rows_of(message[1], policy)
             moment = datetime.now(timezone.utc)
             try:
-                encoded: bytes | None = encode_rows(rows, moment)
+                encoded: bytes | None = encode_rows(rows, moment) if rows else None
             except Exception:
                 encoded = None  # the writing thread encodes again and reports the error
-            work.put(_Work(rows, moment, encoded))
+            work.put(_Work(rows, moment, encoded, rejected=rejected, redacted=redacted))
     finally:
         work.put(None)  # whatever ends this thread ends the child, which the parent sees

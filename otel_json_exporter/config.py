@@ -8,6 +8,9 @@ environment variable                           default     meaning
 ``OTEL_EXPORTER_OPERATION_JSON_MAX_BATCH_SIZE``  ``1000``  records per batch file, at most
 ``OTEL_EXPORTER_OPERATION_JSON_MAX_QUEUE_SIZE``  ``10000`` records waiting in memory, at most
 ``OTEL_EXPORTER_OPERATION_JSON_RETENTION_DAYS``  unset     delete batch files older than this
+``OTEL_EXPORTER_OPERATION_JSON_WRITER``        ``thread``  ``thread``, or ``process``: spans
+                                                           mapped and written in a child
+                                                           process, off the app's GIL
 =============================================  ==========  =============================
 
 A value given in code always wins and is checked by
@@ -26,8 +29,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
+from otel_json_exporter.manager import WriterKind
 from otel_json_exporter.writer import MAX_RETENTION_DAYS
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "ENV_MAX_QUEUE_SIZE",
     "ENV_PATH",
     "ENV_RETENTION_DAYS",
+    "ENV_WRITER",
     "ExporterSettings",
     "resolve_settings",
 ]
@@ -51,11 +56,13 @@ ENV_FLUSH_INTERVAL = "OTEL_EXPORTER_OPERATION_JSON_FLUSH_INTERVAL"
 ENV_MAX_BATCH_SIZE = "OTEL_EXPORTER_OPERATION_JSON_MAX_BATCH_SIZE"
 ENV_MAX_QUEUE_SIZE = "OTEL_EXPORTER_OPERATION_JSON_MAX_QUEUE_SIZE"
 ENV_RETENTION_DAYS = "OTEL_EXPORTER_OPERATION_JSON_RETENTION_DAYS"
+ENV_WRITER = "OTEL_EXPORTER_OPERATION_JSON_WRITER"
 
 DEFAULT_STORAGE_PATH = Path("./metrics")
 DEFAULT_FLUSH_INTERVAL_SECONDS = 5.0
 DEFAULT_MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_QUEUE_SIZE = 10000
+DEFAULT_WRITER: WriterKind = "thread"
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class ExporterSettings:
     max_queue_size: int
     retention_days: float | None
     storage_path_source: str
+    writer: WriterKind = DEFAULT_WRITER
 
 
 def resolve_settings(
@@ -81,6 +89,8 @@ def resolve_settings(
     max_queue_size: int | None = None,
     retention_days: float | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    writer: WriterKind | None = None,
 ) -> ExporterSettings:
     """Resolve each setting: the argument if not None, else the variable, else the default.
 
@@ -117,6 +127,9 @@ def resolve_settings(
             else _from_env(env, ENV_RETENTION_DAYS, _retention_days, None)
         ),
         storage_path_source=source,
+        writer=_pick(
+            writer, _from_env(env, ENV_WRITER, _writer_kind, DEFAULT_WRITER), DEFAULT_WRITER
+        ),
     )
 
 
@@ -143,6 +156,13 @@ def _retention_days(raw: str) -> float:
     return value
 
 
+def _writer_kind(raw: str) -> WriterKind:
+    value = raw.lower()
+    if value not in ("thread", "process"):
+        raise ValueError("must be thread or process")
+    return cast("WriterKind", value)
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -153,6 +173,7 @@ def _positive_int(raw: str) -> int:
 _EXPECTED: dict[object, str] = {
     _positive_int: "a positive integer",
     _retention_days: f"a positive number of days, at most {MAX_RETENTION_DAYS}",
+    _writer_kind: "'thread' or 'process'",
 }
 
 

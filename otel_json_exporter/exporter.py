@@ -69,14 +69,17 @@ from typing import TYPE_CHECKING
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from pydantic import ValidationError
 
+from otel_json_exporter._span_rows import SpanSnapshot, snapshot_to_row
 from otel_json_exporter.config import resolve_settings
-from otel_json_exporter.manager import MetricsManager, bounded_timeout
+from otel_json_exporter.manager import MetricsManager, WriterKind, bounded_timeout
 from otel_json_exporter.mapping import (
+    ASGI_EVENT_KEY,
     OperationTypeFunction,
     SpanFilter,
+    SpanNotMappable,
     default_operation_type,
     default_span_filter,
-    span_to_row,
+    snapshot_of,
 )
 from otel_json_exporter.pii import PiiPolicy, safe_validation_message
 from otel_json_exporter.records import RecordRow
@@ -118,6 +121,7 @@ class OperationSpanExporter(SpanExporter):
         max_queue_size: int | None = None,
         *,
         retention_days: float | None = None,
+        writer: WriterKind | None = None,
         manager: MetricsManager | None = None,
         pii_policy: PiiPolicy | None = None,
         operation_type: OperationTypeFunction | None = None,
@@ -133,6 +137,7 @@ class OperationSpanExporter(SpanExporter):
                 "max_batch_size": max_batch_size,
                 "max_queue_size": max_queue_size,
                 "retention_days": retention_days,
+                "writer": writer,
                 "pii_policy": pii_policy,
             }
             clashing = [name for name, value in given.items() if value is not None]
@@ -150,6 +155,7 @@ class OperationSpanExporter(SpanExporter):
                 max_batch_size,
                 max_queue_size,
                 retention_days,
+                writer,
                 pii_policy,
             )
             self._owns_manager = True
@@ -169,10 +175,16 @@ class OperationSpanExporter(SpanExporter):
         max_batch_size: int | None,
         max_queue_size: int | None,
         retention_days: float | None,
+        writer: WriterKind | None,
         pii_policy: PiiPolicy | None,
     ) -> MetricsManager:
         settings = resolve_settings(
-            storage_path, flush_interval_seconds, max_batch_size, max_queue_size, retention_days
+            storage_path,
+            flush_interval_seconds,
+            max_batch_size,
+            max_queue_size,
+            retention_days,
+            writer=writer,
         )
         manager = MetricsManager(
             settings.storage_path,
@@ -181,6 +193,7 @@ class OperationSpanExporter(SpanExporter):
             settings.max_queue_size,
             pii_policy=pii_policy,
             retention_days=settings.retention_days,
+            writer=settings.writer,
         )
         try:
             manager.start_sync()
@@ -198,49 +211,68 @@ class OperationSpanExporter(SpanExporter):
         return self._manager
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Map, filter and queue the spans; never waits longer than ``export_timeout_seconds``."""
+        """Map, filter and queue the spans; never waits longer than ``export_timeout_seconds``.
+
+        With a writer process (``writer="process"``) only the cheap half of the
+        mapping runs here (:func:`~otel_json_exporter.mapping.snapshot_of`); the
+        PII filter and validation run in that process, off the application's GIL.
+        """
         if self._shutdown:
             logger.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
+        in_process = self._manager.writer != "process"
+        custom_filter = self._span_filter is not default_span_filter
         rows: list[RecordRow] = []
+        snapshots: list[SpanSnapshot] = []
         redacted = 0
         failed = 0
         problem = ""
         for span in spans:
             try:
-                if not self._span_filter(span):
+                if custom_filter and not self._span_filter(span):
                     continue
-                row, masked = span_to_row(span, self._policy, self._operation_type)
+                snapshot = snapshot_of(span, self._operation_type)
+                if not custom_filter and ASGI_EVENT_KEY in snapshot[6]:
+                    continue  # default_span_filter, on the copy already made
+                if in_process:
+                    row, masked = snapshot_to_row(snapshot, self._policy)
+                    rows.append(row)
+                    redacted += masked
+                else:
+                    snapshots.append(snapshot)
             except ValidationError as exc:
                 failed, problem = failed + 1, safe_validation_message(exc)
-                continue
+            except SpanNotMappable as exc:
+                failed, problem = failed + 1, str(exc)
             except Exception as exc:  # a user's function, or a malformed span
                 # The type only: a message could carry a value from the span.
                 failed, problem = failed + 1, type(exc).__name__
-                continue
-            rows.append(row)
-            redacted += masked
+        count = len(rows) + len(snapshots)
         if failed:
             logger.warning("export: %d spans could not become records (%s)", failed, problem)
-        elif not rows:
+        elif not count:
             return SpanExportResult.SUCCESS
+        timeout = self._export_timeout
         try:
-            accepted = self._manager._submit_rows(
-                rows, timeout=self._export_timeout, redacted=redacted, rejected=failed
-            )
+            if in_process:
+                accepted = self._manager._submit_rows(
+                    rows, timeout=timeout, redacted=redacted, rejected=failed
+                )
+            else:
+                accepted = self._manager._submit_spans(
+                    snapshots, timeout=timeout, redacted=redacted, rejected=failed
+                )
         except RuntimeError:
-            logger.warning(
-                "export: the metrics manager is not running; %d spans dropped", len(rows)
-            )
+            logger.warning("export: the metrics manager is not running; %d spans dropped", count)
             return SpanExportResult.FAILURE
         except ValueError as exc:  # the mapping missed PII: refuse rather than write it
-            logger.error("export: %d spans refused by the PII rule (%s)", len(rows), exc)
+            logger.error("export: %d spans refused by the PII rule (%s)", count, exc)
             return SpanExportResult.FAILURE
-        if accepted < len(rows):
+        if accepted < count:
             logger.warning(
                 "export: queue full for %.3gs; %d spans dropped",
                 self._export_timeout,
-                len(rows) - accepted,
+                count - accepted,
             )
             return SpanExportResult.FAILURE
         return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS

@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
@@ -40,7 +40,8 @@ from typing import Any, Literal, NoReturn
 from pydantic import ValidationError
 
 from otel_json_exporter._plain import plain_row
-from otel_json_exporter._process_writer import ProcessBatchWriter, WriterProcessError
+from otel_json_exporter._process_writer import ProcessBatchWriter, QueuedItem, WriterProcessError
+from otel_json_exporter._span_rows import SpanSnapshot
 from otel_json_exporter.pii import (
     DEFAULT_POLICY,
     PiiPolicy,
@@ -65,8 +66,6 @@ from otel_json_exporter.writer import (
 __all__ = ["MetricsManager", "QueueFullPolicy", "WriterKind"]
 
 logger = logging.getLogger("otel_json_exporter")
-
-_TEXT_FIELDS = ("operation_type", "operation_name", "error_message")
 
 WriterKind = Literal["thread", "process"]
 """Where batches are encoded and written.
@@ -171,10 +170,11 @@ class MetricsManager:
         self._writer: BatchWriter | ProcessBatchWriter = (
             BatchWriter(self.storage_path)
             if writer == "thread"
-            else ProcessBatchWriter(self.storage_path, self._following)
+            else ProcessBatchWriter(self.storage_path, self._following, self.pii_policy)
         )
         self._reset_state()
-        self._buffer: deque[RecordRow] = deque()  # rows: a third of a model's memory
+        # Rows (a third of a model's memory), and spans the writer process maps.
+        self._buffer: deque[QueuedItem] = deque()
         _MANAGERS.add(self)
 
     def _reset_state(self) -> None:
@@ -422,15 +422,11 @@ class MetricsManager:
 
     def _pii_problem(self, rows: list[RecordRow]) -> str | None:
         """What breaks the PII rule in ``rows`` (a place, never a value), or None."""
-        policy = self.pii_policy
         for index, row in enumerate(rows):
             try:
-                policy.check_metadata(row[6])
+                self.pii_policy.check_row(row)
             except ValueError as exc:
                 return f"record {index}: {exc}"
-            for field, text in zip(_TEXT_FIELDS, (row[0], row[1], row[5]), strict=True):
-                if text is not None and policy.contains_pii(text):
-                    return f"record {index}: {field} contains PII"
         return None
 
     def _count_rejected(self) -> None:
@@ -508,6 +504,31 @@ class MetricsManager:
         problem = self._pii_problem(pending)
         if problem is not None:
             self._refuse(len(pending), redacted, rejected, problem)
+        return self._enqueue(pending, timeout=timeout, redacted=redacted, rejected=rejected)
+
+    def _submit_spans(
+        self, pending: list[SpanSnapshot], *, timeout: float, redacted: int, rejected: int
+    ) -> int:
+        """Queue spans not yet mapped; the writer process maps and checks them.
+
+        The span exporter's way in when ``writer="process"``: the mapping and the
+        PII rule (:func:`~otel_json_exporter._span_rows.rows_of`) then cost the
+        application nothing. A span that cannot become a record there is counted
+        in ``total_rejected`` once its batch is written.
+        """
+        if self.writer != "process":
+            raise RuntimeError("only a writer process maps spans; map them before queueing")
+        return self._enqueue(pending, timeout=timeout, redacted=redacted, rejected=rejected)
+
+    def _enqueue(
+        self,
+        pending: Sequence[QueuedItem],
+        *,
+        timeout: float,
+        redacted: int,
+        rejected: int,
+    ) -> int:
+        """Append checked items, waiting at most ``timeout`` for room; how many fit."""
         accepted = 0
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -705,7 +726,7 @@ class MetricsManager:
         self._wake_waiters()
         return True
 
-    def _next_batch(self) -> list[RecordRow] | None:
+    def _next_batch(self) -> list[QueuedItem] | None:
         """Wait (lock held) for work: a batch to write, ``[]`` for retention, None to exit."""
         while True:
             now = time.monotonic()
@@ -742,7 +763,7 @@ class MetricsManager:
                 wake = min(wake, self._stop_deadline)
             self._cond.wait(max(wake - now, 0.0))
 
-    def _following(self, taken: int) -> list[RecordRow] | None:
+    def _following(self, taken: int) -> list[QueuedItem] | None:
         """The batch after the first ``taken`` queued rows, if it is due now (process writer)."""
         with self._lock:
             waiting = len(self._buffer) - taken
@@ -755,9 +776,9 @@ class MetricsManager:
     def _stop_expired(self) -> bool:
         return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
 
-    def _write(self, batch: list[RecordRow]) -> bool:
+    def _write(self, batch: list[QueuedItem]) -> bool:
         try:
-            written = self._writer.write_rows(batch)
+            written = self._writer.write_rows(batch)  # type: ignore[arg-type]  # spans reach only a ProcessBatchWriter
         except OSError as exc:
             with self._lock:
                 self._write_errors += 1
@@ -780,14 +801,22 @@ class MetricsManager:
                 self._drop_unencodable(len(batch))
             return False
         self._unexpected_in_row = 0
+        taken = written.records + written.rejected
         with self._lock:
-            for _ in range(written.records):
+            for _ in range(taken):
                 self._buffer.popleft()
             self._persisted += written.records
-            self._settled += written.records
-            self._batches += 1
-            self._bytes += written.bytes
-            self._last_flush = datetime.now(timezone.utc)
+            self._settled += taken
+            self._rejected += written.rejected
+            self._redacted += written.redacted
+            if written.path is not None:
+                self._batches += 1
+                self._bytes += written.bytes
+                self._last_flush = datetime.now(timezone.utc)
+        if written.rejected:
+            logger.warning(
+                "%d spans could not become records in the writer process", written.rejected
+            )
         return True
 
     def _drop_unencodable(self, count: int) -> None:

@@ -58,7 +58,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from otel_json_exporter.records import text_of
+from otel_json_exporter.records import RecordRow, text_of
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -163,6 +163,7 @@ _PARAMETER = re.compile(r"(?<![^\s?#;&])(?P<name>[^\s=?#;&]+)=(?P<value>[^\s?#;&
 _CACHE_LIMIT = 4096
 _REMEMBERED_TEXT_LENGTH = 256
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+_ROW_TEXT_FIELDS = ("operation_type", "operation_name", "error_message")
 
 
 def normalize_key(key: str) -> str:
@@ -388,6 +389,18 @@ class PiiPolicy:
                 return
         if self._holds_pii(metadata):
             self._check(metadata, "")
+
+    def check_row(self, row: RecordRow) -> None:
+        """Raise ValueError saying which field of a queued row breaks the rule (never the value).
+
+        The check every row gets before it is queued (and, for a span mapped in
+        the writer process, before it is written): no PII key or value in its
+        metadata, no address, credentials or PII ``name=value`` in its texts.
+        """
+        self.check_metadata(row[6])
+        for field_name, text in zip(_ROW_TEXT_FIELDS, (row[0], row[1], row[5]), strict=True):
+            if text is not None and self.contains_pii(text):
+                raise ValueError(f"{field_name} contains PII")
 
     def _text_holds_pii(self, text: str) -> bool:
         if type(text) is not str:

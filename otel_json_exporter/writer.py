@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from pydantic_core import to_json
 
@@ -74,12 +75,21 @@ class StorageError(OSError):
 
 @dataclass(frozen=True)
 class WrittenBatch:
-    """What one successful :meth:`BatchWriter.write` put on disk."""
+    """What one successful :meth:`BatchWriter.write` put on disk.
 
-    path: Path
-    batch_id: str
+    A batch handed to the writer process may also hold spans still to be mapped:
+    ``rejected`` counts those that could not become records (left out, so the
+    batch took ``records + rejected`` items), ``redacted`` the values their
+    mapping masked. ``path`` and ``batch_id`` are None when no item became a
+    record and no file was written.
+    """
+
+    path: Path | None
+    batch_id: str | None
     records: int
     bytes: int
+    rejected: int = 0
+    redacted: int = 0
 
 
 def encode_rows(rows: Sequence[RecordRow], batch_timestamp: datetime) -> bytes:
@@ -142,7 +152,7 @@ class BatchWriter:
         """Nothing to release: every call opens and closes its own files."""
 
     @staticmethod
-    def accepts(row: RecordRow) -> bool:
+    def accepts(row: tuple[Any, ...]) -> bool:
         """Whether this row can be written (validation should make it always so)."""
         try:
             encode_rows([row], datetime.now(timezone.utc))

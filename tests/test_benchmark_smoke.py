@@ -110,10 +110,13 @@ class TestQuickRun:
             )
             assert ours["settings"]["writer"] == writer.split('"')[1]
         spans = results["spans"]
-        rate = spans["ours"]["end_to_end_per_second"]
-        exporter = "OperationSpanExporter"
-        assert met(exporter, "≥ 0.80x") == (rate >= 0.8 * spans["noop"]["end_to_end_per_second"])
-        assert met(exporter, "≥ 2.00x") == (rate >= 2 * spans["otlp_file"]["end_to_end_per_second"])
+        for writer, name in (('writer="thread"', "ours"), ('writer="process"', "ours_process")):
+            rate = spans[name]["end_to_end_per_second"]
+            exporter = f"OperationSpanExporter, {writer}"
+            noop, otlp = spans["noop"], spans["otlp_file"]
+            assert met(exporter, "≥ 0.80x") == (rate >= 0.8 * noop["end_to_end_per_second"])
+            assert met(exporter, "≥ 2.00x") == (rate >= 2 * otlp["end_to_end_per_second"])
+            assert spans[name]["settings"]["writer"] == writer.split('"')[1]
         queued = results["memory_queued"]["bytes_per_record"]
         assert met("memory per queued record", "≤ 600 bytes") == (queued <= 600)
 
@@ -133,7 +136,7 @@ class TestQuickRun:
             assert result["background_cpu_us"] > 0  # the writer or listener thread worked
         for name in ("direct_ours", "direct_ours_process"):  # max_batch_size 1000, 2000 records
             assert results[name]["batches"] >= 2
-        for exporter in ("ours", "noop", "read_only", "otlp_file", "console"):
+        for exporter in ("ours", "ours_process", "noop", "read_only", "otlp_file", "console"):
             result = results["spans"][exporter]
             assert result["on_disk"] == result["spans"] == report["sizes"]["spans"], exporter
             assert result["end_to_end_per_second"] > 0

@@ -40,8 +40,10 @@ from otel_json_exporter.config import (
     ENV_MAX_QUEUE_SIZE,
     ENV_PATH,
     ENV_RETENTION_DAYS,
+    ENV_WRITER,
     resolve_settings,
 )
+from otel_json_exporter.manager import WriterKind
 from tests._faults import WRITER_THREAD, Fault
 from tests._tricky import disguised
 from tests.conftest import load_batches, load_records
@@ -58,6 +60,7 @@ ENV_NAMES = (
     ENV_MAX_BATCH_SIZE,
     ENV_MAX_QUEUE_SIZE,
     ENV_RETENTION_DAYS,
+    ENV_WRITER,
 )
 PII_KEYS = json.loads((Path(__file__).parent / "data" / "pii_keys.json").read_text())
 
@@ -71,6 +74,13 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(params=sorted(PROCESSORS))
 def processor(request: pytest.FixtureRequest) -> ProcessorFactory:
     return PROCESSORS[request.param]
+
+
+@pytest.fixture(params=["thread", "process"])
+def writer(request: pytest.FixtureRequest) -> WriterKind:
+    """Both places the mapping runs: in export(), or (process) in the writer process."""
+    kind: WriterKind = request.param
+    return kind
 
 
 def provider_for(exporter: SpanExporter, processor: ProcessorFactory) -> TracerProvider:
@@ -158,8 +168,9 @@ class TestStandalone:
         storage: Path,
         processor: ProcessorFactory,
         kit: Kit,
+        writer: WriterKind,
     ) -> None:
-        exporter = kit.exporter(storage, flush_interval_seconds=0.05)
+        exporter = kit.exporter(storage, writer=writer, flush_interval_seconds=0.05)
         provider = provider_for(exporter, processor)
         emit_workload(provider)
         provider.shutdown()
@@ -454,10 +465,13 @@ class TestContract:
         self,
         storage: Path,
         kit: Kit,
+        writer: WriterKind,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         exporter = kit.exporter(
-            storage, operation_type=lambda span: "" if span.name == "span-1" else "job"
+            storage,
+            writer=writer,
+            operation_type=lambda span: "" if span.name == "span-1" else "job",
         )
         with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
             assert exporter.export(kit.spans(3)) is SpanExportResult.FAILURE
@@ -492,8 +506,10 @@ class TestContract:
         provider.shutdown()
         assert [record.operation_name for record in load_records(storage)] == ["GET /orders"]
 
-    def test_pii_in_spans_is_dropped_masked_and_counted(self, storage: Path, kit: Kit) -> None:
-        exporter = kit.exporter(storage)
+    def test_pii_in_spans_is_dropped_masked_and_counted(
+        self, storage: Path, kit: Kit, writer: WriterKind
+    ) -> None:
+        exporter = kit.exporter(storage, writer=writer)
         provider = provider_for(exporter, SimpleSpanProcessor)
         blocked = PII_KEYS["blocked"]
         attributes: dict[str, str] = {key: f"secret-value-{n}" for n, key in enumerate(blocked)}
@@ -512,10 +528,12 @@ class TestContract:
         # every dropped key, the credentials, the query parameter, the address in note
         assert exporter.manager.stats().pii_redacted == len(blocked) + 3
 
-    def test_masking_never_leaves_what_the_check_refuses(self, storage: Path, kit: Kit) -> None:
+    def test_masking_never_leaves_what_the_check_refuses(
+        self, storage: Path, kit: Kit, writer: WriterKind
+    ) -> None:
         # Masking "token=a/b" leaves "//token=REDACTED;x@h", credentials in form: the
         # value goes whole, and the other spans of the batch are written.
-        exporter = kit.exporter(storage)
+        exporter = kit.exporter(storage, writer=writer)
         provider = provider_for(exporter, BatchSpanProcessor)
         tracer = provider.get_tracer("tests")
         for index in range(5):
@@ -528,11 +546,11 @@ class TestContract:
         assert exporter.manager.stats().total_rejected == 0
 
     def test_a_message_cut_inside_a_masked_value_loses_no_span(
-        self, storage: Path, kit: Kit
+        self, storage: Path, kit: Kit, writer: WriterKind
     ) -> None:
         # Masked, the description ends "password=REDACTED" across the 1,000-character
         # cut; cut there, "password=RE" would read as a value and refuse the batch.
-        exporter = kit.exporter(storage)
+        exporter = kit.exporter(storage, writer=writer)
         provider = provider_for(exporter, BatchSpanProcessor)
         tracer = provider.get_tracer("tests")
         description = "x" * 988 + " password=hunter2"
@@ -548,9 +566,9 @@ class TestContract:
         assert exporter.manager.stats().total_rejected == 0
 
     def test_bytes_holding_pii_are_masked_not_hidden_in_base64(
-        self, storage: Path, kit: Kit
+        self, storage: Path, kit: Kit, writer: WriterKind
     ) -> None:
-        exporter = kit.exporter(storage)
+        exporter = kit.exporter(storage, writer=writer)
         provider = provider_for(exporter, SimpleSpanProcessor)
         attributes = {
             "contact": b"bob@example.com",
@@ -571,9 +589,11 @@ class TestContract:
         assert b"Ym9iQGV4YW1wbGUuY29t" not in raw  # base64 of the address
         assert exporter.manager.stats().pii_redacted == 5
 
-    def test_a_policy_may_block_the_keys_the_mapping_adds(self, storage: Path, kit: Kit) -> None:
+    def test_a_policy_may_block_the_keys_the_mapping_adds(
+        self, storage: Path, kit: Kit, writer: WriterKind
+    ) -> None:
         policy = PiiPolicy(blocked_keys={"trace_id", "service.name"})
-        exporter = kit.exporter(storage, pii_policy=policy)
+        exporter = kit.exporter(storage, writer=writer, pii_policy=policy)
         provider = provider_for(exporter, BatchSpanProcessor)
         with provider.get_tracer("tests").start_as_current_span("checkout"):
             pass
@@ -585,9 +605,11 @@ class TestContract:
         assert exporter.manager.stats().pii_redacted == 2
 
     def test_a_blocked_service_name_holding_an_address_counts_once(
-        self, storage: Path, kit: Kit
+        self, storage: Path, kit: Kit, writer: WriterKind
     ) -> None:
-        exporter = kit.exporter(storage, pii_policy=PiiPolicy(blocked_keys={"service.name"}))
+        exporter = kit.exporter(
+            storage, writer=writer, pii_policy=PiiPolicy(blocked_keys={"service.name"})
+        )
         provider = TracerProvider(
             resource=Resource.create({"service.name": "shop ann@example.org"}),
             shutdown_on_exit=False,
@@ -600,8 +622,10 @@ class TestContract:
         assert "service.name" not in record.metadata
         assert exporter.manager.stats().pii_redacted == 1
 
-    def test_a_declared_operation_type_is_judged_by_its_text(self, storage: Path, kit: Kit) -> None:
-        exporter = kit.exporter(storage)
+    def test_a_declared_operation_type_is_judged_by_its_text(
+        self, storage: Path, kit: Kit, writer: WriterKind
+    ) -> None:
+        exporter = kit.exporter(storage, writer=writer)
         provider = provider_for(exporter, SimpleSpanProcessor)
         declared = disguised(equal_to="job")("job for ann@example.com")
         with provider.get_tracer("tests").start_as_current_span(
@@ -614,11 +638,11 @@ class TestContract:
         assert exporter.manager.stats().total_rejected == 0
 
     def test_str_subclass_attributes_are_judged_by_their_text(
-        self, storage: Path, kit: Kit
+        self, storage: Path, kit: Kit, writer: WriterKind
     ) -> None:
         Disguised = disguised(equal_to="note")
 
-        exporter = kit.exporter(storage)
+        exporter = kit.exporter(storage, writer=writer)
         provider = provider_for(exporter, SimpleSpanProcessor)
         attributes = {
             Disguised("url.full"): "https://h.example/u/ann%40example.com",
@@ -636,9 +660,11 @@ class TestContract:
         raw = b"".join(path.read_bytes() for path in storage.glob("metrics_*.json"))
         assert b"ann" not in raw
 
-    def test_a_float_start_time_is_written(self, storage: Path, kit: Kit) -> None:
+    def test_a_float_start_time_is_written(
+        self, storage: Path, kit: Kit, writer: WriterKind
+    ) -> None:
         # The SDK takes start_time=time.time() * 1e9 (a float) without complaint.
-        exporter = kit.exporter(storage)
+        exporter = kit.exporter(storage, writer=writer)
         provider = provider_for(exporter, SimpleSpanProcessor)
         tracer = provider.get_tracer("tests")
         started = 1_765_872_000.25 * 1e9  # 2025-12-16T08:00:00.25 UTC
@@ -654,9 +680,9 @@ class TestContract:
         assert exporter.manager.stats().worker_errors == 0
 
     def test_a_secret_in_a_url_path_segment_is_masked_not_the_batch_refused(
-        self, storage: Path, kit: Kit
+        self, storage: Path, kit: Kit, writer: WriterKind
     ) -> None:
-        exporter = kit.exporter(storage)
+        exporter = kit.exporter(storage, writer=writer)
         provider = provider_for(exporter, BatchSpanProcessor)
         tracer = provider.get_tracer("tests")
         with tracer.start_as_current_span(
@@ -672,6 +698,92 @@ class TestContract:
         raw = b"".join(path.read_bytes() for path in storage.glob("metrics_*.json"))
         assert b"s3cr3t" not in raw
         assert exporter.manager.stats().total_rejected == 0
+
+
+def hand_built(name: Any, attributes: dict[str, Any] | None = None) -> ReadableSpan:
+    """A span built by hand, as a test or an odd instrumentation may: the SDK checks nothing."""
+    return ReadableSpan(name=name, attributes=attributes or {}, start_time=1, end_time=2)
+
+
+class TestWriterProcess:
+    """``writer="process"``: export() only reads the spans; the child maps and checks them."""
+
+    def test_the_environment_chooses_the_writer(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch, kit: Kit
+    ) -> None:
+        monkeypatch.setenv(ENV_WRITER, "process")
+        exporter = kit.exporter(storage)
+        assert exporter.manager.writer == "process"
+        assert kit.exporter(storage / "code", writer="thread").manager.writer == "thread"
+
+    def test_an_invalid_writer_in_the_environment_warns_and_uses_threads(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
+            settings = resolve_settings(environ={ENV_WRITER: "forked"})
+        assert settings.writer == "thread"
+        assert ENV_WRITER in caplog.text
+        assert "forked" not in caplog.text
+
+    def test_a_span_the_child_cannot_map_is_counted_and_the_rest_written(
+        self, storage: Path, kit: Kit, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        exporter = kit.exporter(storage, writer="process")
+        spans = [hand_built("first"), hand_built(12345), hand_built("last")]
+        assert exporter.export(spans) is SpanExportResult.SUCCESS  # read, not yet mapped
+        with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
+            assert exporter.force_flush() is True
+        assert [record.operation_name for record in load_records(storage)] == ["first", "last"]
+        stats = exporter.manager.stats()
+        assert (stats.total_persisted, stats.total_rejected, stats.queue_size) == (2, 1, 0)
+        assert "1 spans could not become records in the writer process" in caplog.text
+
+    def test_a_batch_that_maps_to_nothing_writes_no_file(self, storage: Path, kit: Kit) -> None:
+        exporter = kit.exporter(storage, writer="process")
+        exporter.export([hand_built(1), hand_built(2)])
+        assert exporter.force_flush() is True
+        assert not list(storage.glob("metrics_*.json"))
+        stats = exporter.manager.stats()
+        assert (stats.total_rejected, stats.batches_written, stats.queue_size) == (2, 0, 0)
+        exporter.export(kit.spans(1))
+        assert exporter.force_flush() is True
+        assert [record.operation_name for record in load_records(storage)] == ["span-0"]
+
+    def test_a_value_with_no_text_is_dropped_alone_after_retries(
+        self, storage: Path, kit: Kit
+    ) -> None:
+        class NoText:
+            def __str__(self) -> str:
+                raise RuntimeError("no text")
+
+        exporter = kit.exporter(storage, writer="process")
+        spans = [hand_built("a"), hand_built("b", {"odd": NoText()}), hand_built("c")]
+        exporter.export(spans)
+        assert exporter.force_flush(timeout_millis=20_000) is True
+        assert [record.operation_name for record in load_records(storage)] == ["a", "c"]
+        assert exporter.manager.stats().total_dropped == 1
+
+    async def test_spans_and_direct_records_share_one_writer_process(self, storage: Path) -> None:
+        manager = MetricsManager(storage, flush_interval_seconds=0.05, writer="process")
+        await manager.start()
+        exporter = OperationSpanExporter(manager=manager)
+        provider = provider_for(exporter, BatchSpanProcessor)
+        await manager.record_operation("business_event", "order_placed", 1.5)
+        emit_workload(provider)
+        provider.shutdown()
+        await manager.record_operation("business_event", "order_shipped", 2.0)
+        await manager.stop()
+        records = load_records(storage)
+        assert [record.operation_name for record in records] == [
+            "order_placed",
+            "SELECT orders",
+            "SELECT stock",
+            "GET /orders/{id}",  # the ASGI message span is filtered out, as in export()
+            "order_shipped",
+        ]
+        assert (records[2].success, records[2].error_message) == (False, "deadlock detected")
+        assert records[3].metadata["span_id"] == records[2].metadata["parent_span_id"]
+        assert manager.stats().total_persisted == 5
 
 
 class TestAttached:

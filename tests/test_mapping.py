@@ -17,7 +17,6 @@ from opentelemetry.sdk.trace import ReadableSpan, Tracer, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
-from pydantic import ValidationError
 
 from otel_json_exporter import (
     OperationSpanExporter,
@@ -123,10 +122,13 @@ class TestOperationType:
         assert record.metadata["operation.type"] == "export for [REDACTED]"
         assert redacted == 2
 
-    def test_an_empty_custom_type_is_refused(self, spans: SpanFactory) -> None:
+    @pytest.mark.parametrize("given", ["", None, 7])
+    def test_a_custom_type_that_is_not_a_non_empty_string_is_refused(
+        self, spans: SpanFactory, given: Any
+    ) -> None:
         span = spans.make()
-        with pytest.raises(ValidationError):
-            span_to_record(span, PiiPolicy(), lambda _: "")
+        with pytest.raises(ValueError, match="did not return a non-empty string"):
+            span_to_record(span, PiiPolicy(), lambda _: given)
 
 
 class TestNameAndTimes:

@@ -203,7 +203,8 @@ class TestTheChildsProtocol:
     """The child alone, spoken to through its pipes: what a failed batch does to the next."""
 
     def test_after_a_failure_batches_are_skipped_until_resume(self, storage: Path) -> None:
-        from otel_json_exporter._process_writer import _CHILD_CODE, _child_path, _receive, _send
+        from otel_json_exporter._process_writer import _child_command, _receive, _send
+        from otel_json_exporter.pii import DEFAULT_POLICY
         from otel_json_exporter.records import build_row
 
         def rows(first: int) -> list[object]:
@@ -214,7 +215,7 @@ class TestTheChildsProtocol:
 
         storage.mkdir(exist_ok=True)
         child = subprocess.Popen(
-            [sys.executable, "-I", "-c", _CHILD_CODE, _child_path(), str(storage)],
+            _child_command(storage, DEFAULT_POLICY),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

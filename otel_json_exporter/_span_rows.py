@@ -1,0 +1,347 @@
+"""What was read from a span (a :data:`SpanSnapshot`) -> a validated, PII-masked row.
+
+:func:`~otel_json_exporter.mapping.snapshot_of` reads a finished span into a
+tuple of plain values; :func:`snapshot_to_row` does everything else the mapping
+does (the PII filter, the added keys, validation). The two halves are apart so
+that the second can run where the application's GIL is not: with
+``writer="process"`` the span exporter hands snapshots to the writer process,
+which maps them (:func:`rows_of`) before it encodes. With the thread writer
+both halves run in ``export()``, one after the other
+(:func:`~otel_json_exporter.mapping.span_to_row`).
+
+Nothing here imports OpenTelemetry: span kinds are their numbers in the
+OpenTelemetry specification (``SpanKind.SERVER.value`` is 1), so the writer
+process need not import the SDK to map a span. The field-by-field rules are in
+:mod:`otel_json_exporter.mapping`'s docstring.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from otel_json_exporter.pii import REDACTED, PiiPolicy
+from otel_json_exporter.records import (
+    MAX_ERROR_MESSAGE_LENGTH,
+    MAX_INTEGER_DIGITS,
+    MAX_METADATA_DEPTH,
+    RecordRow,
+    build_row,
+    text_of,
+)
+
+__all__ = [
+    "KIND_NAMES",
+    "SNAPSHOT_FIELDS",
+    "URL_ATTRIBUTES",
+    "SpanSnapshot",
+    "http_status_of",
+    "is_snapshot",
+    "operation_type_of",
+    "rows_of",
+    "snapshot_to_row",
+]
+
+SpanSnapshot = tuple[
+    Any,  # name, as the span has it
+    int,  # kind: the SpanKind's value
+    "int | float",  # start time, ns since the epoch (the SDK accepts floats)
+    "int | float | None",  # end time
+    bool,  # success
+    Any,  # error text (status description, last exception, "HTTP 500"), unmasked, uncut
+    dict[str, Any],  # the attributes, a copy
+    "int | None",  # trace id
+    "int | None",  # span id
+    "int | None",  # parent span id
+    Any,  # the resource's service.name
+    Any,  # operation_type from the exporter's own function; None: the default rule
+]
+"""A finished span's facts, read by :func:`~otel_json_exporter.mapping.snapshot_of`.
+
+Plain values only (once pickled for the writer process, ``str``, ``int``,
+``float`` and ``bytes`` subclasses become their plain values), nothing masked
+or validated yet. A tuple of 12, so that it is told from a 7-field
+:data:`~otel_json_exporter.records.RecordRow` in one queue by its length.
+"""
+
+SNAPSHOT_FIELDS = 12
+
+# SpanKind's values, fixed by the OpenTelemetry specification (tests hold them to the SDK).
+KIND_NAMES = {0: "internal", 1: "server", 2: "client", 3: "producer", 4: "consumer"}
+SERVER = 1
+CLIENT = 2
+
+URL_ATTRIBUTES = frozenset({"url.full", "url.original", "http.url", "http.target"})
+"""Attributes holding a URL or a request target, masked with ``PiiPolicy.mask_url``."""
+
+_QUERY_ATTRIBUTE = "url.query"
+_URL_LIKE = URL_ATTRIBUTES | {_QUERY_ATTRIBUTE}
+_HTTP_METHOD = ("http.request.method", "http.method")
+_HTTP_STATUS = ("http.response.status_code", "http.status_code")
+_INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT_CHARACTER = "\ufffd"
+
+
+class _Unwritable(Exception):
+    """A value no batch file can hold: too many digits, or nested too deep."""
+
+
+def is_snapshot(item: RecordRow | SpanSnapshot) -> bool:
+    """Whether a queued item is a span still to be mapped, not a row."""
+    return len(item) == SNAPSHOT_FIELDS
+
+
+def operation_type_of(kind: int, attributes: Mapping[str, Any]) -> str:
+    """The default ``operation_type`` rule, from the span kind's value and the attributes."""
+    declared = attributes.get("operation.type")
+    if isinstance(declared, str) and declared:
+        return declared
+    if kind in (SERVER, CLIENT):
+        for key in _HTTP_METHOD:
+            if key in attributes:
+                return "api_request" if kind == SERVER else "http_client"
+    if "db.system.name" in attributes or "db.system" in attributes:
+        return "database_query"
+    if "messaging.system" in attributes:
+        return "messaging"
+    if "rpc.system.name" in attributes or "rpc.system" in attributes:
+        return "rpc"
+    return KIND_NAMES[kind]
+
+
+def http_status_of(attributes: Mapping[str, Any]) -> int | None:
+    """The HTTP response status code among the attributes, if there is one."""
+    for key in _HTTP_STATUS:
+        code = attributes.get(key)
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+        if isinstance(code, str) and code.isdigit():
+            return int(code)
+    return None
+
+
+def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRow, int]:
+    """The row of a validated, PII-masked record, and the number of values redacted.
+
+    Raises ValueError (a pydantic ValidationError included) when the snapshot
+    cannot become a valid record; the message never holds a value.
+    """
+    (
+        name,
+        kind,
+        start,
+        end,
+        success,
+        error,
+        attributes,
+        trace_id,
+        span_id,
+        parent_id,
+        service,
+        declared_type,
+    ) = snapshot
+    duration_ms = max(end - start, 0) / 1e6 if end is not None else 0.0
+    redacted = 0
+
+    name = text_of(name) or "unnamed"
+    if "@" in name or "=" in name or not name.isascii():
+        name, redacted = _clean_text(name, policy)
+
+    # PII is masked before the message is cut to 1,000 characters, so that a cut
+    # never leaves half an address behind; PiiPolicy.fit makes the cut itself safe.
+    error_message = error
+    if error_message:
+        error_message, masked = _clean_text(error_message, policy)
+        error_message = policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
+        redacted += masked
+
+    metadata, masked = _clean_attributes(attributes, policy)
+    redacted += masked
+    added: dict[str, Any] = {}
+    if trace_id is not None:
+        added["trace_id"] = format(trace_id, "032x")
+        added["span_id"] = format(span_id, "016x")
+    added["parent_span_id"] = format(parent_id, "016x") if parent_id is not None else None
+    added["span_kind"] = KIND_NAMES[kind]
+    if service is not None:
+        added["service.name"] = service
+    # The same filter as the span's own attributes: a policy may block even these.
+    clean_added, masked = _clean_attributes(added, policy)
+    metadata.update(clean_added)
+    redacted += masked
+
+    kind_of_operation = text_of(
+        operation_type_of(kind, attributes) if declared_type is None else declared_type
+    )
+    if isinstance(kind_of_operation, str) and (
+        "@" in kind_of_operation or "=" in kind_of_operation or not kind_of_operation.isascii()
+    ):
+        kind_of_operation, masked = _clean_text(kind_of_operation, policy)
+        redacted += masked
+    row = build_row(
+        kind_of_operation,
+        name,
+        duration_ms,
+        start // 1000 if type(start) is int else round(start / 1000),  # the SDK takes floats
+        success,
+        error_message,
+        metadata,
+    )
+    return row, redacted
+
+
+def rows_of(
+    items: Sequence[RecordRow | SpanSnapshot], policy: PiiPolicy
+) -> tuple[list[RecordRow], int, int]:
+    """A batch's rows, its snapshots mapped; and how many items were rejected and redacted.
+
+    A mapped row is checked against the PII rule as the manager checks every row
+    it queues (:meth:`PiiPolicy.check_row`); one that fails, or a snapshot that
+    cannot become a record, is left out and counted as rejected: one bad span
+    never holds up the rest of its batch.
+    """
+    rows: list[RecordRow] = []
+    rejected = redacted = 0
+    for item in items:
+        if len(item) != SNAPSHOT_FIELDS:
+            rows.append(item)  # type: ignore[arg-type]  # a row: checked when it was queued
+            continue
+        try:
+            row, masked = snapshot_to_row(item, policy)  # type: ignore[arg-type]
+            policy.check_row(row)
+        except Exception:  # whatever it is, it must not stop the others: counted, left out
+            rejected += 1
+            continue
+        rows.append(row)
+        redacted += masked
+    return rows, rejected, redacted
+
+
+def _clean_attributes(
+    attributes: Mapping[str, Any], policy: PiiPolicy
+) -> tuple[dict[str, Any], int]:
+    """The attributes without PII keys, with masked strings and JSON-ready values."""
+    clean: dict[str, Any] = {}
+    redacted = 0
+    plain_keys = policy.plain_keys
+    for given, value in attributes.items():
+        name = given if type(given) is str else text_of(given)  # a subclass: its text
+        if name in plain_keys:
+            key = name  # ASCII, and cleared by the policy before
+        elif policy.is_pii_key(name):
+            redacted += 1
+            continue
+        else:
+            key = name if name.isascii() else _valid_unicode(name)
+        kind = type(value)
+        if kind is not str and kind is not int and kind is not bool and isinstance(value, str):
+            # A subclass is judged as its text, by the same rules: in a URL
+            # attribute, URL masking (as it is once shipped to a writer process).
+            value, kind = text_of(value), str  # noqa: PLW2901
+        if kind is str:
+            if (
+                "@" not in value
+                and "=" not in value
+                and value.isascii()
+                and ("%" not in value or key not in _URL_LIKE)
+            ):
+                # The common case, kept cheap: an ASCII string without "@" holds no
+                # address and no credentials, and without "=" no name=value pair
+                # (a URL in a referer header, a connection string, password=... in
+                # free text); in a URL attribute "%" may encode any of them.
+                clean[key] = value
+                continue
+            if key in _URL_LIKE:
+                mask = policy.mask_query if key == _QUERY_ATTRIBUTE else policy.mask_url
+                clean[key], masked = mask(value if value.isascii() else _valid_unicode(value))
+            else:
+                clean[key], masked = _clean_text(value, policy)
+        elif kind is bool or (kind is int and -_INTEGER_LIMIT < value < _INTEGER_LIMIT):
+            clean[key] = value
+            continue
+        else:
+            try:
+                clean[key], masked = _clean_value(value, policy, 0)
+            except _Unwritable:
+                masked = 1  # the attribute is dropped
+        redacted += masked
+    return clean, redacted
+
+
+def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
+    """A JSON-ready copy of an attribute value (any depth) and the count redacted.
+
+    Raises :class:`_Unwritable` for a value that no batch file can hold.
+    """
+    if value is None or isinstance(value, bool):
+        return value, 0
+    if isinstance(value, int):
+        if -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
+            return value, 0
+        raise _Unwritable
+    if isinstance(value, str):
+        return _clean_text(value, policy)
+    if isinstance(value, float):
+        return (value, 0) if math.isfinite(value) else (str(value), 0)
+    if isinstance(value, bytes):
+        data = bytes(value)  # a subclass: its bytes, whatever its methods say
+        if _bytes_hold_pii(data, policy):
+            return REDACTED, 1
+        return base64.b64encode(data).decode("ascii"), 0
+    if depth >= MAX_METADATA_DEPTH and isinstance(value, (Mapping, tuple, list)):
+        raise _Unwritable
+    redacted = 0
+    if isinstance(value, Mapping):
+        clean: dict[str, Any] = {}
+        for key, item in value.items():
+            name = text_of(key) if isinstance(key, str) else str(key)
+            if policy.is_pii_key(name):
+                redacted += 1
+                continue
+            clean[_valid_unicode(name)], masked = _clean_value(item, policy, depth + 1)
+            redacted += masked
+        return clean, redacted
+    if isinstance(value, (tuple, list)):
+        items = []
+        for item in value:
+            clean_item, masked = _clean_value(item, policy, depth + 1)
+            items.append(clean_item)
+            redacted += masked
+        return items, redacted
+    # The SDK turns other types into str before they reach us; be as safe anyway.
+    return _clean_text(str(value), policy)
+
+
+def _bytes_hold_pii(data: bytes, policy: PiiPolicy) -> bool:
+    """Whether bytes read as text hold PII; base64 would hide it from every check.
+
+    Read as UTF-8 (a stray byte replaced), as Latin-1, and with NUL bytes left
+    out (ASCII text in UTF-16 or UTF-32).
+    """
+    readings = (
+        data.decode("utf-8", "replace"),
+        data.decode("latin-1"),
+        data.replace(b"\x00", b"").decode("latin-1"),
+    )
+    return any(policy.contains_pii(text) for text in readings)
+
+
+def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
+    """``text`` ready for a record: valid Unicode, PII masked; and the count masked."""
+    text = text_of(text)
+    if not text.isascii():
+        text = _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
+    if "=" in text and ("?" in text or "#" in text or ";" in text):
+        return policy.mask_url(text)  # it masks addresses, credentials, parameters too
+    if "@" in text or "=" in text or not text.isascii():
+        return policy.redact(text)
+    return text, 0
+
+
+def _valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate, which UTF-8 cannot encode, replaced by U+FFFD."""
+    return text if text.isascii() else _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
