@@ -77,6 +77,7 @@ CLIENT = 2
 URL_ATTRIBUTES = frozenset({"url.full", "url.original", "http.url", "http.target"})
 """Attributes holding a URL or a request target, masked with ``PiiPolicy.mask_url``."""
 
+_ADDED_KEYS = frozenset({"trace_id", "span_id", "parent_span_id", "span_kind", "service.name"})
 _QUERY_ATTRIBUTE = "url.query"
 _URL_LIKE = URL_ATTRIBUTES | {_QUERY_ATTRIBUTE}
 _HTTP_METHOD = ("http.request.method", "http.method")
@@ -161,7 +162,7 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
 
     metadata, masked = _clean_attributes(attributes, policy)
     redacted += masked
-    added: dict[str, Any] = {}
+    added = metadata if policy.plain_keys >= _ADDED_KEYS and _plain(service) else {}
     if trace_id is not None:
         added["trace_id"] = format(trace_id, "032x")
         added["span_id"] = format(span_id, "016x")
@@ -169,10 +170,13 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
     added["span_kind"] = KIND_NAMES[kind]
     if service is not None:
         added["service.name"] = service
-    # The same filter as the span's own attributes: a policy may block even these.
-    clean_added, masked = _clean_attributes(added, policy)
-    metadata.update(clean_added)
-    redacted += masked
+    if added is not metadata:
+        # The same filter as the span's own attributes: a policy may block even these.
+        # (Above, they went straight in: every key cleared, and nothing to mask in
+        # hex ids, a kind's name or a plain service name.)
+        clean_added, masked = _clean_attributes(added, policy)
+        metadata.update(clean_added)
+        redacted += masked
 
     kind_of_operation = text_of(
         operation_type_of(kind, attributes) if declared_type is None else declared_type
@@ -190,6 +194,7 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
         success,
         error_message,
         metadata,
+        json_ready_metadata=True,  # _clean_attributes makes every value JSON-ready
     )
     return row, redacted
 
@@ -340,6 +345,13 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     if "@" in text or "=" in text or not text.isascii():
         return policy.redact(text)
     return text, 0
+
+
+def _plain(service: Any) -> bool:
+    """Whether a service name needs no cleaning: none, or ASCII text without ``@`` or ``=``."""
+    return service is None or (
+        type(service) is str and "@" not in service and "=" not in service and service.isascii()
+    )
 
 
 def _valid_unicode(text: str) -> str:

@@ -174,16 +174,16 @@ def snapshot_of(
     if start is None:
         raise SpanNotMappable("span has no start time")
     attributes = _copy_of(attributes)
-    success = True
+    failed = status.status_code is StatusCode.ERROR
     error = None
-    # An HTTP server span answering 500 or more failed, whatever its status says.
-    http_status = http_status_of(attributes)
-    server_error = http_status is not None and http_status >= 500 and kind is SpanKind.SERVER
-    if status.status_code is StatusCode.ERROR or server_error:
-        success = False
-        error = status.description or _last_exception(span)
-        if not error and http_status is not None:
-            error = f"HTTP {http_status}"
+    if failed or kind is SpanKind.SERVER:
+        # An HTTP server span answering 500 or more failed, whatever its status says.
+        http_status = http_status_of(attributes)
+        failed = failed or (http_status is not None and http_status >= 500)
+        if failed:
+            error = status.description or _last_exception(span)
+            if not error and http_status is not None:
+                error = f"HTTP {http_status}"
     if operation_type is default_operation_type:
         declared = None  # the default rule runs with the rest, off the caller's thread
     else:
@@ -192,10 +192,10 @@ def snapshot_of(
             raise SpanNotMappable("operation_type did not return a non-empty string")
     return (
         name,
-        kind.value,
+        kind._value_,  # the enum's value, without the property call of .value
         start,
         end,
-        success,
+        not failed,
         error,
         attributes,
         context.trace_id if context is not None else None,

@@ -24,11 +24,19 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic_core import to_json
 
 from otel_json_exporter import PiiPolicy
 from otel_json_exporter._process_writer import ProcessBatchWriter, _pickle, _PlainUnpickler
-from otel_json_exporter._span_rows import KIND_NAMES, SNAPSHOT_FIELDS, is_snapshot, rows_of
+from otel_json_exporter._span_rows import (
+    KIND_NAMES,
+    SNAPSHOT_FIELDS,
+    is_snapshot,
+    rows_of,
+    snapshot_to_row,
+)
 from otel_json_exporter.mapping import SpanNotMappable, snapshot_of, span_to_row
+from otel_json_exporter.records import _validate_metadata
 from tests._strategies import mostly
 from tests._tricky import disguised
 
@@ -175,6 +183,12 @@ def test_the_writer_process_maps_a_span_as_export_does(
         assert (rows, rejected, redacted) == ([expected[0]], 0, expected[1])
         for value in _walk(rows[0]):
             assert type(value) in (str, int, float, bool, type(None), dict, list, tuple)
+        # The mapping's metadata skips validation: it must be what validation gives.
+        metadata = rows[0][6]
+        assert to_json(_validate_metadata(metadata)) == to_json(metadata)
+        assert [type(value) for value in _walk(_validate_metadata(metadata))] == [
+            type(value) for value in _walk(metadata)
+        ]
 
 
 def _walk(value: Any) -> Iterator[Any]:
@@ -215,6 +229,19 @@ class TestSnapshot:
         rows, rejected, _ = rows_of([tuple(broken), snapshot_of(good)], POLICY)
         assert [r[1] for r in rows] == ["good"]
         assert rejected == 1
+
+    @pytest.mark.parametrize("service", ["shop", None, "shop ann@example.org", "a=b", 7])
+    def test_the_added_keys_go_in_alike_before_and_after_the_policy_knows_them(
+        self, make_span: Any, service: Any
+    ) -> None:
+        snapshot = list(snapshot_of(make_span("a", SpanKind.SERVER, {"k": "v"}, None, None)))
+        snapshot[10] = service
+        policy = PiiPolicy()
+        assert not policy.plain_keys
+        first = snapshot_to_row(tuple(snapshot), policy)  # judged through the filter
+        assert {"trace_id", "span_id", "parent_span_id", "span_kind"} <= policy.plain_keys
+        assert snapshot_to_row(tuple(snapshot), policy) == first  # straight in, if plain
+        assert list(first[0][6])[:2] == ["k", "trace_id"]
 
     def test_the_resource_is_read_once_per_resource(self, make_span: Any) -> None:
         span = make_span("a", SpanKind.INTERNAL, {}, None, None)
