@@ -38,9 +38,9 @@ from otel_json_exporter.records import (
     RecordRow,
     batch_id_for,
     format_timestamp,
+    iter_row_dicts,
     next_microsecond,
     parse_batch_id,
-    row_dicts,
     row_of,
 )
 
@@ -107,7 +107,7 @@ def encode_rows(rows: Sequence[RecordRow], batch_timestamp: datetime) -> bytes:
     if not rows:
         return b'{"records":[],' + tail[1:] + b"\n"
     # One join builds the file: each copy of a large buffer costs page faults.
-    lines = list(map(to_json, row_dicts(rows)))
+    lines = list(map(to_json, iter_row_dicts(rows)))
     lines[0] = b'{"records":[\n' + lines[0]
     lines[-1] += b"\n]," + tail[1:] + b"\n"
     return b",\n".join(lines)

@@ -16,8 +16,10 @@ any timestamp in the years 1 to 9999, and however many seconds a batch spans
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from otel_json_exporter.records import (
     batch_id_for,
     build_row,
     format_timestamp,
+    iter_row_dicts,
     microseconds_of,
     moment_of,
     record_from_row,
@@ -321,6 +324,42 @@ class TestRowDicts:
     def test_known_timestamps(self, stamp: int, text: str) -> None:
         (item,) = row_dicts([build_row("job", "run", 1.0, stamp, True, None, None)])
         assert item["timestamp"] == text
+
+
+class TestOneDictAtATime:
+    @settings(max_examples=50, deadline=None)
+    @given(rows=batches())
+    def test_the_same_dicts_as_row_dicts(self, rows: list[RecordRow]) -> None:
+        assert list(iter_row_dicts(rows)) == row_dicts(rows)
+        assert list(iter_row_dicts(iter(rows))) == row_dicts(rows)  # any iterable
+
+    def test_encoding_a_batch_sets_off_no_garbage_collection(self) -> None:
+        """A thousand dicts alive at once would: the default threshold is 700 objects."""
+        assert gc.isenabled()
+        assert gc.get_threshold()[0] <= 1000
+        rows = [
+            build_row("api_request", f"GET /{i}", 1.5, NOW_US + i, True, None, {"n": i})
+            for i in range(3000)
+        ]
+        assert collections_during(lambda: row_dicts(rows))  # so this check can fail
+        assert collections_during(lambda: encode_rows(rows, BATCH_MOMENT)) == []
+
+
+def collections_during(action: Callable[[], object]) -> list[int]:
+    """The generations the garbage collector collected while ``action`` ran."""
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()  # the counts start from zero
+    gc.callbacks.append(count)
+    try:
+        action()
+    finally:
+        gc.callbacks.remove(count)
+    return collections
 
 
 class TestTheSecondBeforeTheEpoch:
