@@ -67,7 +67,9 @@ def plain_row(
         # dict meanwhile, and what is checked must be what is written.
         clean = metadata.copy()
         for key, value in clean.items():
-            if type(key) is not str:  # even one equal to a cleared key
+            # The type first: a key that only equals a cleared one is not plain,
+            # and a str's hash and == cannot fail.
+            if type(key) is not str or key not in plain_keys:
                 return None
             kind = type(value)
             if kind is str:
@@ -80,9 +82,6 @@ def plain_row(
                     return None
             elif value is not None and kind is not bool:
                 return None
-        # Only str keys are left, whose hashing and comparing cannot fail.
-        if not clean.keys() <= plain_keys:
-            return None
     else:
         return None
     text = "".join(texts)
