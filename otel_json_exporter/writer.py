@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pydantic_core import SchemaSerializer, core_schema, to_json
+from pydantic_core import to_json
 
 from otel_json_exporter.records import (
     BATCH_FILE_PATTERN,
@@ -82,28 +82,6 @@ class WrittenBatch:
     bytes: int
 
 
-# One record's dict (records.iter_row_dicts) as compact JSON: the fields typed as the
-# model's are, so only metadata values go through inference: the same bytes as
-# pydantic_core.to_json, about 570 fewer instructions per record (3 % of encoding).
-_RECORD_TO_JSON = SchemaSerializer(
-    core_schema.typed_dict_schema(
-        {
-            "operation_type": core_schema.typed_dict_field(core_schema.str_schema()),
-            "operation_name": core_schema.typed_dict_field(core_schema.str_schema()),
-            "duration_ms": core_schema.typed_dict_field(core_schema.float_schema()),
-            "timestamp": core_schema.typed_dict_field(core_schema.str_schema()),
-            "success": core_schema.typed_dict_field(core_schema.bool_schema()),
-            "error_message": core_schema.typed_dict_field(
-                core_schema.nullable_schema(core_schema.str_schema())
-            ),
-            "metadata": core_schema.typed_dict_field(
-                core_schema.dict_schema(core_schema.str_schema(), core_schema.any_schema())
-            ),
-        }
-    )
-).to_json
-
-
 def encode_rows(rows: Sequence[RecordRow], batch_timestamp: datetime) -> bytes:
     """The bytes of one batch file: compact JSON, one record per line.
 
@@ -129,7 +107,7 @@ def encode_rows(rows: Sequence[RecordRow], batch_timestamp: datetime) -> bytes:
     if not rows:
         return b'{"records":[],' + tail[1:] + b"\n"
     # One join builds the file: each copy of a large buffer costs page faults.
-    lines = list(map(_RECORD_TO_JSON, iter_row_dicts(rows)))
+    lines = list(map(to_json, iter_row_dicts(rows)))
     lines[0] = b'{"records":[\n' + lines[0]
     lines[-1] += b"\n]," + tail[1:] + b"\n"
     return b",\n".join(lines)
