@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -44,7 +44,6 @@ __all__ = [
     "build_record",
     "build_row",
     "format_timestamp",
-    "iter_row_dicts",
     "microseconds_of",
     "moment_of",
     "parse_batch_id",
@@ -439,19 +438,14 @@ _MICROS_UTC = tuple(f"{number:03d}+00:00" for number in range(1000))
 
 
 def row_dicts(rows: Sequence[RecordRow]) -> list[dict[str, Any]]:
-    """The rows as plain dicts in the file format, timestamps formatted: ready for JSON."""
-    return list(iter_row_dicts(rows))
+    """The rows as plain dicts in the file format, timestamps formatted: ready for JSON.
 
-
-def iter_row_dicts(rows: Iterable[RecordRow]) -> Iterator[dict[str, Any]]:
-    """:func:`row_dicts`, one dict at a time.
-
-    Encoded one by one as they come, the dicts of a batch are never all alive
-    at once, so building them does not set off the garbage collector (a list of
-    a thousand did, about once per batch). Records of one batch mostly share
-    their second, so its formatted text is reused; the fractional digits come
-    from two tables of three digits each.
+    Records of one batch mostly share their second, so its formatted text is
+    reused; the fractional digits come from two tables of three digits each.
+    The writer takes a few hundred rows at a time (see
+    :func:`~otel_json_exporter.writer.encode_rows`).
     """
+    dicts = []
     second: int | None = None  # no second yet: any real one, -1_000_000 included, differs
     prefix = ""
     for kind, name, duration, microseconds, success, error, metadata in rows:
@@ -459,15 +453,18 @@ def iter_row_dicts(rows: Iterable[RecordRow]) -> Iterator[dict[str, Any]]:
         if microseconds - fraction != second:
             second = microseconds - fraction
             prefix = format_timestamp(moment_of(second))[:20]  # up to the "."
-        yield {
-            "operation_type": kind,
-            "operation_name": name,
-            "duration_ms": duration,
-            "timestamp": f"{prefix}{_MILLIS[fraction // 1000]}{_MICROS_UTC[fraction % 1000]}",
-            "success": success,
-            "error_message": error,
-            "metadata": metadata,
-        }
+        dicts.append(
+            {
+                "operation_type": kind,
+                "operation_name": name,
+                "duration_ms": duration,
+                "timestamp": f"{prefix}{_MILLIS[fraction // 1000]}{_MICROS_UTC[fraction % 1000]}",
+                "success": success,
+                "error_message": error,
+                "metadata": metadata,
+            }
+        )
+    return dicts
 
 
 class MetricsBatch(BaseModel):

@@ -38,7 +38,6 @@ from otel_json_exporter.records import (
     batch_id_for,
     build_row,
     format_timestamp,
-    iter_row_dicts,
     microseconds_of,
     moment_of,
     record_from_row,
@@ -326,12 +325,16 @@ class TestRowDicts:
         assert item["timestamp"] == text
 
 
-class TestOneDictAtATime:
-    @settings(max_examples=50, deadline=None)
-    @given(rows=batches())
-    def test_the_same_dicts_as_row_dicts(self, rows: list[RecordRow]) -> None:
-        assert list(iter_row_dicts(rows)) == row_dicts(rows)
-        assert list(iter_row_dicts(iter(rows))) == row_dicts(rows)  # any iterable
+class TestChunks:
+    """encode_rows turns a few hundred rows into dicts at a time."""
+
+    @pytest.mark.parametrize("count", [255, 256, 257, 512, 513, 1000])
+    def test_batches_longer_than_a_chunk(self, count: int) -> None:
+        rows = [
+            build_row("job", f"run {i}", i / 7, NOW_US + i * 3_001, i % 3 == 0, None, {"i": i})
+            for i in range(count)
+        ]
+        assert_batch_file(encode_rows(rows, BATCH_MOMENT), rows, BATCH_MOMENT)
 
     def test_encoding_a_batch_sets_off_no_garbage_collection(self) -> None:
         """A thousand dicts alive at once would: the default threshold is 700 objects."""
