@@ -224,6 +224,23 @@ class TestEncodeRows:
             b'"batch_id":"20251216_080005_654321","total_records":2}\n'
         )
 
+    @pytest.mark.parametrize(
+        "metadata",
+        [
+            {"x": [{"operation_type": 1}, {"operation_type": 2}]},
+            {"x": [{"operation_type": "a"}, {"operation_type": "b"}], "y": "},{"},
+            {"operation_type": {"operation_type": [{}, {"operation_type": None}]}},
+            {"text": '},{"operation_type":"x"}', "list": ["},{", "\n"]},
+        ],
+    )
+    def test_metadata_that_looks_like_the_next_record(self, metadata: dict[str, Any]) -> None:
+        """A record line ends where the record does, whatever its metadata holds."""
+        rows = [
+            build_row("job", f"run {i}", 1.0, NOW_US + i, True, None, metadata if i % 2 else None)
+            for i in range(5)
+        ]
+        assert_batch_file(encode_rows(rows, BATCH_MOMENT), rows, BATCH_MOMENT)
+
     def test_an_empty_batch_is_valid_json(self) -> None:
         data = encode_rows([], BATCH_MOMENT)
         assert data == (
