@@ -22,7 +22,9 @@ from otel_json_exporter.records import MAX_ERROR_MESSAGE_LENGTH, MAX_INTEGER_DIG
 __all__ = ["plain_row"]
 
 _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
+_NEGATIVE_LIMIT = -_INTEGER_LIMIT  # negated once here, not (a 4,300-digit copy) per value
 _INFINITY = math.inf
+_NEGATIVE_INFINITY = -math.inf
 
 
 def plain_row(
@@ -46,49 +48,44 @@ def plain_row(
         and type(operation_name) is str
         and operation_type
         and operation_name
-        and operation_type.isascii()
-        and operation_name.isascii()
-        and "@" not in operation_type
-        and "=" not in operation_type
-        and "@" not in operation_name
-        and "=" not in operation_name
         and type(duration_ms) is float
         and 0.0 <= duration_ms < _INFINITY
         and type(success) is bool
     ):
         return None
-    if error_message is not None and not (
-        type(error_message) is str
-        and len(error_message) <= MAX_ERROR_MESSAGE_LENGTH
-        and error_message.isascii()
-        and "@" not in error_message
-        and "=" not in error_message
-    ):
-        return None
+    # Every text goes into one string, checked once at the end: "@", "=" or a
+    # character beyond ASCII is in the whole exactly when it is in one of them.
+    texts = [operation_type, operation_name]
+    if error_message is not None:
+        if type(error_message) is not str or len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
+            return None
+        texts.append(error_message)
     if metadata is None:
         clean: dict[str, Any] = {}
     elif type(metadata) is dict:
         # Copy first, then check the copy: another thread may change the caller's
         # dict meanwhile, and what is checked must be what is written.
         clean = metadata.copy()
-        if not clean.keys() <= plain_keys:
-            return None
         for key, value in clean.items():
-            kind = type(value)
-            if type(key) is not str:  # equal to a cleared key, but not a str
+            # The type first: a key that only equals a cleared one is not plain,
+            # and a str's hash and == cannot fail.
+            if type(key) is not str or key not in plain_keys:
                 return None
+            kind = type(value)
             if kind is str:
-                if "@" in value or "=" in value or not value.isascii():
-                    return None
+                texts.append(value)
             elif kind is int:
-                if not -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
+                if not _NEGATIVE_LIMIT < value < _INTEGER_LIMIT:
                     return None
             elif kind is float:
-                if not -_INFINITY < value < _INFINITY:
+                if not _NEGATIVE_INFINITY < value < _INFINITY:
                     return None
             elif value is not None and kind is not bool:
                 return None
     else:
+        return None
+    text = "".join(texts)
+    if "@" in text or "=" in text or not text.isascii():
         return None
     return (
         operation_type,

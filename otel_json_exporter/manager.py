@@ -353,16 +353,28 @@ class MetricsManager:
                 error_message,
                 metadata,
             )
-        if self._offer(row):
-            return
-        if self.queue_full_policy == "block":
-            while not self._offer(row):
-                await self._wait_async(self._has_room, None)
-        elif self.queue_full_policy == "raise":
-            raise asyncio.QueueFull(f"metrics queue is full ({self.max_queue_size} records)")
-        else:
+        # Queued here, not in a method of its own: a call costs a sixth of queueing.
+        buffer = self._buffer
+        while True:
             with self._lock:
-                self._dropped += 1
+                if not self._accepting:
+                    raise RuntimeError("MetricsManager is not running")
+                if len(buffer) < self.max_queue_size:
+                    buffer.append(row)
+                    self._accepted += 1
+                    # Only the writer waits for a full batch, and it checks the length
+                    # before it waits: waking it when the queue reaches a batch is
+                    # enough, and notify_all on every later record cost a third of
+                    # queueing.
+                    if len(buffer) == self._write_at:
+                        self._cond.notify_all()
+                    return
+                if self.queue_full_policy == "drop":
+                    self._dropped += 1
+                    return
+            if self.queue_full_policy == "raise":
+                raise asyncio.QueueFull(f"metrics queue is full ({self.max_queue_size} records)")
+            await self._wait_async(self._has_room, None)
 
     def _build_row(
         self,
@@ -432,21 +444,6 @@ class MetricsManager:
     def _count_rejected(self) -> None:
         with self._lock:
             self._rejected += 1
-
-    def _offer(self, row: RecordRow) -> bool:
-        with self._lock:
-            if not self._accepting:
-                raise RuntimeError("MetricsManager is not running")
-            if len(self._buffer) >= self.max_queue_size:
-                return False
-            self._buffer.append(row)
-            self._accepted += 1
-            # Only the writer waits for a full batch, and it checks the length before
-            # it waits: waking it when the queue reaches a batch is enough, and
-            # notify_all on every later record cost a third of this method.
-            if len(self._buffer) == self._write_at:
-                self._cond.notify_all()
-            return True
 
     def _has_room(self) -> bool:
         return len(self._buffer) < self.max_queue_size or not self._accepting

@@ -324,6 +324,14 @@ class PiiPolicy:
     allowed_keys: frozenset[str] = frozenset()
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
     _plain_keys: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    plain_keys: AbstractSet[str] = field(init=False, repr=False, compare=False)
+    """ASCII ``str`` keys already judged not PII: a live, bounded cache.
+
+    A key is added the first time :meth:`is_pii_key` clears it. Membership
+    is a yes from this policy for that key; absence says nothing. (The same set
+    as ``_plain_keys``, read-only by its type: an attribute, not a property, as
+    ``record_operation`` reads it on every call.)
+    """
     _unchanged: set[tuple[str, str]] = field(
         default_factory=set, init=False, repr=False, compare=False
     )
@@ -338,16 +346,8 @@ class PiiPolicy:
         object.__setattr__(self, "allowed_keys", frozenset(map(normalize_key, allowed_keys)))
         object.__setattr__(self, "_verdicts", {})
         object.__setattr__(self, "_plain_keys", set())
+        object.__setattr__(self, "plain_keys", self._plain_keys)
         object.__setattr__(self, "_unchanged", set())
-
-    @property
-    def plain_keys(self) -> AbstractSet[str]:
-        """ASCII ``str`` keys already judged not PII: a live, bounded cache.
-
-        A key is added the first time :meth:`is_pii_key` clears it. Membership
-        is a yes from this policy for that key; absence says nothing.
-        """
-        return self._plain_keys
 
     def is_pii_key(self, key: str) -> bool:
         """Whether ``key`` names personal data under this policy."""

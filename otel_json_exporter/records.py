@@ -437,26 +437,34 @@ def build_record(
     return OperationRecord.model_validate(dict(zip(_FIELD_NAMES, fields, strict=True)))
 
 
+# The six fractional digits of a timestamp come from two table look-ups:
+# formatting them with ":06d" cost a quarter of row_dicts' work per record.
+_MILLIS = tuple(f"{number:03d}" for number in range(1000))
+_MICROS_UTC = tuple(f"{number:03d}+00:00" for number in range(1000))
+
+
 def row_dicts(rows: Sequence[RecordRow]) -> list[dict[str, Any]]:
     """The rows as plain dicts in the file format, timestamps formatted: ready for JSON.
 
     Records of one batch mostly share their second, so its formatted text is
-    reused; only the six fractional digits are written per record.
+    reused; the fractional digits come from two tables of three digits each.
+    The writer takes a few hundred rows at a time (see
+    :func:`~otel_json_exporter.writer.encode_rows`).
     """
     dicts = []
-    second: int | None = None  # no second yet: any real one, -1 included, differs
+    second: int | None = None  # no second yet: any real one, -1_000_000 included, differs
     prefix = ""
     for kind, name, duration, microseconds, success, error, metadata in rows:
-        whole, fraction = divmod(microseconds, 1_000_000)
-        if whole != second:
-            second = whole
-            prefix = format_timestamp(moment_of(whole * 1_000_000))[:19]
+        fraction = microseconds % 1_000_000  # never negative, also before 1970
+        if microseconds - fraction != second:
+            second = microseconds - fraction
+            prefix = format_timestamp(moment_of(second))[:20]  # up to the "."
         dicts.append(
             {
                 "operation_type": kind,
                 "operation_name": name,
                 "duration_ms": duration,
-                "timestamp": f"{prefix}.{fraction:06d}+00:00",
+                "timestamp": f"{prefix}{_MILLIS[fraction // 1000]}{_MICROS_UTC[fraction % 1000]}",
                 "success": success,
                 "error_message": error,
                 "metadata": metadata,

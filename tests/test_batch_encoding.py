@@ -16,8 +16,10 @@ any timestamp in the years 1 to 9999, and however many seconds a batch spans
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -222,6 +224,23 @@ class TestEncodeRows:
             b'"batch_id":"20251216_080005_654321","total_records":2}\n'
         )
 
+    @pytest.mark.parametrize(
+        "metadata",
+        [
+            {"x": [{"operation_type": 1}, {"operation_type": 2}]},
+            {"x": [{"operation_type": "a"}, {"operation_type": "b"}], "y": "},{"},
+            {"operation_type": {"operation_type": [{}, {"operation_type": None}]}},
+            {"text": '},{"operation_type":"x"}', "list": ["},{", "\n"]},
+        ],
+    )
+    def test_metadata_that_looks_like_the_next_record(self, metadata: dict[str, Any]) -> None:
+        """A record line ends where the record does, whatever its metadata holds."""
+        rows = [
+            build_row("job", f"run {i}", 1.0, NOW_US + i, True, None, metadata if i % 2 else None)
+            for i in range(5)
+        ]
+        assert_batch_file(encode_rows(rows, BATCH_MOMENT), rows, BATCH_MOMENT)
+
     def test_an_empty_batch_is_valid_json(self) -> None:
         data = encode_rows([], BATCH_MOMENT)
         assert data == (
@@ -321,6 +340,46 @@ class TestRowDicts:
     def test_known_timestamps(self, stamp: int, text: str) -> None:
         (item,) = row_dicts([build_row("job", "run", 1.0, stamp, True, None, None)])
         assert item["timestamp"] == text
+
+
+class TestChunks:
+    """encode_rows turns a few hundred rows into dicts at a time."""
+
+    @pytest.mark.parametrize("count", [255, 256, 257, 512, 513, 1000])
+    def test_batches_longer_than_a_chunk(self, count: int) -> None:
+        rows = [
+            build_row("job", f"run {i}", i / 7, NOW_US + i * 3_001, i % 3 == 0, None, {"i": i})
+            for i in range(count)
+        ]
+        assert_batch_file(encode_rows(rows, BATCH_MOMENT), rows, BATCH_MOMENT)
+
+    def test_encoding_a_batch_sets_off_no_garbage_collection(self) -> None:
+        """A thousand dicts alive at once would: the default threshold is 700 objects."""
+        assert gc.isenabled()
+        assert gc.get_threshold()[0] <= 1000
+        rows = [
+            build_row("api_request", f"GET /{i}", 1.5, NOW_US + i, True, None, {"n": i})
+            for i in range(3000)
+        ]
+        assert collections_during(lambda: row_dicts(rows))  # so this check can fail
+        assert collections_during(lambda: encode_rows(rows, BATCH_MOMENT)) == []
+
+
+def collections_during(action: Callable[[], object]) -> list[int]:
+    """The generations the garbage collector collected while ``action`` ran."""
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()  # the counts start from zero
+    gc.callbacks.append(count)
+    try:
+        action()
+    finally:
+        gc.callbacks.remove(count)
+    return collections
 
 
 class TestTheSecondBeforeTheEpoch:

@@ -731,3 +731,36 @@ def test_operation_record_fields_match_the_row_order() -> None:
         "timestamp",
         *FIELDS[3:],
     )
+
+
+class HashesOnce:
+    """A key equal to ``"region"`` whose hash fails after the first (taken by the dict)."""
+
+    def __init__(self) -> None:
+        self.hashed = 0
+
+    def __hash__(self) -> int:
+        self.hashed += 1
+        if self.hashed > 1:
+            raise RuntimeError("hashed again")
+        return hash("region")
+
+    def __eq__(self, other: object) -> bool:
+        return other == "region"
+
+
+async def test_a_key_that_is_no_str_is_refused_before_it_is_hashed(storage: Path) -> None:
+    """plain_row looks at the keys' types before it looks them up among the cleared keys,
+    so such a key reaches the full path, whose error is a ValueError like any other."""
+    policy = PiiPolicy()
+    assert policy.is_pii_key("region") is False
+    key = HashesOnce()
+    metadata = {key: "us-east"}
+    assert plain_row("job", "run", 1.0, 0, True, None, metadata, policy.plain_keys) is None
+    assert key.hashed == 1
+    manager = MetricsManager(storage, flush_interval_seconds=60.0, pii_policy=policy)
+    await manager.start()
+    with pytest.raises(ValueError, match="keys must be strings"):
+        await manager.record_operation("job", "run", 1.0, metadata=metadata)
+    await manager.stop()
+    assert manager.stats().total_rejected == 1
