@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic_core import to_json
 
-from otel_json_exporter import PiiPolicy
+from otel_json_exporter import PiiPolicy, mapping
 from otel_json_exporter._process_writer import ProcessBatchWriter, _pickle, _PlainUnpickler
 from otel_json_exporter._span_rows import (
     KIND_NAMES,
@@ -255,6 +255,41 @@ class TestSnapshot:
         assert snapshot_of(span)[10] == "shop"
         assert snapshot_of(other)[10] == "billing"
         assert snapshot_of(span)[10] == "shop"
+
+    def test_the_fields_behind_the_properties_hold_what_the_properties_give(
+        self, make_span: Any
+    ) -> None:
+        assert mapping._READ_FIELDS is not None  # this SDK keeps them: the fast path is used
+        span = make_span("GET /", SpanKind.SERVER, {"http.request.method": "GET"}, None, None)
+        assert type(span) is ReadableSpan
+        fields, properties = mapping._READ_FIELDS(span), mapping._READ(span)
+        assert dict(fields[5]) == dict(properties[5])
+        assert fields[:5] + fields[6:] == properties[:5] + properties[6:]
+
+    def test_an_sdk_whose_fields_differ_is_read_through_its_properties(self) -> None:
+        class Renamed(ReadableSpan):
+            """As if an SDK release kept the name elsewhere and _name meant something else."""
+
+            def __init__(self, name: str, **fields: Any) -> None:
+                super().__init__(name, **fields)
+                self._label, self._name = name, "something else"
+
+            @property
+            def name(self) -> str:
+                return self._label
+
+        class Missing(ReadableSpan):
+            def __init__(self, name: str, **fields: Any) -> None:
+                super().__init__(name, **fields)
+                del self._status
+
+            @property
+            def status(self) -> Status:
+                return Status(StatusCode.UNSET)
+
+        assert mapping._field_reader(Renamed) is None
+        assert mapping._field_reader(Missing) is None
+        assert mapping._field_reader(ReadableSpan) is not None
 
     def test_a_span_without_a_start_time_is_not_mappable(self) -> None:
         with pytest.raises(SpanNotMappable, match="no start time"):
