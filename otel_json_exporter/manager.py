@@ -533,17 +533,21 @@ class MetricsManager:
                 raise RuntimeError("MetricsManager is not running")
             self._redacted += redacted
             self._rejected += rejected
-            for index, row in enumerate(pending):
-                if len(self._buffer) >= self.max_queue_size:
+            while accepted < len(pending):
+                room = self.max_queue_size - len(self._buffer)
+                if room <= 0:
                     self._cond.notify_all()
                     remaining = bounded_timeout(deadline - time.monotonic())
                     waited = self._cond.wait_for(self._has_room, remaining)
                     if not (waited and self._accepting):
-                        self._dropped += len(pending) - index
+                        self._dropped += len(pending) - accepted
                         break
-                self._buffer.append(row)
-                self._accepted += 1
-                accepted += 1
+                    continue
+                # As many as fit, in one call (counted at once: waiting releases the lock)
+                fitting = min(room, len(pending) - accepted)
+                self._buffer.extend(islice(pending, accepted, accepted + fitting))
+                self._accepted += fitting
+                accepted += fitting
             if len(self._buffer) >= self._write_at:
                 self._cond.notify_all()
         return accepted

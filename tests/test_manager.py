@@ -107,6 +107,28 @@ class TestRecording:
         await manager.stop()
         assert len(load_records(storage)) == 200
 
+    def test_one_submission_larger_than_the_queue_waits_for_room_and_keeps_order(
+        self, storage: Path
+    ) -> None:
+        manager = make(storage, max_batch_size=10, max_queue_size=10)
+        manager.start_sync()
+        now = datetime.now(timezone.utc)
+        records = [
+            OperationRecord(
+                operation_type="span",
+                operation_name="step",
+                duration_ms=0.5,
+                timestamp=now,
+                metadata={"i": index},
+            )
+            for index in range(55)
+        ]
+        assert manager.submit_records(records, timeout=30.0) == 55  # room freed batch by batch
+        manager.stop_sync()
+        assert [record.metadata["i"] for record in load_records(storage)] == list(range(55))
+        stats = manager.stats()
+        assert (stats.total_recorded, stats.total_dropped, stats.batches_written) == (55, 0, 6)
+
     async def test_submit_records_from_plain_threads(self, storage: Path) -> None:
         manager = make(storage, max_batch_size=64)
         await manager.start()
