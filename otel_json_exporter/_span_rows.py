@@ -285,13 +285,17 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
     if value is None or isinstance(value, bool):
         return value, 0
     if isinstance(value, int):
-        if -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
-            return value, 0
+        # A subclass (an IntEnum member) as the plain number it holds: rows hold
+        # builtins only, as validation would make them.
+        number = value if type(value) is int else int.__int__(value)
+        if -_INTEGER_LIMIT < number < _INTEGER_LIMIT:
+            return number, 0
         raise _Unwritable
     if isinstance(value, str):
         return _clean_text(value, policy)
     if isinstance(value, float):
-        return (value, 0) if math.isfinite(value) else (str(value), 0)
+        real = value if type(value) is float else float.__float__(value)
+        return (real, 0) if math.isfinite(real) else (str(real), 0)
     if isinstance(value, bytes):
         data = bytes(value)  # a subclass: its bytes, whatever its methods say
         if _bytes_hold_pii(data, policy):
