@@ -124,14 +124,27 @@ class _PlainPickler(pickle.Pickler):
     A span's attributes may hold a subclass of ``str``, ``int``, ``float`` or
     ``bytes`` (an enum member...), which the child, importing nothing of the
     application's, could not unpickle: it goes as the plain value it holds, as
-    the mapping would read it. Any other object goes as its ``str()``, which is
-    what the mapping makes of it. Exact builtins never reach this method (C
+    the mapping would read it; another mapping as a dict, another sequence as a
+    list. Any other object goes as its ``str()``, which is what the mapping
+    makes of it. Builtins that pickle carries itself (``set``, ``bytearray``...)
+    never reach this method, nor do exact ``str``, ``int``, ``dict``... (C
     pickles them first), so rows cost nothing more.
+
+    Reading an object may run the application's code (``__str__``, ``__bytes__``,
+    ``items()``); whatever that raises becomes a PicklingError naming the type
+    only, since its message could hold a value, and the manager logs errors.
     """
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type):
             return NotImplemented  # the builtin types returned below, pickled by name
+        try:
+            return self._plain(obj)
+        except Exception:
+            raise pickle.PicklingError(f"cannot read a {type(obj).__name__}") from None
+
+    @staticmethod
+    def _plain(obj: Any) -> tuple[type, tuple[Any]]:
         if isinstance(obj, str):
             return str, (str.__str__(obj),)
         if isinstance(obj, int):  # bool cannot be subclassed: never seen here
@@ -161,6 +174,21 @@ def _frame(message: Any) -> bytes:
 
 def _send(fd: int, message: Any) -> None:
     write_all(fd, _frame(message))
+
+
+def _send_within(fd: int, message: Any, deadline: float) -> None:
+    """:func:`_send`, giving up (TimeoutError) at ``deadline`` if nobody reads the pipe.
+
+    Written a pipe buffer's atomic unit at a time, once poll says there is room
+    for it, so that no write can block past the deadline.
+    """
+    view = memoryview(_frame(message))
+    waiting = select.poll()
+    waiting.register(fd, select.POLLOUT)
+    while view:
+        if not waiting.poll(max(deadline - time.monotonic(), 0.0) * 1000):
+            raise TimeoutError
+        view = view[os.write(fd, view[: select.PIPE_BUF]) :]
 
 
 def _read_exactly(fd: int, size: int, deadline: float | None = None) -> bytes | None:
@@ -418,7 +446,7 @@ class ProcessBatchWriter:
             ends.extend(_pipe())
             child_in, to_child, from_child, child_out = ends
             process = subprocess.Popen(
-                _child_command(self.directory, self._policy),
+                _child_command(self.directory),
                 stdin=child_in,
                 stdout=child_out,
                 stderr=stderr,  # with none of ours, the child's would be its answer pipe
@@ -436,7 +464,7 @@ class ProcessBatchWriter:
         _close_pipe_end(child_out)
         self._process, self._to_child, self._from_child = process, to_child, from_child
         try:
-            ready = self._handshake(to_child, from_child)
+            ready = self._handshake(to_child, from_child, self._policy)
         except BaseException:  # Ctrl-C included: no child is left half started
             process.kill()
             self._lost()
@@ -451,15 +479,25 @@ class ProcessBatchWriter:
             )
 
     @staticmethod
-    def _handshake(to_child: int, answers: int) -> bool | str:
-        """True once the child says it is ready; else what went wrong ("" if it exited)."""
+    def _handshake(to_child: int, answers: int, policy: PiiPolicy) -> bool | str:
+        """Send the policy; True once the child says it is ready; else what went wrong.
+
+        The policy goes through the pipe, not the command line, whose arguments
+        the system limits (128 KiB each on Linux); "" when the child exited.
+        """
         grow = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
         if grow is not None:
             with contextlib.suppress(OSError):  # a smaller pipe still works, only slower
                 fcntl.fcntl(to_child, grow, _PIPE_BYTES)
         deadline = time.monotonic() + _START_TIMEOUT
+        keys = ("policy", sorted(policy.blocked_keys), sorted(policy.allowed_keys))
         try:
+            _send_within(to_child, keys, deadline)
             ready = _receive(answers, deadline)
+        except TimeoutError:
+            return f"no answer within {_START_TIMEOUT:g} s"
+        except BrokenPipeError:
+            return ""
         except OSError as exc:
             return exc.strerror or "an unreadable answer"
         if ready == ("ready",):
@@ -496,37 +534,34 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
 # sitecustomize, say) runs in the child. It imports from the parent's sys.path.
 _CHILD_CODE = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-    "from otel_json_exporter._process_writer import serve; serve(sys.argv[2], sys.argv[3])"
+    "from otel_json_exporter._process_writer import serve; serve(sys.argv[2])"
 )
 
 
-def _child_command(directory: Path, policy: PiiPolicy) -> list[str]:
-    """How to start the child: this interpreter, isolated, with our paths, directory, policy."""
+def _child_command(directory: Path) -> list[str]:
+    """How to start the child: this interpreter, isolated, with our paths and the directory.
+
+    Its first message is the manager's PII policy (:meth:`ProcessBatchWriter._handshake`).
+    """
     paths = [_PACKAGE_PARENT, *(entry for entry in sys.path if isinstance(entry, str))]
-    keys = [sorted(policy.blocked_keys), sorted(policy.allowed_keys)]
-    return [
-        sys.executable,
-        "-I",
-        "-c",
-        _CHILD_CODE,
-        json.dumps(paths),
-        str(directory),
-        json.dumps(keys),  # the child builds the same policy from them
-    ]
+    return [sys.executable, "-I", "-c", _CHILD_CODE, json.dumps(paths), str(directory)]
 
 
-def serve(directory: str, policy_keys: str) -> None:
+def serve(directory: str) -> None:
     """The child's main loop: write each batch it is sent, answer what happened.
 
-    A reading thread takes each message, maps its spans and encodes its batch
-    while this thread fsyncs the one before: the two overlap, since fsync
-    releases the GIL. ``policy_keys`` is the manager's PII policy, as JSON
-    ``[blocked_keys, allowed_keys]``.
+    The first message is the manager's PII policy, which spans are mapped with.
+    A reading thread takes each later message, maps its spans and encodes its
+    batch while this thread fsyncs the one before: the two overlap, since fsync
+    releases the GIL.
     """
-    blocked, allowed = json.loads(policy_keys)
-    policy = PiiPolicy(blocked_keys=blocked, allowed_keys=allowed)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    match _receive(0):
+        case ("policy", list(blocked), list(allowed)):
+            policy = PiiPolicy(blocked_keys=blocked, allowed_keys=allowed)
+        case _:  # the parent is gone, or speaks another protocol: nothing to do
+            os._exit(1)
     # Answers go to a private copy of stdout; a stray print goes to stderr instead
     # of into the middle of an answer.
     answers = os.dup(1)

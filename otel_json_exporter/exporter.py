@@ -80,6 +80,7 @@ from otel_json_exporter.mapping import (
     default_operation_type,
     default_span_filter,
     snapshot_of,
+    with_operation_type,
 )
 from otel_json_exporter.pii import PiiPolicy, safe_validation_message
 from otel_json_exporter.records import RecordRow
@@ -222,6 +223,7 @@ class OperationSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         in_process = self._manager.writer != "process"
         custom_filter = self._span_filter is not default_span_filter
+        custom_type = self._operation_type is not default_operation_type
         rows: list[RecordRow] = []
         snapshots: list[SpanSnapshot] = []
         redacted = 0
@@ -231,9 +233,11 @@ class OperationSpanExporter(SpanExporter):
             try:
                 if custom_filter and not self._span_filter(span):
                     continue
-                snapshot = snapshot_of(span, self._operation_type)
+                snapshot = snapshot_of(span)
                 if not custom_filter and ASGI_EVENT_KEY in snapshot[6]:
                     continue  # default_span_filter, on the copy already made
+                if custom_type:
+                    snapshot = with_operation_type(snapshot, span, self._operation_type)
                 if in_process:
                     row, masked = snapshot_to_row(snapshot, self._policy)
                     rows.append(row)

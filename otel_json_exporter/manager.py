@@ -827,8 +827,14 @@ class MetricsManager:
         stopping every later one. The others keep their place in the queue.
         """
         with self._lock:
-            head = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
-            keep = [row for row in head if self._writer.accepts(row)]
+            head = list(islice(self._buffer, count))
+        # Judged without the lock: a span's values may run the application's code
+        # (their __str__...), which may call this manager. Only this thread takes
+        # items from the head of the queue, so the head stays as it was.
+        keep = [item for item in head if self._writer.accepts(item)]
+        with self._lock:
+            for _ in head:
+                self._buffer.popleft()
             self._buffer.extendleft(reversed(keep))
             lost = len(head) - len(keep)
             self._dropped += lost

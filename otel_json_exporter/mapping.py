@@ -90,6 +90,7 @@ __all__ = [
     "snapshot_of",
     "span_to_record",
     "span_to_row",
+    "with_operation_type",
 ]
 
 OperationTypeFunction = Callable[["ReadableSpan"], str]
@@ -208,13 +209,16 @@ def snapshot_of(
 
     The cheap half of the mapping, and the only half that needs the span
     (:func:`~otel_json_exporter._span_rows.snapshot_to_row` is the other). Raises
-    :class:`SpanNotMappable` for a span with no start time, or when a custom
-    ``operation_type`` does not give a non-empty string.
+    :class:`SpanNotMappable` for a span with no start time or a name that is not
+    text, or when a custom ``operation_type`` does not give a non-empty string.
+    With the default ``operation_type`` no code of the application runs here.
     """
     read = _READ_FIELDS if _READ_FIELDS is not None and type(span) is ReadableSpan else _READ
     name, kind, start, end, status, attributes, context, parent, resource = read(span)
     if start is None:
         raise SpanNotMappable("span has no start time")
+    if name is not None and not isinstance(name, str):
+        raise SpanNotMappable("span name is not text")
     attributes = _copy_of(attributes)
     failed = status.status_code is StatusCode.ERROR
     error = None
@@ -226,13 +230,7 @@ def snapshot_of(
             error = status.description or _last_exception(span)
             if not error and http_status is not None:
                 error = f"HTTP {http_status}"
-    if operation_type is default_operation_type:
-        declared = None  # the default rule runs with the rest, off the caller's thread
-    else:
-        declared = text_of(operation_type(span))
-        if not (isinstance(declared, str) and declared):
-            raise SpanNotMappable("operation_type did not return a non-empty string")
-    return (
+    snapshot = (
         name,
         kind._value_,  # the enum's value, without the property call of .value
         start,
@@ -244,8 +242,26 @@ def snapshot_of(
         context.span_id if context is not None else None,
         parent.span_id if parent is not None else None,
         _service_name(resource),
-        declared,
+        None,  # the default rule runs with the rest of the mapping, off the caller's thread
     )
+    if operation_type is default_operation_type:
+        return snapshot
+    return with_operation_type(snapshot, span, operation_type)
+
+
+def with_operation_type(
+    snapshot: SpanSnapshot, span: ReadableSpan, operation_type: OperationTypeFunction
+) -> SpanSnapshot:
+    """``snapshot`` with the ``operation_type`` a custom function gives ``span``.
+
+    Apart from :func:`snapshot_of`, so that the exporter calls the function only
+    for spans its filter keeps. SpanNotMappable when it does not give a non-empty
+    string.
+    """
+    declared = text_of(operation_type(span))
+    if not (isinstance(declared, str) and declared):
+        raise SpanNotMappable("operation_type did not return a non-empty string")
+    return (*snapshot[:-1], declared)
 
 
 def _copy_of(attributes: Mapping[str, Any] | None) -> dict[str, Any]:

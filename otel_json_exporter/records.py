@@ -325,8 +325,9 @@ def build_row(
     accepted, what is stored and every error are exactly pydantic's.
 
     ``json_ready_metadata`` says ``metadata`` is a fresh dict that validation
-    would copy unchanged (the span mapping builds it so; a test holds it to
-    that): it is then taken as it is, neither copied nor checked again.
+    would copy unchanged (the span mapping builds it so; a hypothesis test holds
+    both of its paths to that): it is then taken as it is, neither copied nor
+    checked again.
     """
     if type(timestamp_us) is not int:
         raise ValueError("timestamp must be an int of microseconds since the epoch")

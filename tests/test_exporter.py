@@ -8,6 +8,7 @@ a test needs a disk that fails.
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import json
 import logging
@@ -496,6 +497,64 @@ class TestContract:
         assert "RuntimeError" in caplog.text
         assert "jane" not in caplog.text
 
+    def test_a_custom_operation_type_never_sees_the_spans_the_default_filter_skips(
+        self, storage: Path, kit: Kit, writer: WriterKind
+    ) -> None:
+        seen: list[str] = []
+
+        def operation_type(span: ReadableSpan) -> str:
+            seen.append(span.name)
+            return str(span.attributes["app.kind"])  # ASGI message spans have none
+
+        exporter = kit.exporter(storage, writer=writer, operation_type=operation_type)
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        tracer = provider.get_tracer("tests")
+        asgi = {"asgi.event.type": "http.response.start"}
+        with (
+            tracer.start_as_current_span("GET /", attributes={"app.kind": "page"}),
+            tracer.start_as_current_span("GET / http send", attributes=asgi),
+        ):
+            pass
+        provider.shutdown()
+        assert seen == ["GET /"]
+        assert [record.operation_type for record in load_records(storage)] == ["page"]
+        assert exporter.manager.stats().total_rejected == 0
+
+    def test_enum_members_are_written_as_the_numbers_they_hold(
+        self, storage: Path, kit: Kit, writer: WriterKind
+    ) -> None:
+        class Code(int, enum.Enum):
+            def __new__(cls, number: int, text: str) -> Code:
+                member = int.__new__(cls, number)
+                member._value_ = text
+                return member
+
+            OK = (200, "bob@example.com")
+
+        class Ratio(float, enum.Enum):
+            def __new__(cls, number: float, text: str) -> Ratio:
+                member = float.__new__(cls, number)
+                member._value_ = text
+                return member
+
+            HALF = (0.5, "password=hunter2")
+
+        exporter = kit.exporter(storage, writer=writer)
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": Code.OK}), shutdown_on_exit=False
+        )
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        attributes = {"code": Code.OK, "codes": [Code.OK, Code.OK], "ratio": Ratio.HALF}
+        with provider.get_tracer("tests").start_as_current_span("run", attributes=attributes):
+            pass
+        provider.shutdown()
+        raw = b"".join(path.read_bytes() for path in storage.glob("metrics_*.json"))
+        assert b"bob@" not in raw
+        assert b"hunter2" not in raw
+        (record,) = load_records(storage)
+        assert (record.metadata["code"], record.metadata["codes"]) == (200, [200, 200])
+        assert (record.metadata["ratio"], record.metadata["service.name"]) == (0.5, 200)
+
     def test_a_custom_span_filter(self, storage: Path, kit: Kit) -> None:
         exporter = kit.exporter(storage, span_filter=lambda span: span.name != "GET /health")
         provider = provider_for(exporter, SimpleSpanProcessor)
@@ -700,9 +759,17 @@ class TestContract:
         assert exporter.manager.stats().total_rejected == 0
 
 
-def hand_built(name: Any, attributes: dict[str, Any] | None = None) -> ReadableSpan:
+def hand_built(
+    name: str, attributes: dict[str, Any] | None = None, start_time: int = 1
+) -> ReadableSpan:
     """A span built by hand, as a test or an odd instrumentation may: the SDK checks nothing."""
-    return ReadableSpan(name=name, attributes=attributes or {}, start_time=1, end_time=2)
+    return ReadableSpan(
+        name=name, attributes=attributes or {}, start_time=start_time, end_time=start_time + 1
+    )
+
+
+# Past the year 9999: export() reads such a span, only the mapping finds no timestamp for it.
+BEYOND_THE_CALENDAR = 10**21  # ns: about the year 33,700
 
 
 class TestWriterProcess:
@@ -729,7 +796,11 @@ class TestWriterProcess:
         self, storage: Path, kit: Kit, caplog: pytest.LogCaptureFixture
     ) -> None:
         exporter = kit.exporter(storage, writer="process")
-        spans = [hand_built("first"), hand_built(12345), hand_built("last")]
+        spans = [
+            hand_built("first"),
+            hand_built("far", start_time=BEYOND_THE_CALENDAR),
+            hand_built("last"),
+        ]
         assert exporter.export(spans) is SpanExportResult.SUCCESS  # read, not yet mapped
         with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
             assert exporter.force_flush() is True
@@ -740,7 +811,7 @@ class TestWriterProcess:
 
     def test_a_batch_that_maps_to_nothing_writes_no_file(self, storage: Path, kit: Kit) -> None:
         exporter = kit.exporter(storage, writer="process")
-        exporter.export([hand_built(1), hand_built(2)])
+        exporter.export([hand_built(name, start_time=BEYOND_THE_CALENDAR) for name in "ab"])
         assert exporter.force_flush() is True
         assert not list(storage.glob("metrics_*.json"))
         stats = exporter.manager.stats()
@@ -762,6 +833,66 @@ class TestWriterProcess:
         assert exporter.force_flush(timeout_millis=20_000) is True
         assert [record.operation_name for record in load_records(storage)] == ["a", "c"]
         assert exporter.manager.stats().total_dropped == 1
+
+    def test_what_reading_a_value_raises_is_never_logged_and_loses_that_span_only(
+        self, storage: Path, kit: Kit, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Leaky:
+            def __str__(self) -> str:
+                raise ValueError("cannot render route for ann@example.com")
+
+        exporter = kit.exporter(storage, writer="process")
+        spans = [hand_built("a"), hand_built("b", {"odd": Leaky()}), hand_built("c")]
+        with caplog.at_level(logging.DEBUG, logger="otel_json_exporter"):
+            exporter.export(spans)
+            assert exporter.force_flush(timeout_millis=20_000) is True
+        assert [record.operation_name for record in load_records(storage)] == ["a", "c"]
+        assert "cannot read a Leaky" in caplog.text
+        assert "ann@example.com" not in caplog.text
+
+    def test_a_value_that_calls_the_manager_while_read_cannot_hang_it(
+        self, storage: Path, kit: Kit
+    ) -> None:
+        exporter = kit.exporter(storage, writer="process")
+
+        class Curious:
+            def __str__(self) -> str:
+                exporter.manager.stats()  # takes the manager's lock
+                raise ValueError("no text")
+
+        exporter.export([hand_built("a"), hand_built("b", {"odd": Curious()})])
+        finished = threading.Event()
+        outcome: list[bool] = []
+
+        def flush() -> None:
+            outcome.append(exporter.force_flush(timeout_millis=20_000))
+            finished.set()
+
+        threading.Thread(target=flush, daemon=True).start()
+        assert finished.wait(30), "force_flush never returned: the manager is deadlocked"
+        assert outcome == [True]
+        assert [record.operation_name for record in load_records(storage)] == ["a"]
+
+    def test_a_span_name_that_is_not_text_is_refused_at_once(self, storage: Path, kit: Kit) -> None:
+        exporter = kit.exporter(storage, writer="process")
+        nameless = ReadableSpan(name=12345, start_time=1, end_time=2)  # type: ignore[arg-type]
+        assert exporter.export([nameless, hand_built("ok")]) is SpanExportResult.FAILURE
+        assert exporter.force_flush() is True
+        assert [record.operation_name for record in load_records(storage)] == ["ok"]
+        assert exporter.manager.stats().total_rejected == 1
+
+    def test_a_policy_too_large_for_a_command_line_reaches_the_child(
+        self, storage: Path, kit: Kit
+    ) -> None:
+        blocked = {f"tenant_field_{index:05d}" for index in range(8_000)}  # > 128 KiB as JSON
+        exporter = kit.exporter(
+            storage, writer="process", pii_policy=PiiPolicy(blocked_keys=blocked)
+        )
+        exporter.export([hand_built("a", {"tenant_field_07999": "x", "region": "ca"})])
+        assert exporter.force_flush() is True
+        (record,) = load_records(storage)
+        assert "tenant_field_07999" not in record.metadata
+        assert record.metadata["region"] == "ca"
 
     async def test_spans_and_direct_records_share_one_writer_process(self, storage: Path) -> None:
         manager = MetricsManager(storage, flush_interval_seconds=0.05, writer="process")

@@ -204,7 +204,6 @@ class TestTheChildsProtocol:
 
     def test_after_a_failure_batches_are_skipped_until_resume(self, storage: Path) -> None:
         from otel_json_exporter._process_writer import _child_command, _receive, _send
-        from otel_json_exporter.pii import DEFAULT_POLICY
         from otel_json_exporter.records import build_row
 
         def rows(first: int) -> list[object]:
@@ -215,7 +214,7 @@ class TestTheChildsProtocol:
 
         storage.mkdir(exist_ok=True)
         child = subprocess.Popen(
-            _child_command(storage, DEFAULT_POLICY),
+            _child_command(storage),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -223,6 +222,7 @@ class TestTheChildsProtocol:
         assert child.stdout is not None
         to_child, from_child = child.stdin.fileno(), child.stdout.fileno()
         try:
+            _send(to_child, ("policy", [], []))
             assert _receive(from_child) == ("ready",)
             _send(to_child, ("write", rows(0)))
             assert _receive(from_child)[0] == "written"

@@ -49,6 +49,32 @@ class Region(str, enum.Enum):
     CA = "ca-central-1"
 
 
+class Lying(int, enum.Enum):
+    """An int whose enum value is text: JSON encoders write the value, not the int."""
+
+    def __new__(cls, number: int, text: str) -> Lying:
+        member = int.__new__(cls, number)
+        member._value_ = text
+        return member
+
+    OK = (200, "bob@example.com")
+
+    def __repr__(self) -> str:  # the enum's own repr fails on a text value
+        return f"<{type(self).__name__}.{self.name}>"
+
+
+class LyingFloat(float, enum.Enum):
+    def __new__(cls, number: float, text: str) -> LyingFloat:
+        member = float.__new__(cls, number)
+        member._value_ = text
+        return member
+
+    NAN = (float("nan"), "password=hunter2 ann@example.com")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{self.name}>"
+
+
 Sneaky = disguised(equal_to="note")
 
 POLICY = PiiPolicy(blocked_keys={"tenant"}, allowed_keys={"client_id"})
@@ -76,7 +102,9 @@ _scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(),
     st.binary(max_size=12),
-    st.sampled_from([b"bob@example.com", Status500.BAD_GATEWAY, Region.CA]),
+    st.sampled_from(
+        [b"bob@example.com", Status500.BAD_GATEWAY, Region.CA, Lying.OK, LyingFloat.NAN]
+    ),
     st.builds(Sneaky, _texts),
 )
 _values = st.recursive(
@@ -344,12 +372,29 @@ class TestShipping:
         assert rows == [expected]
         assert expected[6]["url.full"] == "https://b.example/"
 
-    def test_anything_else_goes_as_its_text(self) -> None:
+    def test_anything_else_goes_as_its_text_and_builtins_as_they_are(self) -> None:
         class Odd:
             def __str__(self) -> str:
                 return "odd"
 
-        assert shipped({"x": Odd(), "s": {1, 2}.__class__.__name__}) == {"x": "odd", "s": "set"}
+        back = shipped({"x": Odd(), "s": {1, 2}, "b": bytearray(b"ab")})
+        assert back == {"x": "odd", "s": {1, 2}, "b": bytearray(b"ab")}
+        assert (type(back["s"]), type(back["b"])) == (set, bytearray)
+
+    def test_what_reading_a_value_raises_names_the_type_only(self) -> None:
+        class Leaky:
+            def __str__(self) -> str:
+                raise ValueError("cannot render ann@example.com")
+
+        class LeakyBytes(bytes):
+            def __bytes__(self) -> bytes:
+                raise ValueError("ann@example.com")
+
+        for value in (Leaky(), LeakyBytes(b"x")):
+            with pytest.raises(pickle.PicklingError) as caught:
+                shipped({"x": value})
+            assert str(caught.value) == f"cannot read a {type(value).__name__}"
+            assert caught.value.__suppress_context__
 
     @pytest.mark.parametrize("value", [Status500.BAD_GATEWAY, eval, io.BytesIO])
     def test_the_child_finds_no_callable_but_the_plain_types(self, value: Any) -> None:
