@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 
 def disguised(equal_to: str) -> type[str]:
     """A ``str`` subclass that hides its text from every check that asks it.
@@ -25,3 +27,32 @@ def disguised(equal_to: str) -> type[str]:
             return other == equal_to
 
     return Disguised
+
+
+class LyingInt(int, enum.Enum):
+    """An int whose enum value is text: JSON encoders write the value, not the number."""
+
+    def __new__(cls, number: int, text: str) -> LyingInt:
+        member = int.__new__(cls, number)
+        member._value_ = text
+        return member
+
+    OK = (200, "bob@example.com")
+
+    def __repr__(self) -> str:  # the enum's own repr fails on a text value
+        return f"<{type(self).__name__}.{self.name}>"
+
+
+class LyingFloat(float, enum.Enum):
+    """A float whose enum value is text, as :class:`LyingInt`."""
+
+    def __new__(cls, number: float, text: str) -> LyingFloat:
+        member = float.__new__(cls, number)
+        member._value_ = text
+        return member
+
+    HALF = (0.5, "password=hunter2")
+    NAN = (float("nan"), "password=hunter2 ann@example.com")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{self.name}>"

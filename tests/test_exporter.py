@@ -8,7 +8,6 @@ a test needs a disk that fails.
 from __future__ import annotations
 
 import asyncio
-import enum
 import errno
 import json
 import logging
@@ -46,7 +45,7 @@ from otel_json_exporter.config import (
 )
 from otel_json_exporter.manager import WriterKind
 from tests._faults import WRITER_THREAD, Fault
-from tests._tricky import disguised
+from tests._tricky import LyingFloat, LyingInt, disguised
 from tests.conftest import load_batches, load_records
 
 ProcessorFactory = Callable[[SpanExporter], SpanProcessor]
@@ -523,28 +522,16 @@ class TestContract:
     def test_enum_members_are_written_as_the_numbers_they_hold(
         self, storage: Path, kit: Kit, writer: WriterKind
     ) -> None:
-        class Code(int, enum.Enum):
-            def __new__(cls, number: int, text: str) -> Code:
-                member = int.__new__(cls, number)
-                member._value_ = text
-                return member
-
-            OK = (200, "bob@example.com")
-
-        class Ratio(float, enum.Enum):
-            def __new__(cls, number: float, text: str) -> Ratio:
-                member = float.__new__(cls, number)
-                member._value_ = text
-                return member
-
-            HALF = (0.5, "password=hunter2")
-
         exporter = kit.exporter(storage, writer=writer)
         provider = TracerProvider(
-            resource=Resource.create({"service.name": Code.OK}), shutdown_on_exit=False
+            resource=Resource.create({"service.name": LyingInt.OK}), shutdown_on_exit=False
         )
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        attributes = {"code": Code.OK, "codes": [Code.OK, Code.OK], "ratio": Ratio.HALF}
+        attributes = {
+            "code": LyingInt.OK,
+            "codes": [LyingInt.OK, LyingInt.OK],
+            "ratio": LyingFloat.HALF,
+        }
         with provider.get_tracer("tests").start_as_current_span("run", attributes=attributes):
             pass
         provider.shutdown()
