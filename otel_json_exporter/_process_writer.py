@@ -12,11 +12,12 @@ of encoding it) and the child answers once the batch is on disk. A batch may
 hold spans not yet mapped (:data:`~otel_json_exporter._span_rows.SpanSnapshot`,
 from the span exporter): the child maps them, with the manager's PII policy,
 before it encodes, and says how many it masked and how many could not become
-records. To keep the
-child busy while the parent hands over the next batch, a second batch may be
-in flight: :meth:`ProcessBatchWriter.write_rows` sends the batch asked for,
-then the next one that is ready (the manager's ``following`` callback says
-which), and returns when the first is on disk. When the manager then asks for
+records.
+
+To keep the child busy while the parent hands over the next batch, a second
+batch may be in flight: :meth:`ProcessBatchWriter.write_rows` sends the batch
+asked for, then the next one that is ready (the manager's ``following``
+callback says which), and returns when the first is on disk. When the manager then asks for
 a batch that starts with the rows already in flight, it gets that batch's
 answer without sending anything.
 
