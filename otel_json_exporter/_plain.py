@@ -8,7 +8,7 @@ nothing: no address, credentials or ``name=value`` can hide in ASCII text
 without ``@`` or ``=``. :func:`plain_row` says so at a fraction of their cost,
 and returns None for everything else, which then takes the full path.
 ``tests/test_plain_path.py`` proves it never accepts what the full path refuses
-and builds the same row when it accepts.
+and queues the same row when it accepts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ import math
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from otel_json_exporter.records import MAX_ERROR_MESSAGE_LENGTH, MAX_INTEGER_DIGITS, RecordRow
+from pydantic_core import to_json
+
+from otel_json_exporter.records import (
+    EMPTY_METADATA,
+    MAX_ERROR_MESSAGE_LENGTH,
+    MAX_INTEGER_DIGITS,
+    QueuedRow,
+)
 
 __all__ = ["plain_row"]
 
@@ -36,8 +43,8 @@ def plain_row(
     error_message: Any,
     metadata: Any,
     plain_keys: AbstractSet[str],
-) -> RecordRow | None:
-    """The row of plainly valid, plainly PII-free input; None when that is not plain.
+) -> QueuedRow | None:
+    """The queued row of plainly valid, plainly PII-free input; None when that is not plain.
 
     ``plain_keys`` are ASCII keys the PII rule has cleared
     (:attr:`PiiPolicy.plain_keys <otel_json_exporter.pii.PiiPolicy.plain_keys>`);
@@ -60,9 +67,10 @@ def plain_row(
         if type(error_message) is not str or len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
             return None
         texts.append(error_message)
-    if metadata is None:
-        clean: dict[str, Any] = {}
-    elif type(metadata) is dict:
+    clean: dict[str, Any] | None = None
+    if metadata is not None:
+        if type(metadata) is not dict:
+            return None
         # Copy first, then check the copy: another thread may change the caller's
         # dict meanwhile, and what is checked must be what is written.
         clean = metadata.copy()
@@ -82,8 +90,6 @@ def plain_row(
                     return None
             elif value is not None and kind is not bool:
                 return None
-    else:
-        return None
     text = "".join(texts)
     if "@" in text or "=" in text or not text.isascii():
         return None
@@ -94,5 +100,6 @@ def plain_row(
         timestamp_us,
         success,
         error_message,
-        clean,
+        # Plain scalars within these bounds: pydantic's serialiser cannot fail on them.
+        EMPTY_METADATA if clean is None else to_json(clean),
     )

@@ -62,7 +62,7 @@ from typing import Any
 
 from otel_json_exporter._span_rows import SpanSnapshot, is_snapshot, rows_of
 from otel_json_exporter.pii import PiiPolicy
-from otel_json_exporter.records import RecordRow
+from otel_json_exporter.records import QueuedRow, RecordRow
 from otel_json_exporter.writer import BatchWriter, WrittenBatch, encode_rows, write_all
 
 __all__ = ["ProcessBatchWriter", "WriterProcessError"]
@@ -108,7 +108,7 @@ def _close_pipe_end(fd: int) -> None:
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
-QueuedItem = RecordRow | SpanSnapshot
+QueuedItem = QueuedRow | SpanSnapshot
 """What the manager's queue holds: a validated row, or a span the child maps."""
 
 Following = Callable[[int], "list[QueuedItem] | None"]
@@ -622,7 +622,8 @@ def serve(directory: str) -> None:
 
 @dataclass
 class _Work:
-    rows: list[RecordRow] | None  # None: resume after a failure, or a message it could not read
+    # None: resume after a failure, or a message it could not read
+    rows: list[RecordRow | QueuedRow] | None
     moment: datetime | None = None
     encoded: bytes | None = None
     problem: str | None = None  # why a message could not be read

@@ -28,6 +28,7 @@ from otel_json_exporter.records import (
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_INTEGER_DIGITS,
     MAX_METADATA_DEPTH,
+    QueuedRow,
     RecordRow,
     build_row,
     text_of,
@@ -64,7 +65,7 @@ SpanSnapshot = tuple[
 Plain values only (once pickled for the writer process, ``str``, ``int``,
 ``float`` and ``bytes`` subclasses become their plain values), nothing masked
 or validated yet. A tuple of 12, so that it is told from a 7-field
-:data:`~otel_json_exporter.records.RecordRow` in one queue by its length.
+:data:`~otel_json_exporter.records.QueuedRow` in one queue by its length.
 """
 
 SNAPSHOT_FIELDS = 12
@@ -91,7 +92,7 @@ class _Unwritable(Exception):
     """A value no batch file can hold: too many digits, or nested too deep."""
 
 
-def is_snapshot(item: RecordRow | SpanSnapshot) -> bool:
+def is_snapshot(item: QueuedRow | SpanSnapshot) -> bool:
     """Whether a queued item is a span still to be mapped, not a row."""
     return len(item) == SNAPSHOT_FIELDS
 
@@ -200,8 +201,8 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
 
 
 def rows_of(
-    items: Sequence[RecordRow | SpanSnapshot], policy: PiiPolicy
-) -> tuple[list[RecordRow], int, int]:
+    items: Sequence[QueuedRow | SpanSnapshot], policy: PiiPolicy
+) -> tuple[list[RecordRow | QueuedRow], int, int]:
     """A batch's rows, its snapshots mapped; and how many items were rejected and redacted.
 
     A mapped row is checked against the PII rule as the manager checks every row
@@ -209,7 +210,7 @@ def rows_of(
     cannot become a record, is left out and counted as rejected: one bad span
     never holds up the rest of its batch.
     """
-    rows: list[RecordRow] = []
+    rows: list[RecordRow | QueuedRow] = []
     rejected = redacted = 0
     for item in items:
         if len(item) != SNAPSHOT_FIELDS:

@@ -51,8 +51,10 @@ from otel_json_exporter.records import (
     MAX_ERROR_MESSAGE_LENGTH,
     MetricsStats,
     OperationRecord,
+    QueuedRow,
     RecordRow,
     build_row,
+    queued_row,
     row_of,
     text_of,
 )
@@ -385,7 +387,7 @@ class MetricsManager:
         success: bool,
         error_message: str | None,
         metadata: Mapping[str, Any] | None,
-    ) -> RecordRow:
+    ) -> QueuedRow:
         operation_type, in_type = self._mask_emails(operation_type)
         operation_name, in_name = self._mask_emails(operation_name)
         error_message, in_error = self._mask_emails(error_message)
@@ -405,6 +407,7 @@ class MetricsManager:
                 metadata,
             )
             self.pii_policy.check_metadata(row[6])
+            queued = queued_row(row)
         except ValidationError as exc:
             problem = safe_validation_message(exc)
         except ValueError as exc:
@@ -421,7 +424,7 @@ class MetricsManager:
         if redacted:
             with self._lock:
                 self._redacted += redacted
-        return row
+        return queued
 
     def _mask_emails(self, text: Any) -> tuple[Any, int]:
         # Names and error messages are free text: an address there is masked, not refused.
@@ -501,7 +504,13 @@ class MetricsManager:
         problem = self._pii_problem(pending)
         if problem is not None:
             self._refuse(len(pending), redacted, rejected, problem)
-        return self._enqueue(pending, timeout=timeout, redacted=redacted, rejected=rejected)
+        queued: list[QueuedRow] = []
+        for index, row in enumerate(pending):
+            try:
+                queued.append(queued_row(row))
+            except ValueError as exc:
+                self._refuse(len(pending), redacted, rejected, f"record {index}: {exc}")
+        return self._enqueue(queued, timeout=timeout, redacted=redacted, rejected=rejected)
 
     def _submit_spans(
         self, pending: list[SpanSnapshot], *, timeout: float, redacted: int, rejected: int

@@ -30,6 +30,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import to_json
 
 __all__ = [
     "BATCH_FILE_PATTERN",
@@ -39,6 +40,7 @@ __all__ = [
     "MetricsBatch",
     "MetricsStats",
     "OperationRecord",
+    "QueuedRow",
     "RecordRow",
     "batch_id_for",
     "build_record",
@@ -47,6 +49,7 @@ __all__ = [
     "microseconds_of",
     "moment_of",
     "parse_batch_id",
+    "queued_row",
     "record_from_row",
     "row_dicts",
     "row_of",
@@ -272,6 +275,21 @@ them. The writer encodes rows directly (:func:`row_dicts`);
 :func:`record_from_row` turns one back into an :class:`OperationRecord`.
 """
 
+QueuedRow = tuple[str, str, float, int, bool, "str | None", bytes]
+"""A row as the manager's queue holds it: its metadata already JSON text.
+
+Validated and PII-checked as a :data:`RecordRow` first, then encoded
+(:func:`queued_row`). A tuple of plain values only, which the garbage collector
+stops tracking the first time it looks at it. A queued row holding a dict stayed
+tracked while it waited: the collector went over the whole queue again and
+again, and its pauses were most of the calls slower than a millisecond (README,
+Performance). The writer puts the text in as it is, as the last key
+(:func:`~otel_json_exporter.writer.encode_rows`).
+"""
+
+EMPTY_METADATA = b"{}"
+"""The JSON text of no metadata."""
+
 _FIELD_NAMES = tuple(OperationRecord.model_fields)
 _ALL_RECORD_FIELDS = set(_FIELD_NAMES)
 # Shared by every record built from a row: a frozen model never changes its
@@ -390,6 +408,20 @@ def row_of(record: OperationRecord) -> RecordRow:
     )
 
 
+def queued_row(row: RecordRow) -> QueuedRow:
+    """``row`` as the queue holds it, its metadata encoded (see :data:`QueuedRow`).
+
+    Raises ValueError, naming no value, if the metadata cannot be encoded;
+    validated metadata always can.
+    """
+    kind, name, duration, timestamp_us, success, error, metadata = row
+    try:
+        text = to_json(metadata)
+    except Exception:  # its message may quote a value
+        raise ValueError("metadata cannot be written as JSON") from None
+    return kind, name, duration, timestamp_us, success, error, text
+
+
 def record_from_row(row: RecordRow) -> OperationRecord:
     """The record a row holds, built as ``model_construct`` would (the row is valid)."""
     fields: dict[str, Any] = dict(zip(_FIELD_NAMES, row, strict=True))
@@ -444,8 +476,11 @@ _MILLIS = tuple(f"{number:03d}" for number in range(1000))
 _MICROS_UTC = tuple(f"{number:03d}+00:00" for number in range(1000))
 
 
-def row_dicts(rows: Sequence[RecordRow]) -> list[dict[str, Any]]:
+def row_dicts(rows: Sequence[RecordRow | QueuedRow]) -> list[dict[str, Any]]:
     """The rows as plain dicts in the file format, timestamps formatted: ready for JSON.
+
+    A queued row's dict has no ``metadata``: its JSON text is put in after
+    (:func:`~otel_json_exporter.writer.encode_rows`).
 
     Records of one batch mostly share their second, so its formatted text is
     reused; the fractional digits come from two tables of three digits each.
@@ -460,17 +495,17 @@ def row_dicts(rows: Sequence[RecordRow]) -> list[dict[str, Any]]:
         if microseconds - fraction != second:
             second = microseconds - fraction
             prefix = format_timestamp(moment_of(second))[:20]  # up to the "."
-        dicts.append(
-            {
-                "operation_type": kind,
-                "operation_name": name,
-                "duration_ms": duration,
-                "timestamp": f"{prefix}{_MILLIS[fraction // 1000]}{_MICROS_UTC[fraction % 1000]}",
-                "success": success,
-                "error_message": error,
-                "metadata": metadata,
-            }
-        )
+        fields = {
+            "operation_type": kind,
+            "operation_name": name,
+            "duration_ms": duration,
+            "timestamp": f"{prefix}{_MILLIS[fraction // 1000]}{_MICROS_UTC[fraction % 1000]}",
+            "success": success,
+            "error_message": error,
+        }
+        if type(metadata) is not bytes:
+            fields["metadata"] = metadata
+        dicts.append(fields)
     return dicts
 
 

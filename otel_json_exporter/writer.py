@@ -36,6 +36,7 @@ from pydantic_core import to_json
 from otel_json_exporter.records import (
     BATCH_FILE_PATTERN,
     OperationRecord,
+    QueuedRow,
     RecordRow,
     batch_id_for,
     format_timestamp,
@@ -100,7 +101,10 @@ As fast as one list per batch; encoding each dict as it was built (a generator)
 was slower."""
 
 
-def encode_rows(rows: Sequence[RecordRow], batch_timestamp: datetime) -> bytes:
+_METADATA_KEY = b',"metadata":'
+
+
+def encode_rows(rows: Sequence[RecordRow | QueuedRow], batch_timestamp: datetime) -> bytes:
     """The bytes of one batch file: compact JSON, one record per line.
 
     ::
@@ -113,7 +117,8 @@ def encode_rows(rows: Sequence[RecordRow], batch_timestamp: datetime) -> bytes:
     Keys come in the specification's order, and each record line is exactly
     ``OperationRecord.model_dump_json()`` of that record. Plain dicts go to
     pydantic's serialiser without building a model per record; an indented
-    file would take twice as long to encode and a third more disk.
+    file would take twice as long to encode and a third more disk. A queued
+    row's metadata, JSON text already, goes in as it is, as the last key.
     """
     tail = to_json(
         {
@@ -126,7 +131,12 @@ def encode_rows(rows: Sequence[RecordRow], batch_timestamp: datetime) -> bytes:
         return b'{"records":[],' + tail[1:] + b"\n"
     lines: list[bytes] = []
     for start in range(0, len(rows), _CHUNK):
-        lines += map(to_json, row_dicts(rows[start : start + _CHUNK]))
+        chunk = rows[start : start + _CHUNK]
+        for row, line in zip(chunk, map(to_json, row_dicts(chunk)), strict=True):
+            metadata = row[6]
+            lines.append(
+                line[:-1] + _METADATA_KEY + metadata + b"}" if type(metadata) is bytes else line
+            )
     # One join builds the file: each copy of a large buffer costs page faults.
     lines[0] = b'{"records":[\n' + lines[0]
     lines[-1] += b"\n]," + tail[1:] + b"\n"
@@ -222,7 +232,7 @@ class BatchWriter:
 
     def write_rows(
         self,
-        rows: Sequence[RecordRow],
+        rows: Sequence[RecordRow | QueuedRow],
         now: datetime | None = None,
         *,
         encoded: bytes | None = None,

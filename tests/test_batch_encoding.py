@@ -40,6 +40,7 @@ from otel_json_exporter.records import (
     format_timestamp,
     microseconds_of,
     moment_of,
+    queued_row,
     record_from_row,
     row_dicts,
     row_of,
@@ -206,6 +207,19 @@ class TestEncodeRows:
         self, rows: list[RecordRow], batch_timestamp: datetime
     ) -> None:
         assert_batch_file(encode_rows(rows, batch_timestamp), rows, batch_timestamp)
+
+    @settings(max_examples=150, deadline=None)
+    @given(rows=batches(), queued=st.lists(st.booleans(), min_size=1), data=st.data())
+    def test_queued_rows_encode_as_the_rows_they_were(
+        self, rows: list[RecordRow], queued: list[bool], data: st.DataObject
+    ) -> None:
+        """Metadata already JSON text goes in as it is, in any mix with rows holding a dict."""
+        moment = data.draw(batch_timestamps)
+        mixed = [
+            queued_row(row) if queued[index % len(queued)] else row
+            for index, row in enumerate(rows)
+        ]
+        assert encode_rows(mixed, moment) == encode_rows(rows, moment)
 
     def test_the_layout_of_the_docstring(self) -> None:
         rows = [

@@ -688,6 +688,55 @@ class TestQueueFull:
         assert (stats.total_recorded, stats.total_dropped, stats.total_persisted) == (2, 3, 2)
 
 
+class TestQueuedRows:
+    async def test_the_garbage_collector_stops_tracking_what_waits_in_the_queue(
+        self, storage: Path
+    ) -> None:
+        """A queued record holds plain values only, however it came in.
+
+        The collector then leaves a full queue alone: tracked, every queued row
+        was gone over again at each of its passes (README, Performance).
+        """
+        import gc
+
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+        from otel_json_exporter import OperationSpanExporter
+
+        manager = make(storage, max_batch_size=1000)
+        await manager.start()
+        await manager.record_operation("job", "plain", 1.0, metadata={"region": "us-east"})
+        await manager.record_operation("job", "plain", 1.0, metadata={"region": "eu-west"})
+        nested = {"tags": ["a", "b"], "limits": {"cpu": 2}}
+        await manager.record_operation("job", "full", 1.0, metadata=nested)
+        await manager.record_operation("job", "no metadata", 2)
+        now = datetime.now(timezone.utc)
+        record = OperationRecord(
+            operation_type="job",
+            operation_name="submitted",
+            duration_ms=1.0,
+            timestamp=now,
+            metadata={"rows": [1, 2, 3]},
+        )
+        assert manager.submit_records([record]) == 1
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(OperationSpanExporter(manager=manager)))
+        with provider.get_tracer("t").start_as_current_span("span", attributes={"k": ("x", "y")}):
+            pass
+        queued = list(manager._buffer)
+        assert len(queued) == 6
+        assert all(gc.is_tracked(item) for item in queued)  # so the check below can fail
+        gc.collect()
+        assert [gc.is_tracked(item) for item in queued] == [False] * 6
+        assert [type(item[6]) for item in queued] == [bytes] * 6
+        await manager.stop()
+        provider.shutdown()
+        names = [record.operation_name for record in load_records(storage)]
+        assert names == ["plain", "plain", "full", "no metadata", "submitted", "span"]
+        assert load_records(storage)[2].metadata == {"tags": ["a", "b"], "limits": {"cpu": 2}}
+
+
 class TestWriterResilience:
     async def test_a_record_that_cannot_be_encoded_does_not_stop_the_others(
         self, storage: Path, caplog: pytest.LogCaptureFixture
@@ -699,10 +748,10 @@ class TestWriterResilience:
         await manager.start()
         now = time.time_ns() // 1000
 
-        def made(name: str, metadata: dict[str, object]) -> RecordRow:
-            return ("t", name, 1.0, now, True, None, metadata)
+        def made(name: str, duration: object) -> RecordRow:
+            return ("t", name, duration, now, True, None, {})  # type: ignore[return-value]
 
-        batch = [made("before", {}), made("bad", {"x": object()}), made("after", {})]
+        batch = [made("before", 1.0), made("bad", object()), made("after", 1.0)]
         assert manager._submit_rows(batch, timeout=0.0, redacted=0, rejected=0) == 3
         await manager.flush(timeout=5)
         await manager.record_operation("t", "later", 1.0)
@@ -711,6 +760,31 @@ class TestWriterResilience:
         stats = manager.stats()
         assert (stats.total_dropped, stats.worker_errors, stats.total_persisted) == (1, 3, 3)
         assert "dropped 1 queued records that cannot be encoded" in caplog.text
+
+    async def test_metadata_that_cannot_be_encoded_is_refused_before_it_is_queued(
+        self, storage: Path
+    ) -> None:
+        # Queued rows hold their metadata as JSON text, encoded as they are queued:
+        # a row whose metadata cannot be encoded is refused there, with the others
+        # of its call, and the error names the record, not the value.
+        manager = make(storage)
+        await manager.start()
+        now = time.time_ns() // 1000
+
+        def made(name: str, metadata: dict[str, object]) -> RecordRow:
+            return ("t", name, 1.0, now, True, None, metadata)
+
+        class Secret:
+            def __repr__(self) -> str:
+                return "bob@example.com"
+
+        batch = [made("before", {}), made("bad", {"x": Secret()}), made("after", {})]
+        with pytest.raises(ValueError, match="record 1: metadata cannot be written as JSON") as err:
+            manager._submit_rows(batch, timeout=0.0, redacted=0, rejected=0)
+        assert "bob" not in str(err.value)
+        await manager.stop()
+        assert load_records(storage) == []
+        assert (manager.stats().total_rejected, manager.stats().queue_size) == (3, 0)
 
     async def test_submit_records_validates_every_record_again(self, storage: Path) -> None:
         manager = make(storage)

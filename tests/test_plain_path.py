@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
@@ -38,10 +39,12 @@ from otel_json_exporter.records import (
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_INTEGER_DIGITS,
     OperationRecord,
-    RecordRow,
+    QueuedRow,
     build_row,
+    queued_row,
     record_from_row,
 )
+from otel_json_exporter.writer import encode_rows
 from tests._strategies import mostly
 from tests.conftest import load_records
 
@@ -258,8 +261,8 @@ def running(directory: Path, policy: PiiPolicy) -> Iterator[MetricsManager]:
 
 def full_path(
     manager: MetricsManager, fields: dict[str, Any], timestamp_us: int | None = None
-) -> tuple[RecordRow | None, int]:
-    """The full path's row (None when refused) and how many parts it masked."""
+) -> tuple[QueuedRow | None, int]:
+    """The full path's queued row (None when refused) and how many parts it masked."""
     before = manager.stats()
     arguments = [fields[name] for name in FIELDS]
     moment = time.time_ns() // 1000 if timestamp_us is None else timestamp_us
@@ -275,7 +278,7 @@ def full_path(
     return row, after.pii_redacted - before.pii_redacted
 
 
-def plain(fields: dict[str, Any], timestamp_us: int, policy: PiiPolicy) -> RecordRow | None:
+def plain(fields: dict[str, Any], timestamp_us: int, policy: PiiPolicy) -> QueuedRow | None:
     return plain_row(
         fields["operation_type"],
         fields["operation_name"],
@@ -289,9 +292,9 @@ def plain(fields: dict[str, Any], timestamp_us: int, policy: PiiPolicy) -> Recor
 
 
 def assert_full_path_agrees(
-    row: RecordRow, fields: dict[str, Any], timestamp_us: int, manager: MetricsManager
+    row: QueuedRow, fields: dict[str, Any], timestamp_us: int, manager: MetricsManager
 ) -> None:
-    """The full path accepts ``fields``, masks nothing and builds ``row``."""
+    """The full path accepts ``fields``, masks nothing and queues ``row``."""
     theirs, redacted = full_path(manager, fields, timestamp_us)
     assert theirs is not None, "plain_row accepted what the full path refuses"
     assert redacted == 0, "plain_row accepted what the full path masks"
@@ -301,10 +304,13 @@ def assert_full_path_agrees(
     assert row[3] == timestamp_us
     # With the same clock reading, build_row (what the full path calls) gives this row.
     arguments = [fields[name] for name in FIELDS]
-    assert_identical(row, build_row(*arguments[:3], timestamp_us, *arguments[3:]))
-    assert record_from_row(row).model_dump_json() == record_from_row(theirs).model_dump_json()
-    assert row[6] is not fields["metadata"]
-    assert row[6] is not theirs[6]
+    built = build_row(*arguments[:3], timestamp_us, *arguments[3:])
+    assert_identical(row, queued_row(built))
+    # In a batch file it is the record's model_dump_json, as the row unqueued would be.
+    moment = datetime.now(timezone.utc)
+    encoded = encode_rows([row], moment)
+    assert encoded == encode_rows([built], moment)
+    assert record_from_row(built).model_dump_json().encode() in encoded.split(b"\n")
     for name in ("operation_type", "operation_name", "error_message"):
         text = fields[name]
         if isinstance(text, str):
@@ -494,13 +500,10 @@ class TestSameAsTheFullPath:
         row = plain_row("job", "nightly", 1.5, 0, True, None, metadata, policy.plain_keys)
         assert row is not None
         metadata["region"] = "eu-west"
-        assert row[6] == {"region": "us-east"}
-        first = plain_row("job", "nightly", 1.5, 0, True, None, None, policy.plain_keys)
-        second = plain_row("job", "nightly", 1.5, 0, True, None, None, policy.plain_keys)
-        assert first is not None
-        assert second is not None
-        assert first[6] == {}
-        assert first[6] is not second[6]
+        assert row[6] == b'{"region":"us-east"}'
+        empty = plain_row("job", "nightly", 1.5, 0, True, None, None, policy.plain_keys)
+        assert empty is not None
+        assert empty[6] == b"{}"
 
 
 plain_records = st.fixed_dictionaries(
