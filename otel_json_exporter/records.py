@@ -266,13 +266,14 @@ class OperationRecord(BaseModel):
 
 
 RecordRow = tuple[str, str, float, int, bool, "str | None", dict[str, Any]]
-"""A validated record's seven fields, in order: how a queue holds a record.
+"""A validated record's seven fields, in order: what validation gives.
 
 The timestamp is an ``int``, microseconds since the Unix epoch (UTC), the
 cheapest clock to read and to format. A tuple costs about a third of a model
-instance with its field dict, and the queue holds up to ``max_queue_size`` of
-them. The writer encodes rows directly (:func:`row_dicts`);
-:func:`record_from_row` turns one back into an :class:`OperationRecord`.
+instance with its field dict, and the queue holds up to ``max_queue_size``
+records, each as a row with its metadata encoded (:data:`QueuedRow`). The
+writer encodes rows directly (:func:`row_dicts`); :func:`record_from_row` turns
+one back into an :class:`OperationRecord`.
 """
 
 QueuedRow = tuple[str, str, float, int, bool, "str | None", bytes]
