@@ -7,8 +7,8 @@ error and a JSON-ready ``metadata`` mapping. Every timestamp is UTC written as
 These models are the single definition of the format. The manager validates with
 them at record time (through :func:`build_row`, proven equal to ``model_validate``,
 or for the plain common case ``_plain.plain_row``, proven equal to ``build_row``),
-the writer encodes each record exactly as ``model_dump_json`` would (from plain
-dicts, :func:`row_dicts`, without a model per record), and the command line reads
+the writer encodes each record exactly as ``model_dump_json`` would (from rows,
+:func:`record_lines`, without a model per record), and the command line reads
 files back through them.
 """
 
@@ -51,7 +51,7 @@ __all__ = [
     "parse_batch_id",
     "queued_row",
     "record_from_row",
-    "row_dicts",
+    "record_lines",
     "row_of",
     "text_of",
 ]
@@ -272,7 +272,7 @@ The timestamp is an ``int``, microseconds since the Unix epoch (UTC), the
 cheapest clock to read and to format. A tuple costs about a third of a model
 instance with its field dict, and the queue holds up to ``max_queue_size``
 records, each as a row with its metadata encoded (:data:`QueuedRow`). The
-writer encodes rows directly (:func:`row_dicts`); :func:`record_from_row` turns
+writer encodes rows directly (:func:`record_lines`); :func:`record_from_row` turns
 one back into an :class:`OperationRecord`.
 """
 
@@ -472,23 +472,26 @@ def build_record(
 
 
 # The six fractional digits of a timestamp come from two table look-ups:
-# formatting them with ":06d" cost a quarter of row_dicts' work per record.
+# formatting them with ":06d" cost a quarter of the work per record.
 _MILLIS = tuple(f"{number:03d}" for number in range(1000))
 _MICROS_UTC = tuple(f"{number:03d}+00:00" for number in range(1000))
 
 
-def row_dicts(rows: Sequence[RecordRow | QueuedRow]) -> list[dict[str, Any]]:
-    """The rows as plain dicts in the file format, timestamps formatted: ready for JSON.
+def record_lines(rows: Sequence[RecordRow | QueuedRow]) -> list[bytes]:
+    """Each row's line in a batch file: exactly ``model_dump_json()`` of its record.
 
-    A queued row's dict has no ``metadata``: its JSON text is put in after
-    (:func:`~otel_json_exporter.writer.encode_rows`).
-
-    Records of one batch mostly share their second, so its formatted text is
-    reused; the fractional digits come from two tables of three digits each.
-    The writer takes a few hundred rows at a time (see
-    :func:`~otel_json_exporter.writer.encode_rows`).
+    Put together from each field's JSON, not encoded from a dict per record: a
+    quarter less work for a queued row. Pydantic's serialiser encodes each
+    distinct text of the batch once (operation types and names repeat), and a
+    float only when its ``repr`` has an exponent (``repr`` writes ``1e-07``,
+    JSON ``1e-7``); a queued row's metadata is JSON already. Records of one
+    batch mostly share their second, so its formatted text is reused; the
+    fractional digits come from two tables of three digits each.
+    ``tests/test_batch_encoding.py`` holds every line to ``model_dump_json()``.
     """
-    dicts = []
+    encoded: dict[str, str] = {}  # each distinct text's JSON, for this batch
+    known = encoded.get
+    lines = []
     second: int | None = None  # no second yet: any real one, -1_000_000 included, differs
     prefix = ""
     for kind, name, duration, microseconds, success, error, metadata in rows:
@@ -496,18 +499,39 @@ def row_dicts(rows: Sequence[RecordRow | QueuedRow]) -> list[dict[str, Any]]:
         if microseconds - fraction != second:
             second = microseconds - fraction
             prefix = format_timestamp(moment_of(second))[:20]  # up to the "."
-        fields = {
-            "operation_type": kind,
-            "operation_name": name,
-            "duration_ms": duration,
-            "timestamp": f"{prefix}{_MILLIS[fraction // 1000]}{_MICROS_UTC[fraction % 1000]}",
-            "success": success,
-            "error_message": error,
-        }
-        if type(metadata) is not bytes:
-            fields["metadata"] = metadata
-        dicts.append(fields)
-    return dicts
+        # Inline look-ups first: a call per field would cost a fifth of the line.
+        kind_json = (type(kind) is str and known(kind)) or _json_text(kind, encoded)
+        name_json = (type(name) is str and known(name)) or _json_text(name, encoded)
+        if error is None:
+            error_json = "null"
+        else:
+            error_json = (type(error) is str and known(error)) or _json_text(error, encoded)
+        duration_json = repr(duration) if type(duration) is float else ""
+        if "e" in duration_json or not duration_json:
+            duration_json = to_json(duration).decode()
+        if success is True:
+            success_json = "true"
+        else:
+            success_json = "false" if success is False else to_json(success).decode()
+        head = (
+            f'{{"operation_type":{kind_json},"operation_name":{name_json},'
+            f'"duration_ms":{duration_json},'
+            f'"timestamp":"{prefix}{_MILLIS[fraction // 1000]}{_MICROS_UTC[fraction % 1000]}",'
+            f'"success":{success_json},"error_message":{error_json},"metadata":'
+        )
+        json_metadata = metadata if type(metadata) is bytes else to_json(metadata)
+        lines.append(head.encode() + json_metadata + b"}")
+    return lines
+
+
+def _json_text(text: Any, encoded: dict[str, str]) -> str:
+    """The JSON of ``text`` as pydantic writes it, remembered in ``encoded``."""
+    if type(text) is not str:  # not valid in a row; and a subclass's == may lie
+        return to_json(text).decode()
+    json_text = encoded.get(text)
+    if json_text is None:
+        json_text = encoded[text] = to_json(text).decode()
+    return json_text
 
 
 class MetricsBatch(BaseModel):

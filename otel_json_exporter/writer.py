@@ -42,7 +42,7 @@ from otel_json_exporter.records import (
     format_timestamp,
     next_microsecond,
     parse_batch_id,
-    row_dicts,
+    record_lines,
     row_of,
 )
 
@@ -93,17 +93,6 @@ class WrittenBatch:
     redacted: int = 0
 
 
-_CHUNK = 256
-"""How many rows :func:`encode_rows` turns into dicts at a time. Fewer than the
-garbage collector's threshold (700 new objects by default), so building them
-seldom sets it off; a whole batch's thousand dicts did, about once per batch.
-As fast as one list per batch; encoding each dict as it was built (a generator)
-was slower."""
-
-
-_METADATA_KEY = b',"metadata":'
-
-
 def encode_rows(rows: Sequence[RecordRow | QueuedRow], batch_timestamp: datetime) -> bytes:
     """The bytes of one batch file: compact JSON, one record per line.
 
@@ -115,10 +104,10 @@ def encode_rows(rows: Sequence[RecordRow | QueuedRow], batch_timestamp: datetime
         ],"batch_timestamp":"...","batch_id":"...","total_records":2}
 
     Keys come in the specification's order, and each record line is exactly
-    ``OperationRecord.model_dump_json()`` of that record. Plain dicts go to
-    pydantic's serialiser without building a model per record; an indented
-    file would take twice as long to encode and a third more disk. A queued
-    row's metadata, JSON text already, goes in as it is, as the last key.
+    ``OperationRecord.model_dump_json()`` of that record
+    (:func:`~otel_json_exporter.records.record_lines`), without building a model
+    per record; an indented file would take twice as long to encode and a
+    third more disk.
     """
     tail = to_json(
         {
@@ -129,14 +118,7 @@ def encode_rows(rows: Sequence[RecordRow | QueuedRow], batch_timestamp: datetime
     )
     if not rows:
         return b'{"records":[],' + tail[1:] + b"\n"
-    lines: list[bytes] = []
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        for row, line in zip(chunk, map(to_json, row_dicts(chunk)), strict=True):
-            metadata = row[6]
-            lines.append(
-                line[:-1] + _METADATA_KEY + metadata + b"}" if type(metadata) is bytes else line
-            )
+    lines = record_lines(rows)
     # One join builds the file: each copy of a large buffer costs page faults.
     lines[0] = b'{"records":[\n' + lines[0]
     lines[-1] += b"\n]," + tail[1:] + b"\n"

@@ -11,7 +11,7 @@ Each record line (without its trailing comma) is byte for byte
 ``record_from_row(row).model_dump_json()``; the whole file reads back through
 ``MetricsBatch.model_validate_json`` and ``json.loads`` to the same records, for
 any timestamp in the years 1 to 9999, and however many seconds a batch spans
-(``row_dicts`` reuses the formatted second).
+(``record_lines`` reuses the formatted second).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from otel_json_exporter.records import (
     moment_of,
     queued_row,
     record_from_row,
-    row_dicts,
+    record_lines,
     row_of,
 )
 from otel_json_exporter.writer import BatchWriter, encode_batch, encode_rows
@@ -197,7 +197,7 @@ def assert_batch_file(data: bytes, rows: list[RecordRow], batch_timestamp: datet
     parsed = json.loads(data)
     assert list(parsed) == ["records", *TAIL_KEYS]
     assert parsed["records"] == [json.loads(line) for line in expected_lines(rows)]
-    assert parsed["records"] == row_dicts(rows)
+    assert record_lines(rows) == expected_lines(rows)
 
 
 class TestEncodeRows:
@@ -305,16 +305,80 @@ class TestEncodeRows:
         assert MetricsBatch.model_validate_json(data).records == records
 
 
-class TestRowDicts:
+def timestamps_of(rows: list[RecordRow]) -> list[str]:
+    return [json.loads(line)["timestamp"] for line in record_lines(rows)]
+
+
+class TestRecordLines:
     @settings(max_examples=150, deadline=None)
     @given(rows=batches())
-    def test_each_dict_encodes_as_its_record(self, rows: list[RecordRow]) -> None:
-        dicts = row_dicts(rows)
-        assert [to_json(item) for item in dicts] == expected_lines(rows)
-        for item, row in zip(dicts, rows, strict=True):
-            assert list(item) == list(OperationRecord.model_fields)
-            assert item["timestamp"] == format_timestamp(moment_of(row[3]))
-            assert item["metadata"] is row[6]  # encoded at once: no copy needed
+    def test_each_line_is_its_records_model_dump_json(self, rows: list[RecordRow]) -> None:
+        lines = record_lines(rows)
+        assert lines == expected_lines(rows)
+        for line, row in zip(lines, rows, strict=True):
+            assert list(json.loads(line)) == list(OperationRecord.model_fields)
+            assert json.loads(line)["timestamp"] == format_timestamp(moment_of(row[3]))
+
+    @settings(max_examples=100, deadline=None)
+    @given(texts=st.lists(texts | st.sampled_from(["api_request", "x"]), min_size=2, max_size=8))
+    def test_texts_repeated_in_a_batch(self, texts: list[str]) -> None:
+        """Each distinct text is encoded once per batch, and reused where it comes again."""
+        rows = [
+            build_row(text, texts[-index], 1.0, NOW_US + index, index % 2 == 0, text, None)
+            for index, text in enumerate(texts)
+        ]
+        assert record_lines(rows) == expected_lines(rows)
+
+    @pytest.mark.parametrize(
+        "duration",
+        [
+            0.0,
+            -0.0,
+            1e-7,
+            1.5e-5,
+            9.9999e-5,
+            1e-4,
+            0.1,
+            1e15,
+            1e16,
+            1e22,
+            5e-324,
+            1.7976931348623157e308,
+        ],
+    )
+    def test_floats_with_and_without_an_exponent(self, duration: float) -> None:
+        """JSON writes ``1e-7`` where ``repr`` writes ``1e-07``: the line is pydantic's."""
+        row = build_row("job", "run", duration, NOW_US, True, None, {"f": duration})
+        assert record_lines([row]) == expected_lines([row])
+
+    def test_a_row_that_validation_would_refuse_is_written_as_pydantic_writes_it(self) -> None:
+        """Rows are valid; if one is not, its line is still what the serialiser makes of it."""
+
+        class Text(str):
+            """Equal to any text, and hashed like "job": it would find "job"'s JSON."""
+
+            def __eq__(self, other: object) -> bool:
+                return True
+
+            def __hash__(self) -> int:
+                return hash("job")
+
+        rows = [
+            ("job", "run", 1.0, NOW_US, True, None, {}),
+            (Text("job"), Text("other"), 2, NOW_US, 1, Text("run"), {}),
+        ]
+        line = record_lines(rows)[1]  # type: ignore[arg-type]
+        assert json.loads(line) == {
+            "operation_type": "job",
+            "operation_name": "other",
+            "duration_ms": 2,
+            "timestamp": format_timestamp(moment_of(NOW_US)),
+            "success": 1,
+            "error_message": "run",
+            "metadata": {},
+        }
+        with pytest.raises(ValueError, match="Unable to serialize"):
+            record_lines([("job", "run", object(), NOW_US, True, None, {})])  # type: ignore[list-item]
 
     @settings(max_examples=100, deadline=None)
     @given(
@@ -327,16 +391,16 @@ class TestRowDicts:
     )
     def test_seconds_revisited_in_any_order(self, stamps: list[int]) -> None:
         rows = [build_row("job", "run", 1.0, stamp, True, None, None) for stamp in stamps]
-        assert [item["timestamp"] for item in row_dicts(rows)] == [
+        assert timestamps_of(rows) == [
             moment_of(stamp).isoformat(timespec="microseconds") for stamp in stamps
         ]
 
     @pytest.mark.parametrize("stamp", EDGES)
     def test_edges_of_the_range_and_of_seconds(self, stamp: int) -> None:
         row = build_row("job", "run", 1.0, stamp, True, None, None)
-        (item,) = row_dicts([row])
-        assert item["timestamp"] == format_timestamp(moment_of(stamp))
-        assert microseconds_of(datetime.fromisoformat(item["timestamp"])) == stamp
+        (timestamp,) = timestamps_of([row])
+        assert timestamp == format_timestamp(moment_of(stamp))
+        assert microseconds_of(datetime.fromisoformat(timestamp)) == stamp
         assert_batch_file(encode_rows([row], BATCH_MOMENT), [row], BATCH_MOMENT)
 
     @pytest.mark.parametrize(
@@ -352,15 +416,12 @@ class TestRowDicts:
         ],
     )
     def test_known_timestamps(self, stamp: int, text: str) -> None:
-        (item,) = row_dicts([build_row("job", "run", 1.0, stamp, True, None, None)])
-        assert item["timestamp"] == text
+        assert timestamps_of([build_row("job", "run", 1.0, stamp, True, None, None)]) == [text]
 
 
-class TestChunks:
-    """encode_rows turns a few hundred rows into dicts at a time."""
-
+class TestLongBatches:
     @pytest.mark.parametrize("count", [255, 256, 257, 512, 513, 1000])
-    def test_batches_longer_than_a_chunk(self, count: int) -> None:
+    def test_batches_of_a_few_hundred_records(self, count: int) -> None:
         rows = [
             build_row("job", f"run {i}", i / 7, NOW_US + i * 3_001, i % 3 == 0, None, {"i": i})
             for i in range(count)
@@ -368,15 +429,17 @@ class TestChunks:
         assert_batch_file(encode_rows(rows, BATCH_MOMENT), rows, BATCH_MOMENT)
 
     def test_encoding_a_batch_sets_off_no_garbage_collection(self) -> None:
-        """A thousand dicts alive at once would: the default threshold is 700 objects."""
+        """A dict per record would: a thousand alive at once pass the default threshold, 700."""
         assert gc.isenabled()
         assert gc.get_threshold()[0] <= 1000
         rows = [
             build_row("api_request", f"GET /{i}", 1.5, NOW_US + i, True, None, {"n": i})
             for i in range(3000)
         ]
-        assert collections_during(lambda: row_dicts(rows))  # so this check can fail
-        assert collections_during(lambda: encode_rows(rows, BATCH_MOMENT)) == []
+        queued = [queued_row(row) for row in rows]
+        as_dicts = [json.loads(line) for line in expected_lines(rows)]
+        assert collections_during(lambda: [dict(item) for item in as_dicts])  # it can fail
+        assert collections_during(lambda: encode_rows(queued, BATCH_MOMENT)) == []
 
 
 def collections_during(action: Callable[[], object]) -> list[int]:
@@ -399,21 +462,20 @@ def collections_during(action: Callable[[], object]) -> list[int]:
 class TestTheSecondBeforeTheEpoch:
     """1969-12-31T23:59:59.000000 to .999999: microseconds -1,000,000 to -1.
 
-    row_dicts once started its cache of the formatted second at -1 with an empty
+    The encoder once started its cache of the formatted second at -1 with an empty
     prefix, so a first row in this second was written as ``.ffffff+00:00``.
     """
 
     @pytest.mark.parametrize("stamp", [-1, -500_000, -999_999, -SECOND])
     def test_first_row_of_a_batch(self, stamp: int) -> None:
         row = build_row("job", "run", 1.0, stamp, True, None, None)
-        (item,) = row_dicts([row])
-        assert item["timestamp"] == moment_of(stamp).isoformat(timespec="microseconds")
+        assert timestamps_of([row]) == [moment_of(stamp).isoformat(timespec="microseconds")]
         assert_batch_file(encode_rows([row], BATCH_MOMENT), [row], BATCH_MOMENT)
 
     @pytest.mark.parametrize("stamp", [-1, -500_000, -999_999, -SECOND])
     def test_after_a_row_of_another_second(self, stamp: int) -> None:
         rows = [build_row("job", "run", 1.0, at, True, None, None) for at in (0, stamp, stamp)]
-        assert [item["timestamp"] for item in row_dicts(rows)] == [
+        assert timestamps_of(rows) == [
             "1970-01-01T00:00:00.000000+00:00",
             *[moment_of(stamp).isoformat(timespec="microseconds")] * 2,
         ]
