@@ -285,7 +285,7 @@ stops tracking the first time it looks at it. A queued row holding a dict stayed
 tracked while it waited: the collector went over the whole queue again and
 again, and its pauses were most of the calls slower than a millisecond (README,
 Performance). The writer puts the text in as it is, as the last key
-(:func:`~otel_json_exporter.writer.encode_rows`).
+(:func:`record_lines`).
 """
 
 EMPTY_METADATA = b"{}"
@@ -507,6 +507,8 @@ def record_lines(rows: Sequence[RecordRow | QueuedRow]) -> list[bytes]:
         else:
             error_json = (type(error) is str and known(error)) or _json_text(error, encoded)
         duration_json = repr(duration) if type(duration) is float else ""
+        if "n" in duration_json:  # nan, inf: never in a valid row, and not JSON
+            raise ValueError("duration_ms is not a finite number")
         if "e" in duration_json or not duration_json:
             duration_json = to_json(duration).decode()
         if success is True:

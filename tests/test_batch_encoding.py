@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import tempfile
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -379,6 +380,10 @@ class TestRecordLines:
         }
         with pytest.raises(ValueError, match="Unable to serialize"):
             record_lines([("job", "run", object(), NOW_US, True, None, {})])  # type: ignore[list-item]
+        # No JSON number holds these: the row is refused, not written unreadable.
+        for duration in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ValueError, match="duration_ms is not a finite number"):
+                record_lines([("job", "run", duration, NOW_US, True, None, b"{}")])
 
     @settings(max_examples=100, deadline=None)
     @given(

@@ -706,27 +706,32 @@ class TestQueuedRows:
 
         manager = make(storage, max_batch_size=1000)
         await manager.start()
-        await manager.record_operation("job", "plain", 1.0, metadata={"region": "us-east"})
-        await manager.record_operation("job", "plain", 1.0, metadata={"region": "eu-west"})
-        nested = {"tags": ["a", "b"], "limits": {"cpu": 2}}
-        await manager.record_operation("job", "full", 1.0, metadata=nested)
-        await manager.record_operation("job", "no metadata", 2)
-        now = datetime.now(timezone.utc)
-        record = OperationRecord(
-            operation_type="job",
-            operation_name="submitted",
-            duration_ms=1.0,
-            timestamp=now,
-            metadata={"rows": [1, 2, 3]},
-        )
-        assert manager.submit_records([record]) == 1
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(OperationSpanExporter(manager=manager)))
-        with provider.get_tracer("t").start_as_current_span("span", attributes={"k": ("x", "y")}):
-            pass
-        queued = list(manager._buffer)
-        assert len(queued) == 6
-        assert all(gc.is_tracked(item) for item in queued)  # so the check below can fail
+        # No collection may run before the first check, or it would find them untracked already.
+        gc.disable()
+        try:
+            await manager.record_operation("job", "plain", 1.0, metadata={"region": "us-east"})
+            await manager.record_operation("job", "plain", 1.0, metadata={"region": "eu-west"})
+            nested = {"tags": ["a", "b"], "limits": {"cpu": 2}}
+            await manager.record_operation("job", "full", 1.0, metadata=nested)
+            await manager.record_operation("job", "no metadata", 2)
+            record = OperationRecord(
+                operation_type="job",
+                operation_name="submitted",
+                duration_ms=1.0,
+                timestamp=datetime.now(timezone.utc),
+                metadata={"rows": [1, 2, 3]},
+            )
+            assert manager.submit_records([record]) == 1
+            tracer = provider.get_tracer("t")
+            with tracer.start_as_current_span("span", attributes={"k": ("x", "y")}):
+                pass
+            queued = list(manager._buffer)
+            assert len(queued) == 6
+            assert all(gc.is_tracked(item) for item in queued)  # so the check below can fail
+        finally:
+            gc.enable()
         gc.collect()
         assert [gc.is_tracked(item) for item in queued] == [False] * 6
         assert [type(item[6]) for item in queued] == [bytes] * 6
