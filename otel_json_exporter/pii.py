@@ -396,9 +396,9 @@ class PiiPolicy:
             self._check(metadata, "")
 
     def check_row(self, row: RecordRow) -> None:
-        """Raise ValueError saying which field of a queued row breaks the rule (never the value).
+        """Raise ValueError saying which field of a row breaks the rule (never the value).
 
-        The check every row gets before it is queued (and, for a span mapped in
+        The check every row gets before it is encoded and queued (and, for a span mapped in
         the writer process, before it is written): no PII key or value in its
         metadata, no address, credentials or PII ``name=value`` in its texts.
         """
