@@ -14,8 +14,9 @@ Scenarios (see each module's docstring for what exactly is timed):
 * ``memory.py``: bytes per queued record, peak RSS under overload.
 
 With ``--repeat`` above 1 every scenario runs that many times, in rounds (each
-scenario once per round), and each figure is the median; a throughput ratio is
-the median of the rounds' ratios, each taken within its round. Nothing is
+scenario once per round, in reverse order every second round), and each figure
+is the median; a throughput ratio is the median of the rounds' ratios, each
+taken within its round. Nothing is
 hard-coded: every number in the table comes from this run, and a target is MET
 only if this run's figure meets it. Exit status
 is 0 even when a target is not met (the table is the result); it is 1 when a
@@ -360,7 +361,10 @@ def collect(
 
     A shared machine speeds up and slows down over minutes; in rounds, every
     scenario meets the same drift, so the ratios between them hold better than
-    if each ran its repeats back to back.
+    if each ran its repeats back to back. Every second round runs the scenarios
+    in reverse order, so that a drift within a round, or what one run leaves the
+    next (dirty pages still being written back), does not always fall on the same
+    side of a ratio.
     """
     extra = ["--dir", scratch] if scratch else []
     direct = ("direct.py", "--records", str(sizes["records"]), *extra)
@@ -390,8 +394,9 @@ def collect(
         ),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
+    forwards = list(scenarios.items())
     for round_number in range(1, sizes["repeat"] + 1):
-        for name, command in scenarios.items():
+        for name, command in forwards if round_number % 2 else forwards[::-1]:
             log(f"round {round_number} of {sizes['repeat']}: {name}")
             runs[name].append(run_scenario(*command))
     results = {name: median_of(found) for name, found in runs.items()}

@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,17 @@ TARGETS = (
 )
 
 
+@dataclass(frozen=True)
+class QuickRun:
+    stdout: str
+    stderr: str
+    report: dict[str, Any]
+    scratch: Path
+
+
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any], Path]:
-    """One quick run: its stdout, its JSON report and its scratch directory."""
+def bench(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    """Two quick rounds: what they print, the JSON report and the scratch directory."""
     workdir = tmp_path_factory.mktemp("bench")
     report = workdir / "report.json"
     scratch = workdir / "scratch"
@@ -40,6 +49,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]
             sys.executable,
             str(ROOT / "benchmarks" / "run.py"),
             "--quick",
+            "--repeat",
+            "2",
             "--dir",
             str(scratch),
             "--json",
@@ -52,14 +63,14 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout, json.loads(report.read_text(encoding="utf-8")), scratch
+    return QuickRun(
+        done.stdout, done.stderr, json.loads(report.read_text(encoding="utf-8")), scratch
+    )
 
 
 class TestQuickRun:
-    def test_prints_the_machine_and_one_markdown_table(
-        self, bench: tuple[str, dict[str, Any], Path]
-    ) -> None:
-        stdout, _, _ = bench
+    def test_prints_the_machine_and_one_markdown_table(self, bench: QuickRun) -> None:
+        stdout = bench.stdout
         assert stdout.startswith("Machine: cpu: ")
         for field in ("cores: ", "python: CPython", "filesystem: "):
             assert field in stdout
@@ -74,16 +85,16 @@ class TestQuickRun:
             "| spans end to end, an exporter that only reads the fields a record needs |" in stdout
         )
 
-    def test_every_target_has_a_verdict(self, bench: tuple[str, dict[str, Any], Path]) -> None:
-        stdout, report, _ = bench
+    def test_every_target_has_a_verdict(self, bench: QuickRun) -> None:
+        stdout, report = bench.stdout, bench.report
         verdicts = {row["target"]: row["verdict"] for row in report["table"]}
         for target in TARGETS:
             assert verdicts.get(target) in ("MET", "NOT MET"), target
             line = next(line for line in stdout.splitlines() if f"| {target} |" in line)
             assert line.endswith(("| MET |", "| NOT MET |"))
 
-    def test_verdicts_follow_the_figures(self, bench: tuple[str, dict[str, Any], Path]) -> None:
-        _, report, _ = bench
+    def test_verdicts_follow_the_figures(self, bench: QuickRun) -> None:
+        report = bench.report
         results = report["results"]
 
         def met(measurement: str, target: str) -> bool:
@@ -124,10 +135,8 @@ class TestQuickRun:
         queued = results["memory_queued"]["bytes_per_record"]
         assert met("memory per queued record", "≤ 600 bytes") == (queued <= 600)
 
-    def test_figures_are_measured_and_nothing_is_lost(
-        self, bench: tuple[str, dict[str, Any], Path]
-    ) -> None:
-        _, report, _ = bench
+    def test_figures_are_measured_and_nothing_is_lost(self, bench: QuickRun) -> None:
+        report = bench.report
         results = report["results"]
         for name in ("direct_ours", "direct_ours_process", "direct_logging"):
             result = results[name]
@@ -151,6 +160,19 @@ class TestQuickRun:
         assert overload["on_disk"] == overload["produced"] > 0
         assert overload["peak_rss_kib"] >= overload["rss_before_kib"] > 0
 
-    def test_leaves_no_scratch_files(self, bench: tuple[str, dict[str, Any], Path]) -> None:
-        _, _, scratch = bench
-        assert list(scratch.iterdir()) == []
+    def test_leaves_no_scratch_files(self, bench: QuickRun) -> None:
+        assert list(bench.scratch.iterdir()) == []
+
+    def test_every_second_round_runs_the_scenarios_backwards(self, bench: QuickRun) -> None:
+        rounds: dict[str, list[str]] = {}
+        for line in bench.stderr.splitlines():
+            if line.startswith("... round "):
+                number, _, name = line.removeprefix("... round ").partition(": ")
+                rounds.setdefault(number, []).append(name)
+        first, second = rounds["1 of 2"], rounds["2 of 2"]
+        assert len(first) == len(set(first)) > 2
+        assert second == first[::-1]
+        assert all(
+            len(bench.report["results"][name]["runs"]) == 2
+            for name in ("direct_ours", "memory_queued")
+        )
