@@ -39,7 +39,7 @@ __all__ = ["main"]
 PROG = "otel-json-exporter"
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION = re.compile(r"^([0-9]+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _MAX_NAME_WIDTH = 48
 _ACCURACY_PERCENT = f"{DEFAULT_RELATIVE_ACCURACY:.0%}"
@@ -117,7 +117,7 @@ def _timestamp(text: str) -> datetime:
 
 def _age(text: str) -> timedelta:
     """A whole number and a unit: 90s, 90m, 12h, 30d, 4w."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if not match:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an age: use a whole number and one of s, m, h, d, w "

@@ -67,10 +67,15 @@ MAX_INTEGER_DIGITS = 4300
 ``json``) refuse longer ones, and with them the whole batch file."""
 _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 
-TIMESTAMP_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00$")
-BATCH_ID_PATTERN = re.compile(r"^\d{8}_\d{6}_\d{6}$")
-BATCH_FILE_PATTERN = re.compile(r"^metrics_(\d{8}_\d{6}_\d{6})\.json$")
-"""A batch file's name; group 1 is its ``batch_id``. Nothing else is ever touched."""
+# [0-9], not \d: in Python \d also matches other scripts' digits (Arabic-Indic, full
+# width). Matched with fullmatch: "$" alone also matches before a final newline.
+TIMESTAMP_PATTERN = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}\+00:00$"
+)
+BATCH_ID_PATTERN = re.compile(r"^[0-9]{8}_[0-9]{6}_[0-9]{6}$")
+BATCH_FILE_PATTERN = re.compile(r"^metrics_([0-9]{8}_[0-9]{6}_[0-9]{6})\.json$")
+"""A batch file's name (use ``fullmatch``); group 1 is its ``batch_id``. Nothing else is
+ever touched."""
 
 _BATCH_ID_FORMAT = "%Y%m%d_%H%M%S_%f"
 
@@ -89,14 +94,14 @@ def batch_id_for(moment: datetime) -> str:
 
 def parse_batch_id(batch_id: str) -> datetime:
     """The UTC moment a ``batch_id`` names; ValueError if it is not one."""
-    if not BATCH_ID_PATTERN.match(batch_id):
+    if not BATCH_ID_PATTERN.fullmatch(batch_id):
         raise ValueError(f"batch_id must look like YYYYMMDD_HHMMSS_ffffff, got {batch_id!r}")
     return datetime.strptime(batch_id, _BATCH_ID_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def _to_utc(value: Any) -> datetime:
     if isinstance(value, str):
-        if not TIMESTAMP_PATTERN.match(value):
+        if not TIMESTAMP_PATTERN.fullmatch(value):
             raise ValueError("timestamp must look like 2025-12-16T08:00:00.000000+00:00")
         return datetime.fromisoformat(value)
     if isinstance(value, datetime):

@@ -65,7 +65,7 @@ MAX_RETENTION_DAYS = 36_500
 STALE_TEMP_SECONDS = 600.0
 """A temporary file older than this is stale even if its writer's PID is alive."""
 
-_TEMP_PATTERN = re.compile(r"^\.metrics_(\d+)_[0-9a-f]+\.tmp$")
+_TEMP_PATTERN = re.compile(r"^\.metrics_([0-9]+)_[0-9a-f]+\.tmp$")  # with fullmatch
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -310,7 +310,7 @@ def remove_stale_temp_files(
     except FileNotFoundError:
         return removed
     for entry in entries:
-        match = _TEMP_PATTERN.match(entry.name)
+        match = _TEMP_PATTERN.fullmatch(entry.name)
         if not match:
             continue
         try:
@@ -331,7 +331,7 @@ def iter_batch_files(directory: str | os.PathLike[str]) -> Iterator[tuple[Path, 
     """
     found = []
     for entry in os.scandir(directory):
-        match = BATCH_FILE_PATTERN.match(entry.name)
+        match = BATCH_FILE_PATTERN.fullmatch(entry.name)
         if match and entry.is_file(follow_symlinks=False):
             found.append((match.group(1), Path(entry.path)))
     for batch_id, path in sorted(found):

@@ -14,7 +14,7 @@ def load_batches(directory: Path) -> list[MetricsBatch]:
     """Every batch file in ``directory``, parsed and checked against its name."""
     batches = []
     for path in sorted(directory.glob("metrics_*.json")):
-        match = BATCH_FILE_PATTERN.match(path.name)
+        match = BATCH_FILE_PATTERN.fullmatch(path.name)
         assert match, f"unexpected batch file name {path.name}"
         batch = MetricsBatch.model_validate_json(path.read_bytes())
         assert batch.batch_id == match.group(1), f"{path.name} holds batch {batch.batch_id}"

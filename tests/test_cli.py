@@ -174,6 +174,10 @@ FOREIGN = {
     "metrics_20251216_080005_123456.json.bak": "a backup",
     "notes.txt": "notes",
     ".metrics_999999_abcdef.tmp": "someone's temporary file",
+    # Names that a pattern with \d or a bare $ would take for old batch files:
+    "metrics_20200101_000000_000000.json\n": "a final newline",
+    "metrics_\u0662\u0660\u0662\u06600101_000000_000000.json": "Arabic-Indic digits",
+    "metrics_\uff12\uff10\uff12\uff100101_000000_000000.json": "fullwidth digits",
 }
 
 
@@ -413,7 +417,9 @@ class TestSummarize:
         assert result.returncode == 1
         report = json.loads(result.stdout)
         assert report["files"]["invalid"] == len(broken)
-        assert report["files"]["other_metrics_names"] == 2  # metrics_latest.json and the old name
+        # metrics_latest.json, the old name and the two with other digits (the name
+        # ending in a newline does not end in .json)
+        assert report["files"]["other_metrics_names"] == 4
         assert {Path(bad["file"]).name for bad in report["invalid_files"]} == set(broken)
         warnings = result.stderr.splitlines()
         assert len(warnings) == len(broken)
@@ -556,7 +562,7 @@ class TestValidate:
         assert last == (
             f"{len(valid) + len(broken)} batch files checked in {pipeline_copy}: "
             f"{len(valid)} valid ({records} records), {len(broken)} invalid; "
-            "2 other metrics_*.json names left alone"
+            "4 other metrics_*.json names left alone"
         )
         assert CANARY not in result.stdout + result.stderr
         assert_foreign_untouched(pipeline_copy)
@@ -566,7 +572,7 @@ class TestValidate:
         result = run("validate", tmp_path)
         assert result.returncode == 0
         assert "0 batch files checked" in result.stdout
-        assert "2 other metrics_*.json names left alone" in result.stdout
+        assert "4 other metrics_*.json names left alone" in result.stdout
         assert_foreign_untouched(tmp_path)
 
     def test_keys_that_are_addresses_are_masked_in_every_reason(self, pipeline_copy: Path) -> None:

@@ -220,7 +220,14 @@ class TestTemporaryFileCleanUp:
             stale = storage / f".metrics_{sleeper.pid}_ba9876543210.tmp"
             dead = storage / f".metrics_{finished.pid}_00aa11bb22cc.tmp"
             own = storage / f".metrics_{os.getpid()}_ffffffffffff.tmp"
-            others = [storage / name for name in (".metrics_x_1.tmp", "notes.tmp", "metrics_a.tmp")]
+            # The dead writer's pid again, in names that are not a writer's temporary file
+            arabic_indic = str(finished.pid).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+            lookalikes = (
+                f".metrics_{finished.pid}_00aa11bb22cc.tmp\n",
+                f".metrics_{arabic_indic}_00aa.tmp",
+            )
+            names = (".metrics_x_1.tmp", "notes.tmp", "metrics_a.tmp", *lookalikes)
+            others = [storage / name for name in names]
             for path in [live, stale, dead, own, *others]:
                 path.write_text("{")
             old = time.time() - 601
