@@ -93,7 +93,11 @@ class LogHistogram:
         for index in sorted(self._buckets):
             seen += self._buckets[index]
             if seen > rank:
-                estimate = 2 * self._gamma**index / (self._gamma + 1)
+                # 2 * gamma**index / (gamma + 1), written so that no step overflows:
+                # gamma**(index - 1) is below a value counted here, and the product
+                # overflows only when the estimate is beyond every float, where the
+                # clamp to the maximum gives the closer answer.
+                estimate = self._gamma ** (index - 1) * (1 + self.accuracy)
                 return min(max(estimate, self.min), self.max)
         return self.max  # not reached: the counts add up to self.count
 

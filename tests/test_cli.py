@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from otel_json_exporter import MetricsManager
@@ -440,6 +440,26 @@ class TestSummarize:
         assert result.returncode == 0
         assert "(no records)" in result.stdout
         assert "0 batch files read" in result.stdout
+
+    def test_the_largest_durations_a_record_may_hold(self, tmp_path: Path) -> None:
+        durations = [1.79e308, sys.float_info.max, 2.5]
+        records = [
+            OperationRecord(
+                operation_type="job",
+                operation_name="huge",
+                duration_ms=duration,
+                timestamp=datetime.now(timezone.utc),
+            )
+            for duration in durations
+        ]
+        BatchWriter(tmp_path).write(records)
+        result = run("summarize", tmp_path, "--json")
+        assert result.returncode == 0, result.stderr
+        (group,) = json.loads(result.stdout)["groups"]
+        for q in (50, 95, 99):
+            assert_close(group[f"p{q}_ms"], exact_quantile(durations, q / 100))
+        assert group["max_ms"] == sys.float_info.max
+        assert run("summarize", tmp_path).returncode == 0
 
     def test_missing_directory_is_a_usage_error(self, tmp_path: Path) -> None:
         result = run("summarize", tmp_path / "nowhere")
@@ -868,6 +888,25 @@ class TestLogHistogram:
         for q in (0, 0.5, 0.95, 0.99, 1):
             assert merged.quantile(q) == single.quantile(q)
         assert merged.count == single.count
+
+    @given(
+        st.lists(
+            st.one_of(st.just(0.0), st.floats(sys.float_info.min, sys.float_info.max)),
+            min_size=1,
+            max_size=50,
+        ),
+        st.floats(min_value=0, max_value=1),
+    )
+    @example([sys.float_info.max], 0.5)
+    @example([1.79e308, 1e-300, 0.0], 1.0)
+    @example([8.93533108155191e307, 9.024684392456783e307], 0.0)
+    def test_the_whole_range_of_a_float(self, values: list[float], q: float) -> None:
+        sketch = LogHistogram(ACCURACY)
+        for value in values:
+            sketch.add(value)
+        estimate = sketch.quantile(q)
+        assert estimate is not None
+        assert_close(estimate, exact_quantile(values, q))
 
     def test_memory_is_bounded_by_the_range_not_the_count(self) -> None:
         sketch = LogHistogram(ACCURACY)
