@@ -179,8 +179,10 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
         metadata.update(clean_added)
         redacted += masked
 
+    # From the filtered metadata, not the raw attributes: a key whose == lies (or one a
+    # policy blocks) must not bring a dropped value back as the operation type.
     kind_of_operation = text_of(
-        operation_type_of(kind, attributes) if declared_type is None else declared_type
+        operation_type_of(kind, metadata) if declared_type is None else declared_type
     )
     if isinstance(kind_of_operation, str) and (
         "@" in kind_of_operation or "=" in kind_of_operation or not kind_of_operation.isascii()

@@ -48,6 +48,7 @@ error message or a log line.
 
 from __future__ import annotations
 
+import ast
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -147,8 +148,11 @@ _LOCAL_PART = r"[\w.%+-]"
 # The look-behind makes a match start only where a run of address characters
 # starts; without it a long run before a lone "@" took quadratic time.
 _EMAIL = rf"(?<!{_LOCAL_PART}){_LOCAL_PART}+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{{2,}}"
-# A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it.
-_CREDENTIALS = r"//[^\s/?#]*@"
+# A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it;
+# or, when that finds none, a "user:password" whose password holds "/", "?" or "#"
+# unencoded (postgresql://admin:pa#ss@db/app, as connection strings allow), to the
+# last "@" of the run. A port ("host:8443/p?email=a@b.io") is not taken for a password.
+_CREDENTIALS = r"//(?:[^\s/?#]*|[^\s/?#@:]*:(?![0-9]*(?:[/?#]|$))\S*)@"
 # Credentials already masked are matched first and skipped, so that masking is
 # idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken
 # for credentials or for the address "REDACTED@h.example" when checked again.
@@ -156,10 +160,12 @@ _PII_TEXT = re.compile(
     f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})|{_EMAIL}"
 )
 # ``name=value`` anywhere in free text, where the name starts a word or follows one of
-# ``?#;&`` (a URL's query, fragment or path parameters, or ``password=...`` in a message).
-# The value stops at the next such separator, so a URL nested unencoded in a parameter
-# (``next=https://x/cb?token=t``) shows its own parameters as further matches.
-_PARAMETER = re.compile(r"(?<![^\s?#;&])(?P<name>[^\s=?#;&]+)=(?P<value>[^\s?#;&]*)")
+# ``?#;&/`` (a URL's query, fragment, path parameters or a path segment such as
+# ``/profile/name=Alice``, or ``password=...`` in a message). The value stops at the
+# next of ``?#;&`` or white space, not at "/" (a token's base64 may hold one), so a URL
+# nested unencoded in a parameter (``next=https://x/cb?token=t``) shows its own
+# parameters as further matches.
+_PARAMETER = re.compile(r"(?<![^\s?#;&/])(?P<name>[^\s=?#;&/]+)=(?P<value>[^\s?#;&]*)")
 _CACHE_LIMIT = 4096
 _REMEMBERED_TEXT_LENGTH = 256
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -607,18 +613,25 @@ class PiiPolicy:
         if (operation, text) in self._unchanged:
             return text, 0
         masked, count = mask(text)
-        if not count and masked == text:
+        result = self._nothing_left(masked, count)
+        if not count and result[0] == text:  # unchanged by both: remembered
             self._remember_unchanged(operation, text)
-        return self._nothing_left(masked, count)
+        return result
 
     def _mask_url(self, url: str) -> tuple[str, int]:
+        # Credentials first, on the whole text: urlsplit ends the authority at the first
+        # "/", "?" or "#", which a password may hold (redis://u:pa#ss@h would leave
+        # "u:pa" in the netloc and "ss@h" in the fragment).
+        masked = 0
+        if "@" in url:
+            url, masked = _mask_credentials(url)
         try:
             parts = urlsplit(url)
         except ValueError:
             return REDACTED, 1
-        netloc, masked = parts.netloc, 0
-        if "@" in netloc:
-            netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
+        netloc = parts.netloc
+        if "@" in netloc and not netloc.startswith(_NETLOC_MASK):
+            netloc = _NETLOC_MASK + netloc.rpartition("@")[2]
             masked += 1
         path, in_path = self._mask_path(parts.path)
         query, in_query = self._mask_parameters(parts.query, "&")
@@ -706,6 +719,26 @@ class PiiPolicy:
         return fragment, 0
 
 
+_NETLOC_MASK = _CREDENTIALS_MASK.removeprefix("//")
+_CREDENTIALS_ONLY = re.compile(
+    f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})"
+)
+
+
+def _mask_credentials(text: str) -> tuple[str, int]:
+    """``text`` with every URL's credentials masked (and no address), and how many were."""
+    count = 0
+
+    def mask(match: re.Match[str]) -> str:
+        nonlocal count
+        if match["masked"]:
+            return match[0]
+        count += 1
+        return _CREDENTIALS_MASK
+
+    return _CREDENTIALS_ONLY.sub(mask, text), count
+
+
 def _decode(text: str) -> str:
     """``text`` percent-decoded (``+`` as a space), through up to three layers."""
     for _ in range(_MAX_DECODINGS):
@@ -725,6 +758,33 @@ def _holds_pii_text(text: str) -> bool:
 
 DEFAULT_POLICY = PiiPolicy()
 """The rule with no additions."""
+
+
+# A key as repr() quotes it in a message (``'a'``, ``"it's"``, with escapes inside).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+
+
+def mask_quoted_keys(message: str) -> str:
+    """``message`` with every quoted key that holds PII replaced by ``'[REDACTED]'``.
+
+    repr() writes an invisible character as an escape (``'bob@exam\\xadple.com'``),
+    which hides the address from :func:`mask_text`: each quoted key with an escape is
+    read back and judged as the text it is. One that cannot be read back is masked.
+    """
+    if "\\" not in message:
+        return message  # nothing escaped: mask_text sees every key as it is
+
+    def mask(match: re.Match[str]) -> str:
+        literal = match[0]
+        if "\\" not in literal:
+            return literal
+        try:
+            text = ast.literal_eval(literal)
+        except (ValueError, SyntaxError):
+            return repr(REDACTED)
+        return _describe_key(text) if isinstance(text, str) else repr(REDACTED)
+
+    return _QUOTED.sub(mask, message)
 
 
 def safe_validation_message(
@@ -747,7 +807,7 @@ def safe_validation_message(
     shown = errors if max_errors is None else errors[:max_errors]
     parts = []
     for error in shown:
-        message = mask_text(error["msg"].removeprefix("Value error, "))[0]
+        message = mask_text(mask_quoted_keys(error["msg"].removeprefix("Value error, ")))[0]
         where = [mask_text(str(part))[0] for part in error["loc"]]
         if where and where[-1] == "metadata" and message.startswith("metadata"):
             where.pop()

@@ -949,6 +949,34 @@ class TestEdges:
         await manager.stop()
         assert len(load_records(storage)) == 1
 
+    @pytest.mark.parametrize(
+        "message",
+        [
+            "x" * 983 + "alice.smith@gmail.com could not be reached",  # the cut: "...@gmail"
+            "z" * 972 + " via postgresql://admin:hunter2@db/app",  # the cut: "//admin:hunt"
+        ],
+    )
+    async def test_a_cut_error_message_never_hides_pii(self, storage: Path, message: str) -> None:
+        record = OperationRecord(
+            operation_type="t",
+            operation_name="n",
+            duration_ms=1.0,
+            timestamp=datetime.now(timezone.utc),
+            success=False,
+            error_message=message,
+        )
+        assert record.error_message is not None
+        assert len(record.error_message) <= 1000
+        assert "REDACTED" in record.error_message
+        for part in ("gmail", "alice", "admin", "hunt"):
+            assert part not in record.error_message
+        manager = make(storage)
+        await manager.start()
+        assert manager.submit_records([record]) == 1
+        await manager.stop()
+        (written,) = load_records(storage)
+        assert written.error_message == record.error_message
+
     async def test_stop_again_after_one_that_gave_up_writes_what_was_left(
         self, storage: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -308,6 +308,15 @@ class TestMaskingIsComplete:
             ("/reset/token=abc?page=2", "/reset/token=REDACTED?page=2"),
             ("/p/email=a", "/p/email=REDACTED"),
             ("token=abc", "token=REDACTED"),
+            # PII by the whole key only, not by a suffix: found after the last "/"
+            (
+                "https://shop.example/profile/name=Alice%20Smith",
+                "https://shop.example/profile/name=REDACTED",
+            ),
+            ("/accounts/42/name=Alice", "/accounts/42/name=REDACTED"),
+            ("https://h.example/x/enduser.id=alice42", "https://h.example/x/enduser.id=REDACTED"),
+            # A "/" in the value (base64) does not end it
+            ("/cb/access_token=ab/cd+ef==", "/cb/access_token=REDACTED"),
         ],
     )
     def test_a_parameter_in_a_path_segment_is_masked(self, url: str, masked: str) -> None:
@@ -315,6 +324,7 @@ class TestMaskingIsComplete:
         # exporter refuse the whole batch of spans instead of writing them masked.
         assert DEFAULT_POLICY.contains_pii(url)
         assert DEFAULT_POLICY.mask_url(url) == (masked, 1)
+        assert DEFAULT_POLICY.redact(url) == (masked, 1)  # the same in free text
 
     def test_an_address_uncovered_by_masking_another_masks_the_whole(self) -> None:
         # ".@d.io" starts a match only once "a@b.io" before it is masked.
@@ -350,6 +360,24 @@ class TestSafeValidationMessage:
         exc = self.errors({"timestamp": datetime.now(timezone.utc), key: 1})
         message = safe_validation_message(exc, prefix="")
         assert message == f"{masked}: Extra inputs are not permitted"
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "bob.smith@exam\u00adple.com",  # soft hyphen: repr writes it as \\xad
+            "alice@example\u200b.org",  # zero-width space: \\u200b
+            "dave\U000e0040example.com",  # tag "@": \\U000e0040
+            "o'brien@exam\u00adple.com",  # an apostrophe too: repr quotes it with "
+        ],
+    )
+    def test_a_metadata_key_that_repr_escapes_is_judged_as_its_text(self, key: str) -> None:
+        cases = [{key: {1, 2}}, {"ctx": {key: [float("nan")]}}]
+        for metadata in cases:
+            exc = self.errors({"timestamp": datetime.now(timezone.utc), "metadata": metadata})
+            message = safe_validation_message(exc, prefix="")
+            assert "'[REDACTED]'" in message, message
+            assert "example" not in message, message
+            assert "\\" not in message, message
 
     def test_metadata_messages_are_not_given_their_place_twice(self) -> None:
         exc = self.errors({"timestamp": datetime.now(timezone.utc), "metadata": {"a": (1,)}})
@@ -387,6 +415,17 @@ class TestCredentials:
                 "amqp://guest:hunter2@mq.example.org and ops@example.org",
                 "amqp://REDACTED:REDACTED@mq.example.org and [REDACTED]",
             ),
+            # "#", "?" or "/" unencoded in the password, as connection strings allow
+            ("postgresql://admin:hunter2#x@db/app", "postgresql://REDACTED:REDACTED@db/app"),
+            (
+                "redis://admin:hunter2#x@cache.example.com:6379/0",
+                "redis://REDACTED:REDACTED@cache.example.com:6379/0",
+            ),
+            (
+                "mysql://admin:hunter2?x@db.internal/app",
+                "mysql://REDACTED:REDACTED@db.internal/app",
+            ),
+            ("postgresql://admin:hunter/2@db/app", "postgresql://REDACTED:REDACTED@db/app"),
         ],
     )
     def test_userinfo_is_masked_before_any_address(self, text: str, masked: str) -> None:
@@ -394,13 +433,17 @@ class TestCredentials:
         assert DEFAULT_POLICY.contains_pii(text)  # what the manager gates masking on
         assert mask_text(text)[0] == masked
         assert DEFAULT_POLICY.redact(text)[0] == masked
-        assert "hunter2" not in masked
+        assert "hunter" not in masked
         assert "admin" not in masked
+        if "://" in text:
+            assert DEFAULT_POLICY.mask_url(text)[0] == masked  # a URL attribute
 
     @pytest.mark.parametrize(
         "text",
         [
             "https://example.com/a/b?x=1",
+            # A port is not a password: only the address goes
+            "https://api.example.com:8443/u?next=/x",
             "a // b @ c",
             "x@y",
             "see //docs/@latest",
@@ -834,6 +877,16 @@ class TestRememberedCleanTexts:
                 assert policy.mask_query(text)[1] >= 1
         remembered = {text for _, text in policy._unchanged}
         assert remembered.isdisjoint(texts)
+
+    def test_a_text_masked_whole_is_not_remembered_as_clean(self) -> None:
+        # Only the full-width "=" form holds PII: the structured pass changes nothing,
+        # and the last pass masks it all. A second look must get the same answer.
+        policy = PiiPolicy()
+        url = "https://shop.example/cb?x=1 password\uff1dhunter2"
+        first = policy.mask_url(url)
+        assert first == (REDACTED, 1)
+        assert policy.mask_url(url) == first
+        assert ("url", url) not in policy._unchanged
 
     def test_a_clean_text_is_remembered_and_still_clean(self) -> None:
         policy = PiiPolicy()
