@@ -99,27 +99,35 @@ def resolve_settings(
     """
     env = os.environ if environ is None else environ
     if storage_path is not None:
+        if not os.fspath(storage_path):  # Path("") would be the current directory
+            raise ValueError("storage_path must be a non-empty path")
         path, source = Path(storage_path), "argument"
     elif env.get(ENV_PATH, "").strip():
         path, source = Path(env[ENV_PATH].strip()), ENV_PATH
     else:
         path, source = DEFAULT_STORAGE_PATH, "default"
+
+    def setting(code: _T | None, name: str, parse: Callable[[str], _T], default: _T) -> _T:
+        # The variable is read only when no argument is given: a warning about a
+        # bad value must never name one that is not used.
+        if code is not None:
+            return code
+        from_env = _from_env(env, name, parse, default)
+        return from_env if from_env is not None else default
+
     return ExporterSettings(
         storage_path=path,
-        flush_interval_seconds=_pick(
+        flush_interval_seconds=setting(
             flush_interval_seconds,
-            _from_env(env, ENV_FLUSH_INTERVAL, _positive_float, DEFAULT_FLUSH_INTERVAL_SECONDS),
+            ENV_FLUSH_INTERVAL,
+            _positive_float,
             DEFAULT_FLUSH_INTERVAL_SECONDS,
         ),
-        max_batch_size=_pick(
-            max_batch_size,
-            _from_env(env, ENV_MAX_BATCH_SIZE, _positive_int, DEFAULT_MAX_BATCH_SIZE),
-            DEFAULT_MAX_BATCH_SIZE,
+        max_batch_size=setting(
+            max_batch_size, ENV_MAX_BATCH_SIZE, _positive_int, DEFAULT_MAX_BATCH_SIZE
         ),
-        max_queue_size=_pick(
-            max_queue_size,
-            _from_env(env, ENV_MAX_QUEUE_SIZE, _positive_int, DEFAULT_MAX_QUEUE_SIZE),
-            DEFAULT_MAX_QUEUE_SIZE,
+        max_queue_size=setting(
+            max_queue_size, ENV_MAX_QUEUE_SIZE, _positive_int, DEFAULT_MAX_QUEUE_SIZE
         ),
         retention_days=(
             retention_days
@@ -127,19 +135,11 @@ def resolve_settings(
             else _from_env(env, ENV_RETENTION_DAYS, _retention_days, None)
         ),
         storage_path_source=source,
-        writer=_pick(
-            writer, _from_env(env, ENV_WRITER, _writer_kind, DEFAULT_WRITER), DEFAULT_WRITER
-        ),
+        writer=setting(writer, ENV_WRITER, _writer_kind, DEFAULT_WRITER),
     )
 
 
 _T = TypeVar("_T")
-
-
-def _pick(code: _T | None, environment: _T | None, default: _T) -> _T:
-    if code is not None:
-        return code
-    return environment if environment is not None else default
 
 
 def _positive_float(raw: str) -> float:

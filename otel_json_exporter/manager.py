@@ -144,7 +144,11 @@ class MetricsManager:
         retention_days: float | None = None,
         writer: WriterKind = "thread",
     ) -> None:
-        if not (isinstance(flush_interval_seconds, (int, float)) and flush_interval_seconds > 0):
+        if (
+            isinstance(flush_interval_seconds, bool)
+            or not isinstance(flush_interval_seconds, (int, float))
+            or not flush_interval_seconds > 0
+        ):
             raise ValueError("flush_interval_seconds must be a positive number")
         if not math.isfinite(flush_interval_seconds):
             raise ValueError("flush_interval_seconds must be finite")
@@ -155,11 +159,20 @@ class MetricsManager:
             raise ValueError("queue_full_policy must be 'block', 'raise' or 'drop'")
         if writer not in ("thread", "process"):
             raise ValueError("writer must be 'thread' or 'process'")
-        if retention_days is not None and not (0 < retention_days <= MAX_RETENTION_DAYS):
+        if retention_days is not None and (
+            isinstance(retention_days, bool)
+            or not isinstance(retention_days, (int, float))
+            or not 0 < retention_days <= MAX_RETENTION_DAYS
+        ):
             raise ValueError(
                 f"retention_days must be a positive number of days, at most {MAX_RETENTION_DAYS}"
             )
-        self.storage_path = Path(storage_path)
+        path = os.fspath(storage_path)
+        if not isinstance(path, str) or not path:
+            raise ValueError("storage_path must be a non-empty path")
+        # Made absolute now, as logging.FileHandler does: a later os.chdir() must not
+        # move the batches, or retention, to another directory.
+        self.storage_path = Path(os.path.abspath(path))
         self.flush_interval_seconds = float(flush_interval_seconds)
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
@@ -293,8 +306,10 @@ class MetricsManager:
             self._stop_deadline = time.monotonic() + timeout
             self._stop_tried = False  # at least one attempt, even with a zero timeout
             self._drain_to = self._accepted
-            self._cond.notify_all()
-            return True
+        # Every waiter, on every loop too: a producer waiting for room gets RuntimeError
+        # now, not once a stuck write returns.
+        self._wake_waiters()
+        return True
 
     def _stopped(self) -> bool:
         # Started again meanwhile also ends a stop(): nothing it held is lost.

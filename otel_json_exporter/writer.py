@@ -197,6 +197,8 @@ class BatchWriter:
         try:
             os.link(probe, linked)  # every batch is published with a hard link
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return  # full (the link may need an inode or a block): writes are retried
             raise StorageError(
                 exc.errno,
                 f"storage directory {self.directory} does not support hard links, which "

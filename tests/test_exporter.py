@@ -207,7 +207,7 @@ class TestStandalone:
         monkeypatch.chdir(tmp_path)
         exporter = kit.exporter()
         manager = exporter.manager
-        assert manager.storage_path == Path("metrics")
+        assert manager.storage_path == tmp_path / "metrics"  # ./metrics, made absolute
         assert (manager.flush_interval_seconds, manager.max_batch_size) == (5.0, 1000)
         assert (manager.max_queue_size, manager.retention_days) == (10000, None)
         exporter.export(kit.spans(1))
@@ -319,6 +319,21 @@ class TestConfiguration:
         assert name in message
         assert "default" in message
         assert repr(value) not in message
+
+    def test_a_variable_an_argument_overrides_is_not_read(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        environ = {ENV_FLUSH_INTERVAL: "soon", ENV_MAX_BATCH_SIZE: "0", ENV_WRITER: "fork"}
+        with caplog.at_level(logging.WARNING, logger="otel_json_exporter"):
+            settings = resolve_settings(
+                flush_interval_seconds=2.0, max_batch_size=50, writer="thread", environ=environ
+            )
+        assert (settings.flush_interval_seconds, settings.max_batch_size) == (2.0, 50)
+        assert caplog.records == []  # no warning names a value that is not used
+
+    def test_an_empty_storage_path_argument_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="storage_path must be a non-empty path"):
+            resolve_settings(storage_path="", environ={})
 
 
 class TestContract:

@@ -359,11 +359,35 @@ class TestValidation:
             ({"max_batch_size": True}, "max_batch_size"),
             ({"queue_full_policy": "wait"}, "queue_full_policy"),
             ({"retention_days": 0}, "retention_days"),
+            ({"retention_days": "30"}, "retention_days"),
+            ({"retention_days": True}, "retention_days"),
+            ({"flush_interval_seconds": True}, "flush_interval_seconds"),
+            ({"flush_interval_seconds": "5"}, "flush_interval_seconds"),
         ],
     )
     def test_bad_settings(self, storage: Path, options: dict[str, object], message: str) -> None:
         with pytest.raises(ValueError, match=message):
             MetricsManager(storage, **options)  # type: ignore[arg-type]
+
+    def test_an_empty_storage_path_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="storage_path must be a non-empty path"):
+            MetricsManager("")
+
+    async def test_a_relative_storage_path_stays_where_it_was_given(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first, second = tmp_path / "first", tmp_path / "second"
+        first.mkdir()
+        second.mkdir()
+        monkeypatch.chdir(first)
+        manager = make(Path("metrics"))
+        assert manager.storage_path == first / "metrics"
+        await manager.start()
+        monkeypatch.chdir(second)  # the application moves on; its batches do not
+        await manager.record_operation("t", "n", 1.0)
+        await manager.stop()
+        assert len(load_records(first / "metrics")) == 1
+        assert not (second / "metrics").exists()
 
 
 class TestInputChangedWhileRecorded:

@@ -171,6 +171,31 @@ class TestMisuse:
         await capped(manager.stop())
         assert rids_on_disk(storage) == [0, 1, 2]
 
+    async def test_stop_wakes_producers_while_a_write_hangs(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager = make(storage, max_queue_size=3, max_batch_size=3)
+        await capped(manager.start())
+        disk = Fault(monkeypatch, "fsync", None, delay=3.0)  # the disk hangs on each fsync
+        for rid in range(3):
+            await record(manager, rid)
+        blocked = [
+            asyncio.ensure_future(manager.record_operation("job", "step", 1.0)) for _ in range(2)
+        ]
+        await asyncio.sleep(0.1)
+        assert not any(task.done() for task in blocked)
+        with pytest.raises(asyncio.TimeoutError, match="not persisted"):
+            await capped(manager.stop(timeout=0.3))
+        # Woken by stop() itself, long before the hanging fsync returns
+        done, _ = await asyncio.wait(blocked, timeout=1.0)
+        assert len(done) == 2
+        for task in blocked:
+            with pytest.raises(RuntimeError, match=r"not running|stopped"):
+                task.result()
+        disk.heal()
+        await capped(manager.stop())
+        assert rids_on_disk(storage) == [0, 1, 2]
+
     async def test_start_right_after_a_stop_that_timed_out(
         self, storage: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -182,6 +182,18 @@ class TestPrepare:
         monkeypatch.setattr(os, "open", full)
         BatchWriter(tmp_path).prepare()
 
+    @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EDQUOT])
+    def test_a_disk_full_at_the_link_is_not_a_start_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int
+    ) -> None:
+        # The probe took the last inode or block; its hard link needs one more.
+        def full(source: str, target: str) -> None:
+            raise OSError(error, os.strerror(error))
+
+        monkeypatch.setattr(os, "link", full)
+        BatchWriter(tmp_path).prepare()
+        assert list(tmp_path.iterdir()) == []  # the probe is gone
+
 
 class TestRetention:
     def test_deletes_by_batch_id_and_only_exact_names(self, tmp_path: Path) -> None:
