@@ -121,7 +121,7 @@ def http_status_of(attributes: Mapping[str, Any]) -> int | None:
         code = attributes.get(key)
         if isinstance(code, int) and not isinstance(code, bool):
             return code
-        if isinstance(code, str) and code.isdigit():
+        if isinstance(code, str) and code.isdecimal():  # isdigit() is true of "²" too
             return int(code)
     return None
 

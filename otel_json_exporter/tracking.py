@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
@@ -33,12 +34,29 @@ from otel_json_exporter.manager import MetricsManager
 __all__ = ["track_operation"]
 
 logger = logging.getLogger("otel_json_exporter")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
 # Lower-case like contextlib's helpers: it is used like a function.
+def _describe(exc_type: type[BaseException], exc: BaseException | None) -> str:
+    """``"Type: message"``; the type alone when the message is empty or cannot be read.
+
+    The exception is the application's: its ``__str__`` may raise, and its text may
+    hold lone surrogates (a file name read with ``surrogateescape``), which no
+    record can hold; each becomes U+FFFD, as in span attributes.
+    """
+    try:
+        text = str(exc)
+    except Exception:
+        return exc_type.__name__
+    if not text:
+        return exc_type.__name__
+    return _LONE_SURROGATE.sub("\ufffd", f"{exc_type.__name__}: {text}")
+
+
 class track_operation:
     """Record how long a block or a coroutine function takes, and whether it raised.
 
@@ -77,7 +95,7 @@ class track_operation:
         self._started = None
         error_message = None
         if exc_type is not None:
-            error_message = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
+            error_message = _describe(exc_type, exc)
         try:
             await self.manager.record_operation(
                 operation_type=self.operation_type,

@@ -568,6 +568,13 @@ class TestOneBadValueNeverLosesTheSpan:
         assert record.metadata["service.name"] == "svc\ufffd"
         record.model_dump_json()
 
+    @pytest.mark.parametrize("code", ["\u00b2", "5\u00b9"])  # isdigit(), yet no int
+    def test_a_status_code_of_digits_int_cannot_read(self, spans: SpanFactory, code: str) -> None:
+        span = spans.make(kind=SpanKind.SERVER, attributes={"http.status_code": code})
+        record, _ = span_to_record(span)
+        assert record.success
+        assert record.metadata["http.status_code"] == code
+
     def test_a_surrogate_in_the_declared_operation_type(self, spans: SpanFactory) -> None:
         record, _ = span_to_record(spans.make(attributes={"operation.type": "job\ud800"}))
         assert record.operation_type == "job\ufffd"

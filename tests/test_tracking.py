@@ -81,6 +81,31 @@ class TestContextManager:
                 _ = 1 / 0
         assert "could not record a failed operation: RuntimeError" in caplog.text
 
+    async def test_an_exception_whose_str_raises_still_propagates_and_is_recorded(
+        self, manager: MetricsManager, storage: Path
+    ) -> None:
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise RuntimeError("no text")
+
+        with pytest.raises(Unprintable):
+            async with track_operation(manager, "computation", "opaque"):
+                raise Unprintable
+        await manager.flush()
+        (record,) = load_records(storage)
+        assert (record.success, record.error_message) == (False, "Unprintable")
+
+    async def test_a_lone_surrogate_in_the_message_is_replaced(
+        self, manager: MetricsManager, storage: Path
+    ) -> None:
+        name = b"report_\xff.csv".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+        with pytest.raises(ValueError, match="cannot parse"):
+            async with track_operation(manager, "computation", "parse"):
+                raise ValueError(f"cannot parse {name}")
+        await manager.flush()
+        (record,) = load_records(storage)
+        assert record.error_message == "ValueError: cannot parse report_\ufffd.csv"
+
     async def test_one_instance_times_one_block_at_a_time(self, manager: MetricsManager) -> None:
         timer = track_operation(manager, "computation", "nested")
         async with timer:
