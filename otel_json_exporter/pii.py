@@ -151,14 +151,24 @@ _EMAIL = rf"(?<!{_LOCAL_PART}){_LOCAL_PART}+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{{2,}}
 # A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it;
 # or, when that finds none, a "user:password" whose password holds "/", "?" or "#"
 # unencoded (postgresql://admin:pa#ss@db/app, as connection strings allow), to the
-# last "@" of the run. A port ("host:8443/p?email=a@b.io") is not taken for a password.
-_CREDENTIALS = r"//(?:[^\s/?#]*|[^\s/?#@:]*:(?![0-9]*(?:[/?#]|$))\S*)@"
+# last "@" before white space or the next "//". A port ("host:8443/p?email=a@b.io") is
+# not taken for a password. Possessive, and stopped at "//": a text of many "//a:"
+# and no "@" after them is read in linear time (a plain \S*@ took quadratic time).
+_CREDENTIALS = (
+    r"//(?:[^\s/?#]*@"
+    r"|[^\s/?#@:]*:(?![0-9]*(?:[/?#]|$))(?:(?:(?!//)[^\s@])*+@)++)"
+)
 # Credentials already masked are matched first and skipped, so that masking is
 # idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken
 # for credentials or for the address "REDACTED@h.example" when checked again.
 _PII_TEXT = re.compile(
     f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})|{_EMAIL}"
 )
+# Credentials alone, masked before urlsplit reads a URL (see PiiPolicy._mask_url).
+_CREDENTIALS_ONLY = re.compile(
+    f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})"
+)
+_NETLOC_MASK = _CREDENTIALS_MASK.removeprefix("//")
 # ``name=value`` anywhere in free text, where the name starts a word or follows one of
 # ``?#;&/`` (a URL's query, fragment, path parameters or a path segment such as
 # ``/profile/name=Alice``, or ``password=...`` in a message). The value stops at the
@@ -272,6 +282,21 @@ def contains_pii_text(text: str) -> bool:
     return _find_pii_text(text) is not None
 
 
+def _mask_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
+    """Every match of ``pattern`` (:data:`_PII_TEXT` or ``_CREDENTIALS_ONLY``) in ``text``
+    masked, those already masked kept; and how many were masked."""
+    count = 0
+
+    def mask(match: re.Match[str]) -> str:
+        nonlocal count
+        if match["masked"]:
+            return match[0]
+        count += 1
+        return _CREDENTIALS_MASK if match["credentials"] else REDACTED
+
+    return pattern.sub(mask, text), count
+
+
 def mask_text(text: str) -> tuple[str, int]:
     """``text`` with URL credentials and e-mail addresses masked, and how many were.
 
@@ -281,16 +306,7 @@ def mask_text(text: str) -> tuple[str, int]:
     if type(text) is not str:
         text = text_of(text)
     if "@" in text:
-        count = 0
-
-        def mask(match: re.Match[str]) -> str:
-            nonlocal count
-            if match["masked"]:
-                return match[0]
-            count += 1
-            return _CREDENTIALS_MASK if match["credentials"] else REDACTED
-
-        masked = _PII_TEXT.sub(mask, text)
+        masked, count = _mask_matches(_PII_TEXT, text)
         if count:
             # Masking one match may uncover another (".@b.io" right after a masked
             # address starts a match only once the address is gone), and the NFKC
@@ -624,7 +640,7 @@ class PiiPolicy:
         # "u:pa" in the netloc and "ss@h" in the fragment).
         masked = 0
         if "@" in url:
-            url, masked = _mask_credentials(url)
+            url, masked = _mask_matches(_CREDENTIALS_ONLY, url)
         try:
             parts = urlsplit(url)
         except ValueError:
@@ -717,26 +733,6 @@ class PiiPolicy:
         if _holds_pii_text(fragment):
             return _URL_MASK, 1
         return fragment, 0
-
-
-_NETLOC_MASK = _CREDENTIALS_MASK.removeprefix("//")
-_CREDENTIALS_ONLY = re.compile(
-    f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})"
-)
-
-
-def _mask_credentials(text: str) -> tuple[str, int]:
-    """``text`` with every URL's credentials masked (and no address), and how many were."""
-    count = 0
-
-    def mask(match: re.Match[str]) -> str:
-        nonlocal count
-        if match["masked"]:
-            return match[0]
-        count += 1
-        return _CREDENTIALS_MASK
-
-    return _CREDENTIALS_ONLY.sub(mask, text), count
 
 
 def _decode(text: str) -> str:

@@ -84,6 +84,18 @@ def assert_writer_threads_end(threads: set[threading.Thread]) -> None:
         assert not thread.is_alive(), "a writer thread outlived stop()"
 
 
+async def two_producers_waiting_for_room(manager: MetricsManager) -> list[asyncio.Future[None]]:
+    """Fill a queue of three (records 0, 1, 2) that does not drain; two more calls wait."""
+    for rid in range(3):
+        await record(manager, rid)
+    blocked = [
+        asyncio.ensure_future(manager.record_operation("job", "step", 1.0)) for _ in range(2)
+    ]
+    await asyncio.sleep(0.1)
+    assert not any(task.done() for task in blocked)
+    return blocked
+
+
 class TestMisuse:
     async def test_start_twice(self, storage: Path) -> None:
         manager = make(storage)
@@ -153,13 +165,7 @@ class TestMisuse:
         manager = make(storage, max_queue_size=3, max_batch_size=3)
         await capped(manager.start())
         disk = Fault(monkeypatch, "link", errno.EACCES)  # nothing drains: the queue stays full
-        for rid in range(3):
-            await record(manager, rid)
-        blocked = [
-            asyncio.ensure_future(manager.record_operation("job", "step", 1.0)) for _ in range(2)
-        ]
-        await asyncio.sleep(0.1)
-        assert not any(task.done() for task in blocked)
+        blocked = await two_producers_waiting_for_room(manager)
         with pytest.raises(asyncio.TimeoutError, match=r"\b3 records were not persisted"):
             await capped(manager.stop(timeout=0.3))
         for task in blocked:
@@ -177,13 +183,7 @@ class TestMisuse:
         manager = make(storage, max_queue_size=3, max_batch_size=3)
         await capped(manager.start())
         disk = Fault(monkeypatch, "fsync", None, delay=3.0)  # the disk hangs on each fsync
-        for rid in range(3):
-            await record(manager, rid)
-        blocked = [
-            asyncio.ensure_future(manager.record_operation("job", "step", 1.0)) for _ in range(2)
-        ]
-        await asyncio.sleep(0.1)
-        assert not any(task.done() for task in blocked)
+        blocked = await two_producers_waiting_for_room(manager)
         with pytest.raises(asyncio.TimeoutError, match="not persisted"):
             await capped(manager.stop(timeout=0.3))
         # Woken by stop() itself, long before the hanging fsync returns
