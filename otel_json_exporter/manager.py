@@ -207,6 +207,11 @@ class MetricsManager:
         self._accepted = 0
         self._persisted = 0
         self._settled = 0  # records that left the queue: persisted, or dropped as unencodable
+        # Records dropped as unencodable behind records still queued, as [records still
+        # ahead, records dropped]: counted as settled only once those ahead have left,
+        # so that _settled always counts a prefix of the records in the order accepted
+        # (what flush() compares its target with).
+        self._settled_later: list[list[int]] = []
         self._batches = 0
         self._dropped = 0
         self._rejected = 0
@@ -249,7 +254,8 @@ class MetricsManager:
             self._check_startable()  # again: another thread may have started it meanwhile
             self._accepting = True
             self._stop_deadline = None
-            self._drain_to = self._settled + len(self._buffer)
+            dropped_behind = sum(count for _, count in self._settled_later)
+            self._drain_to = self._settled + len(self._buffer) + dropped_behind
             if self._worker_alive:
                 # A stop() that gave up (or is still waiting) left its writer finishing
                 # an attempt: that writer goes on, and the waiting stop() returns.
@@ -305,7 +311,8 @@ class MetricsManager:
                 return False
             self._stop_deadline = time.monotonic() + timeout
             self._stop_tried = False  # at least one attempt, even with a zero timeout
-            self._drain_to = self._accepted
+            dropped_behind = sum(count for _, count in self._settled_later)
+            self._drain_to = self._settled + len(self._buffer) + dropped_behind
         # Every waiter, on every loop too: a producer waiting for room gets RuntimeError
         # now, not once a stuck write returns.
         self._wake_waiters()
@@ -831,7 +838,7 @@ class MetricsManager:
             for _ in range(taken):
                 self._buffer.popleft()
             self._persisted += written.records
-            self._settled += taken
+            self._settled += taken + self._left_ahead(taken)
             self._rejected += written.rejected
             self._redacted += written.redacted
             if written.path is not None:
@@ -855,17 +862,52 @@ class MetricsManager:
         # Judged without the lock: a span's values may run the application's code
         # (their __str__...), which may call this manager. Only this thread takes
         # items from the head of the queue, so the head stays as it was.
-        keep = [item for item in head if self._writer.accepts(item)]
+        kept = [self._writer.accepts(item) for item in head]
         with self._lock:
             for _ in head:
                 self._buffer.popleft()
-            self._buffer.extendleft(reversed(keep))
-            lost = len(head) - len(keep)
+            kept_items = [item for item, ok in zip(head, kept, strict=True) if ok]
+            self._buffer.extendleft(reversed(kept_items))
+            lost = kept.count(False)
             self._dropped += lost
-            self._settled += lost
+            self._settle_dropped(kept)
         self._unexpected_in_row = 0
         if lost:
             logger.error("dropped %d queued records that cannot be encoded", lost)
+
+    def _settle_dropped(self, kept: list[bool]) -> None:
+        """(Lock held.) Count the records just dropped from the head of the queue.
+
+        ``kept[i]`` says whether the i-th record of the head stayed. A dropped record
+        with none kept before it has left in order; one behind a kept record is
+        counted once the records ahead of it have left (:meth:`_left_ahead`).
+        """
+        removed_before = [0]  # removed_before[i]: records dropped among the first i
+        for ok in kept:
+            removed_before.append(removed_before[-1] + (not ok))
+        for group in self._settled_later:  # some of the records ahead of it are gone
+            group[0] -= removed_before[min(group[0], len(kept))]
+        groups: dict[int, int] = {}
+        for index, ok in enumerate(kept):
+            if not ok:
+                ahead = index - removed_before[index]
+                groups[ahead] = groups.get(ahead, 0) + 1
+        self._settled += groups.pop(0, 0)
+        self._settled_later.extend([ahead, count] for ahead, count in groups.items())
+        self._settled += self._left_ahead(0)
+
+    def _left_ahead(self, removed: int) -> int:
+        """(Lock held.) ``removed`` records left the front: the dropped ones now settled."""
+        settled = 0
+        waiting = []
+        for group in self._settled_later:
+            group[0] -= removed
+            if group[0] <= 0:
+                settled += group[1]
+            else:
+                waiting.append(group)
+        self._settled_later = waiting
+        return settled
 
     def _apply_retention(self) -> None:
         if self.retention_days is None:

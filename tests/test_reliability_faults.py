@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,38 @@ class TestStartErrors:
 
 
 class TestWorkerSurvives:
+    async def test_a_flush_waits_for_its_records_when_a_later_one_is_dropped(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # "before" cannot reach the disk; "bad" and "bad too", accepted after the flush
+        # began, cannot be encoded and are dropped after three tries. The flush must not
+        # count those drops as "before" leaving the queue.
+        manager = make(storage)
+        await manager.start()
+        disk = Fault(monkeypatch, "link", errno.EACCES)
+        await manager.record_operation("job", "before", 1.0, metadata={"rid": 0})
+        flushing = asyncio.ensure_future(manager.flush(timeout=3.0))
+        await asyncio.sleep(0.05)
+        now = time.time_ns() // 1000
+
+        def row(name: str, duration: Any) -> Any:
+            return ("job", name, duration, now, True, None, {})
+
+        # Two that stand for a bug (a duration no encoder takes), around a good one
+        rows = [row("bad", object()), row("middle", 1.0), row("bad too", object())]
+        assert manager._submit_rows(rows, timeout=0.0, redacted=0, rejected=0) == 3
+        with pytest.raises(asyncio.TimeoutError, match="flush did not finish"):
+            await asyncio.wait_for(flushing, CAP)
+        stats = manager.stats()
+        assert (stats.total_dropped, stats.total_persisted, stats.queue_size) == (2, 0, 2)
+        disk.heal()
+        await asyncio.wait_for(manager.flush(), CAP)  # counts every record, dropped ones too
+        await asyncio.wait_for(manager.record_operation("job", "after", 1.0), CAP)
+        await asyncio.wait_for(manager.flush(), CAP)
+        await asyncio.wait_for(manager.stop(), CAP)
+        names = [record.operation_name for record in load_records(storage)]
+        assert names == ["before", "middle", "after"]
+
     async def test_an_unexpected_error_in_the_writer_is_logged_counted_and_survived(
         self, storage: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:
