@@ -318,12 +318,15 @@ def mask_text(text: str) -> tuple[str, int]:
     return text, 0
 
 
-def _describe_key(key: str) -> str:
+def _describe_key(key: str, policy: PiiPolicy | None = None) -> str:
     # An error names the offending key; a key that itself holds an address (even
-    # percent-encoded: bob%40example.com) is masked.
+    # percent-encoded: bob%40example.com) is masked, and so is the value of a PII
+    # parameter in it (password=...).
     masked, count = mask_text(key)
     if not count and _holds_pii_text(key):
         masked = REDACTED
+    if "=" in masked:
+        masked = (policy or DEFAULT_POLICY).redact(masked)[0]
     return repr(masked)
 
 
@@ -383,7 +386,7 @@ class PiiPolicy:
             else:
                 verdict = any(
                     form in self.blocked_keys or _rule_says_pii(form) for form in forms
-                ) or contains_pii_text(key)  # a key that is itself an address
+                ) or self._text_holds_pii(key)  # an address, credentials, password=...
             if len(self._verdicts) >= _CACHE_LIMIT:
                 # A bounded cache: arbitrary keys must not grow memory.
                 self._verdicts.clear()
@@ -502,11 +505,12 @@ class PiiPolicy:
             if parameter is not None:
                 raise ValueError(
                     f"metadata {path} contains a value for the PII parameter "
-                    f"{_describe_key(parameter)}"
+                    f"{_describe_key(parameter, self)}"
                 )
         elif isinstance(value, Mapping):
             for key, item in value.items():
-                where = f"{path}.{_describe_key(key)}" if path else _describe_key(key)
+                name = _describe_key(key, self)
+                where = f"{path}.{name}" if path else name
                 if self.is_pii_key(key):
                     raise ValueError(
                         f"metadata key {where} is PII and not allowed; "
@@ -761,18 +765,19 @@ _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
 
 
 def mask_quoted_keys(message: str) -> str:
-    """``message`` with every quoted key that holds PII replaced by ``'[REDACTED]'``.
+    """``message`` with the PII in every quoted key masked.
 
     repr() writes an invisible character as an escape (``'bob@exam\\xadple.com'``),
     which hides the address from :func:`mask_text`: each quoted key with an escape is
     read back and judged as the text it is. One that cannot be read back is masked.
+    A quoted ``name=value`` (``'password=hunter2'``) gets its PII values masked too.
     """
-    if "\\" not in message:
-        return message  # nothing escaped: mask_text sees every key as it is
+    if "\\" not in message and "=" not in message:
+        return message  # nothing escaped, no name=value: mask_text sees every key as it is
 
     def mask(match: re.Match[str]) -> str:
         literal = match[0]
-        if "\\" not in literal:
+        if "\\" not in literal and "=" not in literal:
             return literal
         try:
             text = ast.literal_eval(literal)

@@ -512,7 +512,7 @@ def deep(levels: int) -> Any:
     return value
 
 
-class TestKeysThatLie:
+class TestPiiInKeys:
     def test_a_dropped_pii_attribute_never_becomes_the_operation_type(
         self, spans: SpanFactory
     ) -> None:
@@ -522,6 +522,13 @@ class TestKeysThatLie:
         record, redacted = span_to_record(span)
         assert record.operation_type == "internal"
         assert "Alice" not in record.model_dump_json()
+        assert redacted == 1
+
+    def test_a_key_holding_a_pii_parameter_is_dropped(self, spans: SpanFactory) -> None:
+        span = spans.make(attributes={"password=hunter2": 1, "page=2": 3})
+        record, redacted = span_to_record(span)
+        assert "password=hunter2" not in record.metadata
+        assert record.metadata["page=2"] == 3
         assert redacted == 1
 
     def test_a_blocked_operation_type_attribute_is_not_used(self, spans: SpanFactory) -> None:

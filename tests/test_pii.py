@@ -379,6 +379,13 @@ class TestSafeValidationMessage:
             assert "example" not in message, message
             assert "\\" not in message, message
 
+    def test_a_metadata_key_holding_a_pii_parameter_is_masked_in_the_message(self) -> None:
+        exc = self.errors(
+            {"timestamp": datetime.now(timezone.utc), "metadata": {"password=hunter2": {1}}}
+        )
+        message = safe_validation_message(exc, prefix="")
+        assert message.startswith("metadata 'password=REDACTED': set is not allowed")
+
     def test_metadata_messages_are_not_given_their_place_twice(self) -> None:
         exc = self.errors({"timestamp": datetime.now(timezone.utc), "metadata": {"a": (1,)}})
         assert safe_validation_message(exc, prefix="") == (
@@ -454,6 +461,18 @@ class TestCredentials:
     def test_urls_without_userinfo_are_not_credentials(self, text: str) -> None:
         assert not contains_pii_text(text)
         assert mask_text(text) == (text, 0)
+
+    @pytest.mark.parametrize("key", ["password=hunter2", "cb?access_token=hunter2"])
+    def test_a_key_holding_a_pii_parameter_is_pii(self, key: str) -> None:
+        assert DEFAULT_POLICY.is_pii_key(key)
+        with pytest.raises(ValueError, match="is PII") as caught:
+            DEFAULT_POLICY.check_metadata({"ctx": {key: 1}})
+        assert "hunter2" not in str(caught.value)
+        assert "REDACTED" in str(caught.value)
+
+    @pytest.mark.parametrize("key", ["page=2", "a=b", "sort=asc;order=1"])
+    def test_a_key_holding_another_parameter_is_not(self, key: str) -> None:
+        assert not DEFAULT_POLICY.is_pii_key(key)
 
     def test_check_metadata_refuses_credentials_naming_the_path_only(self) -> None:
         metadata = {"db": {"connection_string": "postgresql://admin:hunter2@localhost:5432/app"}}
