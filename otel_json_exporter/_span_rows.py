@@ -273,17 +273,23 @@ def _clean_attributes(
             continue
         else:
             try:
-                clean[key], masked = _clean_value(value, policy, 0)
+                # A list of URLs under a URL attribute is masked as URLs, item by item.
+                url_key = key if key in _URL_LIKE else None
+                clean[key], masked = _clean_value(value, policy, 0, url_key)
             except _Unwritable:
                 masked = 1  # the attribute is dropped
         redacted += masked
     return clean, redacted
 
 
-def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
+def _clean_value(
+    value: Any, policy: PiiPolicy, depth: int, url_key: str | None = None
+) -> tuple[Any, int]:
     """A JSON-ready copy of an attribute value (any depth) and the count redacted.
 
-    Raises :class:`_Unwritable` for a value that no batch file can hold.
+    ``url_key`` names the URL attribute a sequence of texts was found under: its
+    texts are masked as URLs (or as a query). Raises :class:`_Unwritable` for a
+    value that no batch file can hold.
     """
     if value is None or isinstance(value, bool):
         return value, 0
@@ -295,6 +301,9 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
             return number, 0
         raise _Unwritable
     if isinstance(value, str):
+        if url_key is not None:
+            mask = policy.mask_query if url_key == _QUERY_ATTRIBUTE else policy.mask_url
+            return mask(_valid_unicode(text_of(value)))
         return _clean_text(value, policy)
     if isinstance(value, float):
         real = value if type(value) is float else float.__float__(value)
@@ -320,7 +329,7 @@ def _clean_value(value: Any, policy: PiiPolicy, depth: int) -> tuple[Any, int]:
     if isinstance(value, (tuple, list)):
         items = []
         for item in value:
-            clean_item, masked = _clean_value(item, policy, depth + 1)
+            clean_item, masked = _clean_value(item, policy, depth + 1, url_key)
             items.append(clean_item)
             redacted += masked
         return items, redacted

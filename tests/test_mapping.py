@@ -278,6 +278,21 @@ class TestMetadata:
 
 
 class TestPii:
+    def test_a_list_of_urls_is_masked_as_urls(self, spans: SpanFactory) -> None:
+        span = spans.make(
+            attributes={
+                "url.full": ("https://h.example/users/bob%40example.com", "https://h/cb?token=t"),
+                "url.query": ("email=ann%40example.org&page=2",),
+            }
+        )
+        record, redacted = span_to_record(span)
+        assert record.metadata["url.full"] == [
+            "https://h.example/users/REDACTED",
+            "https://h/cb?token=REDACTED",
+        ]
+        assert record.metadata["url.query"] == ["email=REDACTED&page=2"]
+        assert redacted == 3
+
     def test_every_blocked_key_is_dropped_and_the_span_kept(self, spans: SpanFactory) -> None:
         blocked = PII_KEYS["blocked"]
         attributes = {key: f"value-{index}" for index, key in enumerate(blocked)}
