@@ -722,6 +722,19 @@ class MetricsManager:
                     self._worker_errors += 1
                 logger.exception("unexpected error in the metrics writer; it goes on")
                 time.sleep(_URGENT_RETRY)
+            except BaseException:
+                # SystemExit and the like (raised by the application's code, a value's
+                # __str__ read here): the writer ends, as the thread would, but says so
+                # first, so that no flush() or stop() waits for it forever. The records
+                # stay queued; a stop() that finds them there starts a writer again.
+                logger.exception("the metrics writer stopped; records stay queued")
+                with contextlib.suppress(Exception):
+                    self._writer.close()  # a writer process's child and pipes go with it
+                with self._lock:
+                    self._worker_errors += 1
+                    self._worker_alive = False
+                self._wake_waiters()
+                return
 
     def _step(self) -> bool:
         """Wait for work and do it once; False when the writer should exit."""

@@ -836,6 +836,31 @@ class TestWriterProcess:
         assert [record.operation_name for record in load_records(storage)] == ["a", "c"]
         assert exporter.manager.stats().total_dropped == 1
 
+    def test_a_value_that_raises_system_exit_ends_the_writer_and_no_flush_hangs(
+        self, storage: Path, kit: Kit, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Quits:
+            def __str__(self) -> str:
+                raise SystemExit(3)  # read by the writer thread, as it pickles the batch
+
+        exporter = kit.exporter(storage, writer="process")
+        exporter.export([hand_built("a", {"odd": Quits()})])
+        results: list[bool] = []
+        done = threading.Event()
+
+        def flush() -> None:
+            results.append(exporter.manager.flush_sync(None))  # no timeout of its own
+            done.set()
+
+        with caplog.at_level(logging.ERROR, logger="otel_json_exporter"):
+            threading.Thread(target=flush, daemon=True).start()
+            assert done.wait(30.0), "flush() waited for a writer that had ended"
+        assert results == [False]
+        assert "the metrics writer stopped; records stay queued" in caplog.text
+        assert exporter.manager.stats().queue_size == 1
+        assert exporter.manager._writer.closed  # its child and pipes went with it
+        exporter.shutdown()
+
     def test_what_reading_a_value_raises_is_never_logged_and_loses_that_span_only(
         self, storage: Path, kit: Kit, caplog: pytest.LogCaptureFixture
     ) -> None:
