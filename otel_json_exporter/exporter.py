@@ -245,7 +245,7 @@ class OperationSpanExporter(SpanExporter):
                 else:
                     snapshots.append(snapshot)
             except ValidationError as exc:
-                failed, problem = failed + 1, safe_validation_message(exc)
+                failed, problem = failed + 1, safe_validation_message(exc, policy=self._policy)
             except SpanNotMappable as exc:
                 failed, problem = failed + 1, str(exc)
             except Exception as exc:  # a user's function, or a malformed span

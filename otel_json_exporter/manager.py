@@ -431,7 +431,7 @@ class MetricsManager:
             self.pii_policy.check_metadata(row[6])
             queued = queued_row(row)
         except ValidationError as exc:
-            problem = safe_validation_message(exc)
+            problem = safe_validation_message(exc, policy=self.pii_policy)
         except ValueError as exc:
             problem = str(exc)
         except RuntimeError:  # "dictionary changed size during iteration"
@@ -503,7 +503,7 @@ class MetricsManager:
             try:
                 rows.append(build_row(*row_of(record)))
             except ValidationError as exc:
-                problem = safe_validation_message(exc)
+                problem = safe_validation_message(exc, policy=self.pii_policy)
             except Exception as exc:
                 problem = f"not a valid OperationRecord ({type(exc).__name__})"
             if problem is not None:
@@ -725,14 +725,16 @@ class MetricsManager:
             except BaseException:
                 # SystemExit and the like (raised by the application's code, a value's
                 # __str__ read here): the writer ends, as the thread would, but says so
-                # first, so that no flush() or stop() waits for it forever. The records
-                # stay queued; a stop() that finds them there starts a writer again.
+                # first. Nothing more is accepted (RuntimeError, as after stop()), and no
+                # flush(), stop() or producer waiting for room waits for it forever. The
+                # records stay queued; a later stop() tries to write them once more.
                 logger.exception("the metrics writer stopped; records stay queued")
                 with contextlib.suppress(Exception):
                     self._writer.close()  # a writer process's child and pipes go with it
                 with self._lock:
                     self._worker_errors += 1
                     self._worker_alive = False
+                    self._accepting = False
                 self._wake_waiters()
                 return
 

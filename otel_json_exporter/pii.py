@@ -67,6 +67,7 @@ __all__ = [
     "REDACTED",
     "PiiPolicy",
     "contains_pii_text",
+    "mask_quoted_keys",
     "mask_text",
     "normalize_key",
     "safe_validation_message",
@@ -150,13 +151,14 @@ _LOCAL_PART = r"[\w.%+-]"
 _EMAIL = rf"(?<!{_LOCAL_PART}){_LOCAL_PART}+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{{2,}}"
 # A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it;
 # or, when that finds none, a "user:password" whose password holds "/", "?" or "#"
-# unencoded (postgresql://admin:pa#ss@db/app, as connection strings allow), to the
-# last "@" before white space or the next "//". A port ("host:8443/p?email=a@b.io") is
-# not taken for a password. Possessive, and stopped at "//": a text of many "//a:"
-# and no "@" after them is read in linear time (a plain \S*@ took quadratic time).
+# unencoded (postgresql://admin:pa#ss@db/app, which URL syntax forbids but some
+# connection strings hold), to the last "@" before white space or the next "//". Not
+# taken for a password: a port ("host:8443/p?email=a@b.io", "db1:27017,db2:27017/x")
+# or an IPv6 host ("[::1]:3000/@me"). Possessive, and stopped at "//": a text of many
+# "//a:" and no "@" after them is read in linear time (a plain \S*@ is quadratic).
 _CREDENTIALS = (
     r"//(?:[^\s/?#]*@"
-    r"|[^\s/?#@:]*:(?![0-9]*(?:[/?#]|$))(?:(?:(?!//)[^\s@])*+@)++)"
+    r"|[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|$))(?:(?:(?!//)[^\s@])*+@)++)"
 )
 # Credentials already masked are matched first and skipped, so that masking is
 # idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken
@@ -176,6 +178,11 @@ _NETLOC_MASK = _CREDENTIALS_MASK.removeprefix("//")
 # nested unencoded in a parameter (``next=https://x/cb?token=t``) shows its own
 # parameters as further matches.
 _PARAMETER = re.compile(r"(?<![^\s?#;&/])(?P<name>[^\s=?#;&/]+)=(?P<value>[^\s?#;&]*)")
+# Every "/name=" of a path, also inside the value of an earlier one (/a=1/password=p),
+# where _PARAMETER, whose matches do not overlap, would not look: a name is short, so
+# this reads the text once. A value runs to the next of ``?#;&`` or white space.
+_SEGMENT_NAME = re.compile(r"/(?P<name>[^\s=?#;&/]+)=")
+_VALUE_END = re.compile(r"[\s?#;&]")
 _CACHE_LIMIT = 4096
 _REMEMBERED_TEXT_LENGTH = 256
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -575,7 +582,40 @@ class PiiPolicy:
             for match in _PARAMETER.finditer(text):
                 if self._is_pii_parameter(match):
                     return match["name"]
+            if "/" in text:
+                for match in _SEGMENT_NAME.finditer(text):
+                    if self._is_pii_segment(text, match):
+                        return match["name"]
         return None
+
+    def _is_pii_segment(self, text: str, match: re.Match[str]) -> bool:
+        """Whether a ``/name=`` found by :data:`_SEGMENT_NAME` starts a PII value."""
+        start = match.end()
+        if start == len(text) or _VALUE_END.match(text, start):
+            return False  # no value
+        if text.startswith(_URL_MASK, start):
+            after = start + len(_URL_MASK)
+            if after == len(text) or _VALUE_END.match(text, after):
+                return False  # masked already
+        return self.is_pii_key(_decode(match["name"]))
+
+    def _mask_segments(self, text: str) -> tuple[str, int]:
+        """The value of every PII ``/name=value`` set to ``REDACTED``, even one that an
+        earlier segment's value runs over (``/a=1/password=p``); and how many were."""
+        parts: list[str] = []
+        last = masked = 0
+        for match in _SEGMENT_NAME.finditer(text):
+            start = match.end()
+            if start < last or not self._is_pii_segment(text, match):
+                continue  # inside a value masked already, or not PII
+            end = _VALUE_END.search(text, start)
+            parts += (text[last:start], _URL_MASK)
+            last = len(text) if end is None else end.start()
+            masked += 1
+        if not masked:
+            return text, 0
+        parts.append(text[last:])
+        return "".join(parts), masked
 
     def _is_pii_parameter(self, match: re.Match[str]) -> bool:
         value = match["value"]
@@ -594,7 +634,11 @@ class PiiPolicy:
             masked += 1
             return f"{match['name']}={_URL_MASK}"
 
-        return _PARAMETER.sub(mask, text), masked
+        text = _PARAMETER.sub(mask, text)
+        if "/" in text:
+            text, in_segments = self._mask_segments(text)
+            masked += in_segments
+        return text, masked
 
     def mask_query(self, query: str) -> tuple[str, int]:
         """Set the value of every PII query parameter to ``REDACTED``.
@@ -761,10 +805,12 @@ DEFAULT_POLICY = PiiPolicy()
 
 
 # A key as repr() quotes it in a message (``'a'``, ``"it's"``, with escapes inside).
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+# Possessive, and ending at the end of the text if it must: an unclosed quote is one
+# literal (masked), not a new attempt from every later quote (quadratic).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*+(?:'|\Z)" + r'|"(?:[^"\\]|\\.)*+(?:"|\Z)')
 
 
-def mask_quoted_keys(message: str) -> str:
+def mask_quoted_keys(message: str, policy: PiiPolicy | None = None) -> str:
     """``message`` with the PII in every quoted key masked.
 
     repr() writes an invisible character as an escape (``'bob@exam\\xadple.com'``),
@@ -783,7 +829,7 @@ def mask_quoted_keys(message: str) -> str:
             text = ast.literal_eval(literal)
         except (ValueError, SyntaxError):
             return repr(REDACTED)
-        return _describe_key(text) if isinstance(text, str) else repr(REDACTED)
+        return _describe_key(text, policy) if isinstance(text, str) else repr(REDACTED)
 
     return _QUOTED.sub(mask, message)
 
@@ -792,6 +838,7 @@ def safe_validation_message(
     exc: ValidationError,
     prefix: str = "invalid operation record: ",
     max_errors: int | None = None,
+    policy: PiiPolicy | None = None,
 ) -> str:
     """A one-line account of a pydantic error that holds no input value.
 
@@ -801,14 +848,16 @@ def safe_validation_message(
     location part and message is masked by :func:`mask_text`. The metadata
     validator's messages name their own place (``metadata 'a'.'b': ...``), so
     the location part ``metadata`` is not repeated before them. With
-    ``max_errors``, the rest are counted (``and 2 more errors``).
+    ``max_errors``, the rest are counted (``and 2 more errors``). ``policy`` (the
+    default rule if None) masks PII parameters in quoted keys (``'tenant=...'``).
     The manager, the span exporter and the command line all word errors this way.
     """
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     shown = errors if max_errors is None else errors[:max_errors]
     parts = []
     for error in shown:
-        message = mask_text(mask_quoted_keys(error["msg"].removeprefix("Value error, ")))[0]
+        text = error["msg"].removeprefix("Value error, ")
+        message = mask_text(mask_quoted_keys(text, policy))[0]
         where = [mask_text(str(part))[0] for part in error["loc"]]
         if where and where[-1] == "metadata" and message.startswith("metadata"):
             where.pop()

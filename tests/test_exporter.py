@@ -859,6 +859,8 @@ class TestWriterProcess:
         assert "the metrics writer stopped; records stay queued" in caplog.text
         assert exporter.manager.stats().queue_size == 1
         assert exporter.manager._writer.closed  # its child and pipes went with it
+        assert not exporter.manager.is_running  # nothing more goes into a queue none drains
+        assert exporter.export([hand_built("b")]) is SpanExportResult.FAILURE
         exporter.shutdown()
 
     def test_what_reading_a_value_raises_is_never_logged_and_loses_that_span_only(

@@ -19,6 +19,7 @@ from otel_json_exporter.pii import (
     REDACTED,
     PiiPolicy,
     contains_pii_text,
+    mask_quoted_keys,
     mask_text,
     normalize_key,
     safe_validation_message,
@@ -317,6 +318,9 @@ class TestMaskingIsComplete:
             ("https://h.example/x/enduser.id=alice42", "https://h.example/x/enduser.id=REDACTED"),
             # A "/" in the value (base64) does not end it
             ("/cb/access_token=ab/cd+ef==", "/cb/access_token=REDACTED"),
+            # Found inside the value of an earlier segment too
+            ("/a=1/password=hunter2", "/a=1/password=REDACTED"),
+            ("https://h/s/a=b/token=abc?x=1", "https://h/s/a=b/token=REDACTED?x=1"),
         ],
     )
     def test_a_parameter_in_a_path_segment_is_masked(self, url: str, masked: str) -> None:
@@ -386,6 +390,17 @@ class TestSafeValidationMessage:
         message = safe_validation_message(exc, prefix="")
         assert message.startswith("metadata 'password=REDACTED': set is not allowed")
 
+    def test_a_key_a_custom_policy_blocks_is_masked_in_the_message(self) -> None:
+        exc = self.errors(
+            {"timestamp": datetime.now(timezone.utc), "metadata": {"tenant=acme": {1}}}
+        )
+        policy = PiiPolicy(blocked_keys={"tenant"})
+        message = safe_validation_message(exc, prefix="", policy=policy)
+        assert message.startswith("metadata 'tenant=REDACTED': set is not allowed")
+
+    def test_an_unclosed_quote_is_masked_whole(self) -> None:
+        assert mask_quoted_keys("metadata 'k': 'bob\\'s@exam") == "metadata 'k': '[REDACTED]'"
+
     def test_metadata_messages_are_not_given_their_place_twice(self) -> None:
         exc = self.errors({"timestamp": datetime.now(timezone.utc), "metadata": {"a": (1,)}})
         assert safe_validation_message(exc, prefix="") == (
@@ -454,6 +469,10 @@ class TestCredentials:
             "a // b @ c",
             "x@y",
             "see //docs/@latest",
+            # A port or an IPv6 host is not a password, even with an "@" later on
+            "http://[::1]:3000/@alice",
+            "https://[2001:db8::1]/@alice/posts",
+            "mongodb://db1:27017,db2:27017/app?appName=billing@prod",
             # Already masked: checking the output of masking again finds nothing.
             "https://REDACTED:REDACTED@payments.example.com/charge",
         ],
