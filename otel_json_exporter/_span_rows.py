@@ -44,6 +44,7 @@ __all__ = [
     "operation_type_of",
     "rows_of",
     "snapshot_to_row",
+    "valid_unicode",
 ]
 
 SpanSnapshot = tuple[
@@ -244,7 +245,7 @@ def _clean_attributes(
             redacted += 1
             continue
         else:
-            key = name if name.isascii() else _valid_unicode(name)
+            key = name if name.isascii() else valid_unicode(name)
         kind = type(value)
         if kind is not str and kind is not int and kind is not bool and isinstance(value, str):
             # A subclass is judged as its text, by the same rules: in a URL
@@ -265,7 +266,7 @@ def _clean_attributes(
                 continue
             if key in _URL_LIKE:
                 mask = policy.mask_query if key == _QUERY_ATTRIBUTE else policy.mask_url
-                clean[key], masked = mask(value if value.isascii() else _valid_unicode(value))
+                clean[key], masked = mask(value if value.isascii() else valid_unicode(value))
             else:
                 clean[key], masked = _clean_text(value, policy)
         elif kind is bool or (kind is int and -_INTEGER_LIMIT < value < _INTEGER_LIMIT):
@@ -303,7 +304,7 @@ def _clean_value(
     if isinstance(value, str):
         if url_key is not None:
             mask = policy.mask_query if url_key == _QUERY_ATTRIBUTE else policy.mask_url
-            return mask(_valid_unicode(text_of(value)))
+            return mask(valid_unicode(text_of(value)))
         return _clean_text(value, policy)
     if isinstance(value, float):
         real = value if type(value) is float else float.__float__(value)
@@ -323,7 +324,7 @@ def _clean_value(
             if policy.is_pii_key(name):
                 redacted += 1
                 continue
-            clean[_valid_unicode(name)], masked = _clean_value(item, policy, depth + 1)
+            clean[valid_unicode(name)], masked = _clean_value(item, policy, depth + 1)
             redacted += masked
         return clean, redacted
     if isinstance(value, (tuple, list)):
@@ -370,6 +371,6 @@ def _plain(service: Any) -> bool:
     )
 
 
-def _valid_unicode(text: str) -> str:
+def valid_unicode(text: str) -> str:
     """``text`` with each lone surrogate, which UTF-8 cannot encode, replaced by U+FFFD."""
     return text if text.isascii() else _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)

@@ -254,8 +254,7 @@ class MetricsManager:
             self._check_startable()  # again: another thread may have started it meanwhile
             self._accepting = True
             self._stop_deadline = None
-            dropped_behind = sum(count for _, count in self._settled_later)
-            self._drain_to = self._settled + len(self._buffer) + dropped_behind
+            self._drain_to = self._accepted  # everything queued, and dropped behind it
             if self._worker_alive:
                 # A stop() that gave up (or is still waiting) left its writer finishing
                 # an attempt: that writer goes on, and the waiting stop() returns.
@@ -311,8 +310,7 @@ class MetricsManager:
                 return False
             self._stop_deadline = time.monotonic() + timeout
             self._stop_tried = False  # at least one attempt, even with a zero timeout
-            dropped_behind = sum(count for _, count in self._settled_later)
-            self._drain_to = self._settled + len(self._buffer) + dropped_behind
+            self._drain_to = self._accepted
         # Every waiter, on every loop too: a producer waiting for room gets RuntimeError
         # now, not once a stuck write returns.
         self._wake_waiters()

@@ -23,24 +23,22 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+from otel_json_exporter._span_rows import valid_unicode
 from otel_json_exporter.manager import MetricsManager
 
 __all__ = ["track_operation"]
 
 logger = logging.getLogger("otel_json_exporter")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-# Lower-case like contextlib's helpers: it is used like a function.
 def _describe(exc_type: type[BaseException], exc: BaseException | None) -> str:
     """``"Type: message"``; the type alone when the message is empty or cannot be read.
 
@@ -54,9 +52,10 @@ def _describe(exc_type: type[BaseException], exc: BaseException | None) -> str:
         return exc_type.__name__
     if not text:
         return exc_type.__name__
-    return _LONE_SURROGATE.sub("\ufffd", f"{exc_type.__name__}: {text}")
+    return valid_unicode(f"{exc_type.__name__}: {text}")
 
 
+# Lower-case like contextlib's helpers: it is used like a function.
 class track_operation:
     """Record how long a block or a coroutine function takes, and whether it raised.
 
