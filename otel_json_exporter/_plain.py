@@ -32,6 +32,8 @@ _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 _NEGATIVE_LIMIT = -_INTEGER_LIMIT  # negated once here, not (a 4,300-digit copy) per value
 _INFINITY = math.inf
 _NEGATIVE_INFINITY = -math.inf
+_AT = ord("@")
+_EQUALS = ord("=")
 
 
 def plain_row(
@@ -60,14 +62,17 @@ def plain_row(
         and type(success) is bool
     ):
         return None
-    # Every text goes into one string, checked once at the end: "@", "=" or a
-    # character beyond ASCII is in the whole exactly when it is in one of them.
-    texts = [operation_type, operation_name]
-    if error_message is not None:
-        if type(error_message) is not str or len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
-            return None
-        texts.append(error_message)
-    clean: dict[str, Any] | None = None
+    # The texts go into one string, checked once: "@", "=" or a character beyond
+    # ASCII is in the whole exactly when it is in one of them.
+    if error_message is None:
+        text = operation_type + operation_name
+    elif type(error_message) is not str or len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
+        return None
+    else:
+        text = operation_type + operation_name + error_message
+    if "@" in text or "=" in text or not text.isascii():
+        return None
+    json = EMPTY_METADATA
     if metadata is not None:
         if type(metadata) is not dict:
             return None
@@ -80,26 +85,25 @@ def plain_row(
             if type(key) is not str or key not in plain_keys:
                 return None
             kind = type(value)
-            if kind is str:
-                texts.append(value)
-            elif kind is int:
-                if not _NEGATIVE_LIMIT < value < _INTEGER_LIMIT:
+            if kind is not str:
+                if kind is int:
+                    if not _NEGATIVE_LIMIT < value < _INTEGER_LIMIT:
+                        return None
+                elif kind is float:
+                    if not _NEGATIVE_INFINITY < value < _INFINITY:
+                        return None
+                elif value is not None and kind is not bool:
                     return None
-            elif kind is float:
-                if not _NEGATIVE_INFINITY < value < _INFINITY:
-                    return None
-            elif value is not None and kind is not bool:
-                return None
-    text = "".join(texts)
-    if "@" in text or "=" in text or not text.isascii():
-        return None
-    return (
-        operation_type,
-        operation_name,
-        duration_ms,
-        timestamp_us,
-        success,
-        error_message,
-        # Plain scalars within these bounds: pydantic's serialiser cannot fail on them.
-        EMPTY_METADATA if clean is None else to_json(clean),
-    )
+        # Plain scalars within these bounds: pydantic's serialiser cannot fail on
+        # them, save for a lone surrogate, which is not ASCII either.
+        try:
+            json = to_json(clean)
+        except ValueError:
+            return None
+        # The JSON holds every key and text as it is (the serialiser escapes neither
+        # "@", "=" nor what is beyond ASCII), and no number holds "@" or "=": one
+        # search each. The needles are ints: ``b"@" in json`` costs six times as
+        # much, since bytes first tries to read its operand as an int.
+        if _AT in json or _EQUALS in json or not json.isascii():
+            return None
+    return (operation_type, operation_name, duration_ms, timestamp_us, success, error_message, json)

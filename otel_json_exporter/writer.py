@@ -39,10 +39,10 @@ from otel_json_exporter.records import (
     QueuedRow,
     RecordRow,
     batch_id_for,
+    encode_lines,
     format_timestamp,
     next_microsecond,
     parse_batch_id,
-    record_lines,
     row_of,
 )
 
@@ -105,7 +105,7 @@ def encode_rows(rows: Sequence[RecordRow | QueuedRow], batch_timestamp: datetime
 
     Keys come in the specification's order, and each record line is exactly
     ``OperationRecord.model_dump_json()`` of that record
-    (:func:`~otel_json_exporter.records.record_lines`), without building a model
+    (:func:`~otel_json_exporter.records.encode_lines`), without building a model
     per record; an indented file would take twice as long to encode and a
     third more disk.
     """
@@ -118,11 +118,7 @@ def encode_rows(rows: Sequence[RecordRow | QueuedRow], batch_timestamp: datetime
     )
     if not rows:
         return b'{"records":[],' + tail[1:] + b"\n"
-    lines = record_lines(rows)
-    # One join builds the file: each copy of a large buffer costs page faults.
-    lines[0] = b'{"records":[\n' + lines[0]
-    lines[-1] += b"\n]," + tail[1:] + b"\n"
-    return b",\n".join(lines)
+    return encode_lines(rows, b'{"records":[\n', b"\n]," + tail[1:] + b"\n")
 
 
 def encode_batch(records: Sequence[OperationRecord], batch_timestamp: datetime) -> bytes:

@@ -371,6 +371,13 @@ class TestRecordLines:
             "error_message": "run",
             "metadata": {},
         }
+        # Durations are encoded for the whole batch at once; a value whose JSON holds
+        # a comma does not shift the others onto the wrong lines.
+        odd = [("job", "run", [1.5, "a,b"], NOW_US, True, None, b"{}"), rows[0]]
+        assert [json.loads(line)["duration_ms"] for line in record_lines(odd)] == [  # type: ignore[arg-type]
+            [1.5, "a,b"],
+            1.0,
+        ]
         with pytest.raises(ValueError, match="Unable to serialize"):
             record_lines([("job", "run", object(), NOW_US, True, None, {})])  # type: ignore[list-item]
         # No JSON number holds these: the row is refused, not written unreadable.

@@ -471,6 +471,7 @@ class TestSameAsTheFullPath:
             {"metadata": {"region": Color.RED}},
             {"metadata": {"region": Label("x")}},
             {"metadata": {"region": "caf\u00e9"}},
+            {"metadata": {"region": "a\ud800"}},  # a lone surrogate: the serialiser refuses it
             {"metadata": {"region": "a=b"}},
             {"metadata": {"region": "x@y"}},
             *({"metadata": {"region": text}} for text in PII_TEXTS),
