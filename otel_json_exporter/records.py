@@ -544,24 +544,33 @@ def encode_lines(
         # Inline look-ups first: a call per field would cost a fifth of the line.
         kind_json = (type(kind) is str and known(kind)) or _json_text(kind, encoded)
         name_json = (type(name) is str and known(name)) or _json_text(name, encoded)
-        if error is None:
-            error_json = "null"
+        if success is True and error is None:
+            outcome = _SUCCEEDED  # most records: one text for the three fields
         else:
-            error_json = (type(error) is str and known(error)) or _json_text(error, encoded)
-        if success is True:
-            success_json = "true"
-        else:
-            success_json = "false" if success is False else to_json(success).decode()
+            outcome = _outcome_json(success, error, encoded)
         append(
             f'{closing}{{"operation_type":{kind_json},"operation_name":{name_json},'
             f'"duration_ms":{duration_json},'
             f'"timestamp":"{prefix}{_MILLIS[fraction // 1000]}{_MICROS_UTC[fraction % 1000]}",'
-            f'"success":{success_json},"error_message":{error_json},"metadata":'.encode()
+            f"{outcome}".encode()
         )
         append(metadata if type(metadata) is bytes else to_json(metadata))
         closing = "},\n"
     append(b"}" + after)
     return b"".join(parts)
+
+
+_SUCCEEDED = '"success":true,"error_message":null,"metadata":'
+
+
+def _outcome_json(success: Any, error: Any, encoded: dict[str, str]) -> str:
+    """The ``success`` and ``error_message`` fields, and the name of the next."""
+    if success is True:
+        success_json = "true"
+    else:
+        success_json = "false" if success is False else to_json(success).decode()
+    error_json = "null" if error is None else _json_text(error, encoded)
+    return f'"success":{success_json},"error_message":{error_json},"metadata":'
 
 
 def _durations_json(rows: Sequence[RecordRow | QueuedRow]) -> list[str]:
