@@ -503,8 +503,8 @@ _MICROS_UTC = tuple(f"{number:03d}+00:00" for number in range(1000))
 def record_lines(rows: Sequence[RecordRow | QueuedRow]) -> list[bytes]:
     """Each row's line in a batch file: exactly ``model_dump_json()`` of its record.
 
-    The lines of :func:`encode_lines`, one by one (compact JSON has no line
-    break inside a record).
+    The lines of :func:`encode_lines`, one by one: compact JSON has no line break
+    inside a record, nor has a queued row's metadata (:func:`queued_row` makes it).
     """
     return encode_lines(rows).split(b",\n") if rows else []
 
@@ -584,9 +584,12 @@ def _durations_json(rows: Sequence[RecordRow | QueuedRow]) -> list[str]:
     if len(durations) != len(rows):  # a value whose JSON holds a comma: no valid row's
         durations = [to_json(row[2]).decode() for row in rows]
         text = ",".join(durations)
-    # NaN, Infinity (or null, where the serialiser writes that): no JSON number holds
-    # them, so the row is refused, not written unreadable. Never in a valid row.
-    if "N" in text or "I" in text or "n" in text:
+    # A float NaN or infinity (written NaN, Infinity or null): no JSON number holds it, so
+    # the row is refused, not written unreadable; never in a valid row. Looked for only
+    # when a letter that spells one of them is in the text.
+    if ("N" in text or "I" in text or "n" in text) and any(
+        isinstance(row[2], float) and not math.isfinite(row[2]) for row in rows
+    ):
         raise ValueError("duration_ms is not a finite number")
     return durations
 

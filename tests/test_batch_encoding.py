@@ -384,6 +384,10 @@ class TestRecordLines:
         for duration in (math.nan, math.inf, -math.inf):
             with pytest.raises(ValueError, match="duration_ms is not a finite number"):
                 record_lines([("job", "run", duration, NOW_US, True, None, b"{}")])
+        # Other values spelt with the same letters are written as the serialiser writes them.
+        for duration in (None, "NaN", "Infinity-free", "n"):
+            (line,) = record_lines([("job", "run", duration, NOW_US, True, None, b"{}")])  # type: ignore[list-item]
+            assert json.loads(line)["duration_ms"] == duration
 
     @settings(max_examples=100, deadline=None)
     @given(
