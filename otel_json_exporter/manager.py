@@ -376,8 +376,8 @@ class MetricsManager:
                 metadata,
             )
         # Queued here, not in a method of its own: a call costs a sixth of queueing.
-        # ``with``, though acquire() and release() cost half as much: a KeyboardInterrupt
-        # between acquire() and ``try`` would leave the lock held and the writer stuck.
+        # ``with`` rather than acquire() and release(), which cost half as much: a
+        # KeyboardInterrupt between acquire() and ``try`` would leave the lock held.
         buffer = self._buffer
         while True:
             with self._lock:
