@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from otel_json_exporter.pii import REDACTED, PiiPolicy
@@ -265,8 +265,9 @@ def _clean_attributes(
                 clean[key] = value
                 continue
             if key in _URL_LIKE:
-                mask = policy.mask_query if key == _QUERY_ATTRIBUTE else policy.mask_url
-                clean[key], masked = mask(value if value.isascii() else valid_unicode(value))
+                clean[key], masked = _url_mask(key, policy)(
+                    value if value.isascii() else valid_unicode(value)
+                )
             else:
                 clean[key], masked = _clean_text(value, policy)
         elif kind is bool or (kind is int and -_INTEGER_LIMIT < value < _INTEGER_LIMIT):
@@ -303,8 +304,7 @@ def _clean_value(
         raise _Unwritable
     if isinstance(value, str):
         if url_key is not None:
-            mask = policy.mask_query if url_key == _QUERY_ATTRIBUTE else policy.mask_url
-            return mask(valid_unicode(text_of(value)))
+            return _url_mask(url_key, policy)(valid_unicode(text_of(value)))
         return _clean_text(value, policy)
     if isinstance(value, float):
         real = value if type(value) is float else float.__float__(value)
@@ -336,6 +336,11 @@ def _clean_value(
         return items, redacted
     # The SDK turns other types into str before they reach us; be as safe anyway.
     return _clean_text(str(value), policy)
+
+
+def _url_mask(key: str, policy: PiiPolicy) -> Callable[[str], tuple[str, int]]:
+    """How the text of a URL attribute is masked: as a query, or as a whole URL."""
+    return policy.mask_query if key == _QUERY_ATTRIBUTE else policy.mask_url
 
 
 def _bytes_hold_pii(data: bytes, policy: PiiPolicy) -> bool:

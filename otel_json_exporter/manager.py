@@ -104,6 +104,11 @@ def bounded_timeout(timeout: float | None) -> float | None:
     return None if timeout is None or timeout >= threading.TIMEOUT_MAX else max(timeout, 0.0)
 
 
+def _is_number(value: object) -> bool:
+    """An int or a float, not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -144,11 +149,7 @@ class MetricsManager:
         retention_days: float | None = None,
         writer: WriterKind = "thread",
     ) -> None:
-        if (
-            isinstance(flush_interval_seconds, bool)
-            or not isinstance(flush_interval_seconds, (int, float))
-            or not flush_interval_seconds > 0
-        ):
+        if not (_is_number(flush_interval_seconds) and flush_interval_seconds > 0):
             raise ValueError("flush_interval_seconds must be a positive number")
         if not math.isfinite(flush_interval_seconds):
             raise ValueError("flush_interval_seconds must be finite")
@@ -159,10 +160,8 @@ class MetricsManager:
             raise ValueError("queue_full_policy must be 'block', 'raise' or 'drop'")
         if writer not in ("thread", "process"):
             raise ValueError("writer must be 'thread' or 'process'")
-        if retention_days is not None and (
-            isinstance(retention_days, bool)
-            or not isinstance(retention_days, (int, float))
-            or not 0 < retention_days <= MAX_RETENTION_DAYS
+        if retention_days is not None and not (
+            _is_number(retention_days) and 0 < retention_days <= MAX_RETENTION_DAYS
         ):
             raise ValueError(
                 f"retention_days must be a positive number of days, at most {MAX_RETENTION_DAYS}"
