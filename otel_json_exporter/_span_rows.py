@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pydantic_core import to_json
+
 from otel_json_exporter.pii import REDACTED, PiiPolicy
 from otel_json_exporter.records import (
     MAX_ERROR_MESSAGE_LENGTH,
@@ -42,6 +44,7 @@ __all__ = [
     "http_status_of",
     "is_snapshot",
     "operation_type_of",
+    "plain_queued_row",
     "rows_of",
     "snapshot_to_row",
     "valid_unicode",
@@ -87,6 +90,12 @@ _HTTP_STATUS = ("http.response.status_code", "http.status_code")
 _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _REPLACEMENT_CHARACTER = "\ufffd"
+_STR = frozenset({str})
+_PLAIN_VALUE_TYPES = frozenset({str, int, bool})
+_AT = ord("@")
+_EQUALS = ord("=")
+_URL_KEYS = tuple(sorted(_URL_LIKE))
+_KIND_BYTES = {name: name.encode("ascii") for name in KIND_NAMES.values()}
 
 
 class _Unwritable(Exception):
@@ -203,6 +212,152 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
     return row, redacted
 
 
+def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | None:
+    """The queued row of a span that the mapping masks nothing in; None when that is not plain.
+
+    The common span has ASCII texts without ``@`` or ``=``, and attributes of
+    ``str``, ``int`` and ``bool`` under keys the policy has cleared
+    (:attr:`PiiPolicy.plain_keys <otel_json_exporter.pii.PiiPolicy.plain_keys>`),
+    its URL attributes left as they are by masking. For it, :func:`snapshot_to_row`,
+    the manager's :meth:`~otel_json_exporter.pii.PiiPolicy.check_row` and
+    :func:`~otel_json_exporter.records.queued_row` all say yes and change nothing.
+    This says so in one pass, as ``plain_row`` does for ``record_operation``: the
+    attributes are encoded once, and their JSON searched for ``@``, ``=`` and what
+    is beyond ASCII, besides what the URL attributes were found to hold. None for
+    everything else, which then takes that full path;
+    ``tests/test_plain_spans.py`` proves it never accepts what the full path
+    refuses or masks, and queues the same row when it accepts.
+    """
+    (
+        name,
+        kind,
+        start,
+        end,
+        success,
+        error,
+        attributes,
+        trace_id,
+        span_id,
+        parent_id,
+        service,
+        declared_type,
+    ) = snapshot
+    plain_keys = policy.plain_keys
+    if not (
+        type(name) is str
+        and type(start) is int
+        and (end is None or type(end) is int)
+        and (error is None or (type(error) is str and len(error) <= MAX_ERROR_MESSAGE_LENGTH))
+        and (service is None or type(service) is str)
+        and (trace_id is None or (type(trace_id) is int and type(span_id) is int))
+        and (parent_id is None or type(parent_id) is int)
+        and type(attributes) is dict
+        and plain_keys >= _ADDED_KEYS
+        # An attribute under an added key's name is replaced by the added value,
+        # after the full path has counted what it masked in it.
+        and attributes.keys().isdisjoint(_ADDED_KEYS)
+        and attributes.keys() <= plain_keys
+    ):
+        return None
+    for key, value in attributes.items():
+        # The key's type too: a str subclass may equal a cleared key and hold
+        # another text. (A loop costs less here than sets of the types.)
+        value_type = type(value)
+        if type(key) is not str or (
+            value_type is not str and value_type is not int and value_type is not bool
+        ):
+            return None
+    kind_name = KIND_NAMES.get(kind)
+    if kind_name is None:
+        return None
+    operation_type = operation_type_of(kind, attributes) if declared_type is None else declared_type
+    if type(operation_type) is not str:
+        return None
+    name = name or "unnamed"
+    # One string, searched once: "@", "=" or a character beyond ASCII is in the
+    # whole exactly when it is in one of them.
+    text = operation_type + name + (error or "") + (service or "")
+    if "@" in text or "=" in text or not text.isascii():
+        return None
+    allowed_at = allowed_equals = 0
+    for key in _URL_KEYS:
+        value = attributes.get(key)
+        if type(value) is str and (
+            "@" in value or "=" in value or "%" in value or not value.isascii()
+        ):
+            if not value.isascii() or _url_mask(key, policy)(value) != (value, 0):
+                return None  # masking would change it
+            allowed_at += value.count("@")
+            allowed_equals += value.count("=")
+    try:
+        json = to_json(attributes)
+    except ValueError:  # a lone surrogate; beyond ASCII anyway
+        return None
+    # The serialiser escapes neither "@", "=" nor what is beyond ASCII, and no
+    # number or bool holds "@" or "=": the JSON holds each one that the keys and
+    # values hold, and only the URL attributes may hold any. No longer than the
+    # digits an integer may have, it holds no integer with more.
+    if (
+        not _holds(json, _AT, allowed_at)
+        or not _holds(json, _EQUALS, allowed_equals)
+        or not json.isascii()
+        or len(json) > MAX_INTEGER_DIGITS
+    ):
+        return None
+    try:
+        duration_ms = max(end - start, 0) / 1e6 if end is not None else 0.0
+        row = build_row(
+            operation_type,
+            name,
+            duration_ms,
+            start // 1000,
+            success,
+            error,
+            {},
+            json_ready_metadata=True,
+        )
+    except (ValueError, OverflowError):  # the full path says what is wrong
+        return None
+    head = json[:-1] + b"," if len(json) > 2 else b"{"  # b"{}": no members
+    added = _added_json(trace_id, span_id, parent_id, kind_name, service)
+    return (row[0], row[1], row[2], row[3], row[4], row[5], head + added)
+
+
+def _holds(json: bytes, byte: int, expected: int) -> bool:
+    """Whether ``json`` holds ``byte`` exactly ``expected`` times (``in`` is the faster search)."""
+    return json.count(byte) == expected if expected else byte not in json
+
+
+# The last service name's JSON: one resource, so nearly always the same text.
+_last_service_json: tuple[str | None, bytes] = (None, b"null")
+
+
+def _added_json(
+    trace_id: int | None,
+    span_id: int | None,
+    parent_id: int | None,
+    kind_name: str,
+    service: str | None,
+) -> bytes:
+    """The keys the mapping adds, and their values, as JSON members; and the closing brace."""
+    global _last_service_json  # noqa: PLW0603  # one tuple, replaced whole: no lock needed
+    if trace_id is None or span_id is None:  # both or neither: plain_queued_row checked
+        added = b""
+    else:
+        added = b'"trace_id":"%032x","span_id":"%016x",' % (trace_id, span_id)
+    if parent_id is None:
+        added += b'"parent_span_id":null,"span_kind":"%s"' % _KIND_BYTES[kind_name]
+    else:
+        added += b'"parent_span_id":"%016x","span_kind":"%s"' % (parent_id, _KIND_BYTES[kind_name])
+    if service is None:
+        return added + b"}"
+    seen, encoded = _last_service_json
+    if seen != service:
+        encoded = to_json(service)
+        _last_service_json = (service, encoded)
+    return added + b',"service.name":' + encoded + b"}"
+
+
 def rows_of(
     items: Sequence[QueuedRow | SpanSnapshot], policy: PiiPolicy
 ) -> tuple[list[RecordRow | QueuedRow], int, int]:
@@ -218,6 +373,10 @@ def rows_of(
     for item in items:
         if len(item) != SNAPSHOT_FIELDS:
             rows.append(item)  # type: ignore[arg-type]  # a row: checked when it was queued
+            continue
+        queued = plain_queued_row(item, policy)  # type: ignore[arg-type]
+        if queued is not None:
+            rows.append(queued)
             continue
         try:
             row, masked = snapshot_to_row(item, policy)  # type: ignore[arg-type]

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from pydantic import ValidationError
 
-from otel_json_exporter._span_rows import SpanSnapshot, snapshot_to_row
+from otel_json_exporter._span_rows import SpanSnapshot, plain_queued_row, snapshot_to_row
 from otel_json_exporter.config import resolve_settings
 from otel_json_exporter.manager import MetricsManager, WriterKind, bounded_timeout
 from otel_json_exporter.mapping import (
@@ -83,7 +83,7 @@ from otel_json_exporter.mapping import (
     with_operation_type,
 )
 from otel_json_exporter.pii import PiiPolicy, safe_validation_message
-from otel_json_exporter.records import RecordRow
+from otel_json_exporter.records import QueuedRow, RecordRow
 from otel_json_exporter.writer import StorageError
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ class OperationSpanExporter(SpanExporter):
         in_process = self._manager.writer != "process"
         custom_filter = self._span_filter is not default_span_filter
         custom_type = self._operation_type is not default_operation_type
-        rows: list[RecordRow] = []
+        rows: list[RecordRow | QueuedRow] = []
         snapshots: list[SpanSnapshot] = []
         redacted = 0
         failed = 0
@@ -239,6 +239,10 @@ class OperationSpanExporter(SpanExporter):
                 if custom_type:
                     snapshot = with_operation_type(snapshot, span, self._operation_type)
                 if in_process:
+                    queued = plain_queued_row(snapshot, self._policy)
+                    if queued is not None:
+                        rows.append(queued)  # checked and encoded: nothing to mask
+                        continue
                     row, masked = snapshot_to_row(snapshot, self._policy)
                     rows.append(row)
                     redacted += masked

@@ -1,0 +1,239 @@
+"""``plain_queued_row`` only ever says what the full span mapping would say.
+
+The full path is :func:`snapshot_to_row`, then the manager's
+``PiiPolicy.check_row``, then :func:`queued_row`. Whenever
+:func:`plain_queued_row` returns a row, the full path accepts the same
+snapshot, masks and drops nothing, and queues the identical row, byte for byte.
+When it returns None, the full path decides. Snapshots are drawn field by field,
+hostile ones included (``str`` subclasses that lie about their hash, values
+that need masking, attributes under the names of the keys the mapping adds),
+and taken from real SDK spans.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from otel_json_exporter import PiiPolicy
+from otel_json_exporter._span_rows import SpanSnapshot, plain_queued_row, snapshot_to_row
+from otel_json_exporter.mapping import snapshot_of
+from otel_json_exporter.records import MAX_ERROR_MESSAGE_LENGTH, QueuedRow, queued_row
+from tests._strategies import mostly
+from tests._tricky import disguised
+
+
+class Port(enum.IntEnum):
+    HTTPS = 443
+
+
+class Region(str, enum.Enum):
+    CA = "ca-central-1"
+
+
+Sneaky = disguised(equal_to="note")
+
+_plain_text = st.text(st.characters(codec="ascii", exclude_categories=("Cs",)), max_size=12)
+_hard_texts = st.sampled_from(
+    [
+        "",
+        "ann@example.com",
+        "page=2&per_page=50",
+        "page=2&email=a%40b.example",
+        "https://u:pw@shop.example/p?page=2",
+        "https://shop.example/p?token=abc",
+        "/reset/token=abc;jsessionid=x",
+        "100%25 done",
+        'say "hi" \\ there',
+        "caf\u00e9",
+        "lone \ud800 surrogate",
+        "x" * (MAX_ERROR_MESSAGE_LENGTH + 1),
+    ]
+)
+_texts = mostly(_plain_text.filter(lambda text: "@" not in text and "=" not in text), _hard_texts)
+_keys = mostly(
+    st.sampled_from(
+        [
+            "http.request.method",
+            "http.response.status_code",
+            "url.path",
+            "url.query",
+            "url.full",
+            "http.target",
+            "note",
+            "operation.type",
+            "db.system.name",
+        ]
+    ),
+    st.sampled_from(["email", "user_id", "password", "trace_id", "span_kind", "service.name"]),
+    st.builds(Sneaky, st.sampled_from(["note", "email", "url.query"])),
+    weight=10,
+)
+_values = mostly(
+    st.one_of(_texts, st.integers(min_value=-(10**20), max_value=10**20), st.booleans()),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.binary(max_size=6),
+    st.sampled_from([Port.HTTPS, Region.CA, ("a", "b"), 10**5000]),
+    weight=10,
+)
+_ids = mostly(st.integers(min_value=0, max_value=2**128 - 1), st.none(), st.just(-5), st.just(True))
+_snapshots = st.tuples(
+    mostly(_texts, st.sampled_from([None, 12345, Sneaky("GET /")]), weight=10),  # name
+    mostly(st.sampled_from([0, 1, 2, 3, 4]), st.just(9), weight=10),  # kind
+    mostly(
+        st.integers(min_value=0, max_value=2**62),
+        st.sampled_from([None, 1.5e18, -(10**30), 10**400]),
+        weight=10,
+    ),  # start, ns
+    mostly(st.integers(min_value=0, max_value=2**62), st.none(), st.just(2.5e18)),  # end
+    mostly(st.booleans(), st.sampled_from([1, None]), weight=10),  # success
+    mostly(st.none(), _texts, st.sampled_from([5, Sneaky("boom")])),  # error
+    st.dictionaries(_keys, _values, max_size=6),  # attributes
+    _ids,  # trace id
+    _ids,  # span id
+    _ids,  # parent span id
+    mostly(st.sampled_from(["shop", None]), _texts, st.sampled_from([7, Sneaky("shop")])),
+    mostly(st.none(), st.sampled_from(["job", "", "x@y.example", 5])),  # operation_type
+)
+
+
+def learn(policy: PiiPolicy) -> None:
+    """Judge the keys the mapping adds, as the first span with ids and a service does."""
+    for key in ("trace_id", "span_id", "parent_span_id", "span_kind", "service.name"):
+        policy.is_pii_key(key)
+
+
+def full_path(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[QueuedRow, int] | None:
+    """What export() queues for the snapshot without the plain path, and the count masked."""
+    try:
+        row, redacted = snapshot_to_row(snapshot, policy)
+        policy.check_row(row)
+        return queued_row(row), redacted
+    except Exception:
+        return None
+
+
+def assert_agrees(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | None:
+    attributes_before = list(snapshot[6].items())
+    plain = plain_queued_row(snapshot, policy)
+    assert list(snapshot[6].items()) == attributes_before  # the full path may still read it
+    expected = full_path(snapshot, policy)
+    if plain is not None:
+        assert expected is not None, "plain_queued_row accepted what the full path refuses"
+        assert expected[1] == 0, "plain_queued_row accepted what the full path masks"
+        assert plain == expected[0]
+        assert [type(field) for field in plain] == [type(field) for field in expected[0]]
+    return plain
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(snapshot=_snapshots, blocked=st.sampled_from([(), ("note",), ("span_kind",)]))
+def test_a_plain_row_is_the_row_the_full_path_queues(
+    snapshot: SpanSnapshot, blocked: tuple[str, ...]
+) -> None:
+    policy = PiiPolicy(blocked_keys=set(blocked))
+    learn(policy)
+    full_path(snapshot, policy)  # teaches the policy the keys, as earlier spans would
+    plain = assert_agrees(snapshot, policy)
+    event(f"plain_queued_row: {'a row' if plain is not None else 'None'}")  # shows the mix
+
+
+@pytest.fixture(scope="module")
+def finished() -> Any:
+    captured = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "shop"}), shutdown_on_exit=False
+    )
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    tracer = provider.get_tracer("tests")
+
+    def finish(name: str, attributes: dict[str, Any], *, failed: bool = False) -> SpanSnapshot:
+        captured.clear()
+        with tracer.start_as_current_span("parent"):
+            span = tracer.start_span(name, kind=SpanKind.SERVER, attributes=attributes)
+            if failed:
+                span.set_status(Status(StatusCode.ERROR, "upstream timed out"))
+            span.end()
+        return snapshot_of(next(s for s in captured.get_finished_spans() if s.name == name))
+
+    yield finish
+    provider.shutdown()
+
+
+HTTP_SERVER = {
+    "http.request.method": "GET",
+    "url.scheme": "https",
+    "url.path": "/api/orders/42",
+    "url.query": "page=2&per_page=50",
+    "http.route": "/api/orders/{id}",
+    "http.response.status_code": 200,
+    "server.port": 443,
+    "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64)",
+}
+
+
+class TestRealSpans:
+    def test_a_plain_http_server_span_takes_the_plain_path(self, finished: Any) -> None:
+        policy = PiiPolicy()
+        snapshot = finished("GET /api/orders/{id}", HTTP_SERVER)
+        full_path(snapshot, policy)  # the first span teaches the policy its keys
+        row = assert_agrees(snapshot, policy)
+        assert row is not None
+        metadata = json.loads(row[6])
+        added = ["trace_id", "span_id", "parent_span_id", "span_kind", "service.name"]
+        assert list(metadata) == [*HTTP_SERVER, *added]
+        assert (row[0], row[4], metadata["span_kind"]) == ("api_request", True, "server")
+
+    def test_a_failed_span_with_its_status_text_takes_it_too(self, finished: Any) -> None:
+        policy = PiiPolicy()
+        snapshot = finished("GET /slow", HTTP_SERVER, failed=True)
+        full_path(snapshot, policy)
+        row = assert_agrees(snapshot, policy)
+        assert row is not None
+        assert (row[4], row[5]) == (False, "upstream timed out")
+
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            {"enduser.email": "ann@example.com"},  # a PII key: dropped
+            {"url.query": "email=ann%40example.com&page=2"},  # masked
+            {"url.full": "https://bob:pw@shop.example/p"},  # credentials masked
+            {"note": "reply to ann@example.com"},  # an address in free text
+            {"note": "password=hunter2"},  # a PII name=value
+            {"note": "Montr\u00e9al"},  # beyond ASCII: the full path decides
+            {"span_kind": "mine"},  # replaced by the added key
+            {Sneaky("note"): "x"},  # a key that lies about what it equals
+            {"sizes": (1, 2)},  # not a scalar
+            {"ratio": 0.5},  # floats: not plain here
+        ],
+    )
+    def test_what_needs_the_full_path_gets_it(self, finished: Any, extra: dict[Any, Any]) -> None:
+        policy = PiiPolicy()
+        snapshot = finished("GET /api/orders/{id}", {**HTTP_SERVER, **extra})
+        full_path(snapshot, policy)
+        assert assert_agrees(snapshot, policy) is None
+
+    def test_a_policy_that_blocks_an_added_key_gets_the_full_path(self, finished: Any) -> None:
+        policy = PiiPolicy(blocked_keys={"service.name"})
+        snapshot = finished("GET /x", HTTP_SERVER)
+        full_path(snapshot, policy)
+        assert assert_agrees(snapshot, policy) is None
+
+    def test_a_span_without_attributes_or_ids_is_plain_too(self) -> None:
+        policy = PiiPolicy()
+        snapshot: SpanSnapshot = ("job", 0, 10**18, 10**18 + 5, True, None, {}, None)
+        snapshot += (None, None, None, None)
+        learn(policy)
+        row = assert_agrees(snapshot, policy)
+        assert row is not None
+        assert json.loads(row[6]) == {"parent_span_id": None, "span_kind": "internal"}
