@@ -7,7 +7,9 @@ that the second can run where the application's GIL is not: with
 ``writer="process"`` the span exporter hands snapshots to the writer process,
 which maps them (:func:`rows_of`) before it encodes. With the thread writer
 both halves run in ``export()``, one after the other
-(:func:`~otel_json_exporter.mapping.span_to_row`).
+(:func:`~otel_json_exporter.mapping.span_to_row`). In both places the common
+span, with nothing to mask, drop or refuse, takes a shortcut first
+(:func:`plain_queued_row`) that makes the same queued row in one pass.
 
 Nothing here imports OpenTelemetry: span kinds are their numbers in the
 OpenTelemetry specification (``SpanKind.SERVER.value`` is 1), so the writer
@@ -90,8 +92,6 @@ _HTTP_STATUS = ("http.response.status_code", "http.status_code")
 _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _REPLACEMENT_CHARACTER = "\ufffd"
-_STR = frozenset({str})
-_PLAIN_VALUE_TYPES = frozenset({str, int, bool})
 _AT = ord("@")
 _EQUALS = ord("=")
 _URL_KEYS = tuple(sorted(_URL_LIKE))
@@ -224,9 +224,9 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
     This says so in one pass, as ``plain_row`` does for ``record_operation``: the
     attributes are encoded once, and their JSON searched for ``@``, ``=`` and what
     is beyond ASCII, besides what the URL attributes were found to hold. None for
-    everything else, which then takes that full path;
-    ``tests/test_plain_spans.py`` proves it never accepts what the full path
-    refuses or masks, and queues the same row when it accepts.
+    everything else, which then takes that full path; never raises.
+    ``tests/test_plain_spans.py`` holds it to that path: it never accepts what the
+    full path refuses or masks, and queues the same row when it accepts.
     """
     (
         name,
@@ -242,9 +242,9 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         service,
         declared_type,
     ) = snapshot
-    plain_keys = policy.plain_keys
     if not (
         type(name) is str
+        and type(kind) is int
         and type(start) is int
         and (end is None or type(end) is int)
         and (error is None or (type(error) is str and len(error) <= MAX_ERROR_MESSAGE_LENGTH))
@@ -252,21 +252,26 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         and (trace_id is None or (type(trace_id) is int and type(span_id) is int))
         and (parent_id is None or type(parent_id) is int)
         and type(attributes) is dict
-        and plain_keys >= _ADDED_KEYS
-        # An attribute under an added key's name is replaced by the added value,
-        # after the full path has counted what it masked in it.
-        and attributes.keys().isdisjoint(_ADDED_KEYS)
-        and attributes.keys() <= plain_keys
     ):
         return None
     for key, value in attributes.items():
-        # The key's type too: a str subclass may equal a cleared key and hold
-        # another text. (A loop costs less here than sets of the types.)
+        # Types first, so that the set operations below meet only exact str keys,
+        # whose hash and == cannot lie or raise. (A loop costs less here than sets
+        # of the types.)
         value_type = type(value)
         if type(key) is not str or (
             value_type is not str and value_type is not int and value_type is not bool
         ):
             return None
+    plain_keys = policy.plain_keys
+    if not (
+        plain_keys >= _ADDED_KEYS
+        and attributes.keys() <= plain_keys
+        # An attribute under an added key's name is replaced by the added value,
+        # after the full path has counted what it masked in it.
+        and attributes.keys().isdisjoint(_ADDED_KEYS)
+    ):
+        return None
     kind_name = KIND_NAMES.get(kind)
     if kind_name is None:
         return None
@@ -296,7 +301,8 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
     # The serialiser escapes neither "@", "=" nor what is beyond ASCII, and no
     # number or bool holds "@" or "=": the JSON holds each one that the keys and
     # values hold, and only the URL attributes may hold any. No longer than the
-    # digits an integer may have, it holds no integer with more.
+    # digits an integer may have, it holds no integer with more (longer attributes,
+    # a long query text, take the full path: slower, never different).
     if (
         not _holds(json, _AT, allowed_at)
         or not _holds(json, _EQUALS, allowed_equals)
@@ -341,7 +347,7 @@ def _added_json(
 ) -> bytes:
     """The keys the mapping adds, and their values, as JSON members; and the closing brace."""
     global _last_service_json  # noqa: PLW0603  # one tuple, replaced whole: no lock needed
-    if trace_id is None or span_id is None:  # both or neither: plain_queued_row checked
+    if trace_id is None or span_id is None:  # the full path adds both ids, or neither
         added = b""
     else:
         added = b'"trace_id":"%032x","span_id":"%016x",' % (trace_id, span_id)
@@ -364,7 +370,8 @@ def rows_of(
     """A batch's rows, its snapshots mapped; and how many items were rejected and redacted.
 
     A mapped row is checked against the PII rule as the manager checks every row
-    it queues (:meth:`PiiPolicy.check_row`); one that fails, or a snapshot that
+    it queues (:meth:`PiiPolicy.check_row`), or, for a plain span, by
+    :func:`plain_queued_row`'s one pass; one that fails, or a snapshot that
     cannot become a record, is left out and counted as rejected: one bad span
     never holds up the rest of its batch.
     """
@@ -374,11 +381,11 @@ def rows_of(
         if len(item) != SNAPSHOT_FIELDS:
             rows.append(item)  # type: ignore[arg-type]  # a row: checked when it was queued
             continue
-        queued = plain_queued_row(item, policy)  # type: ignore[arg-type]
-        if queued is not None:
-            rows.append(queued)
-            continue
         try:
+            queued = plain_queued_row(item, policy)  # type: ignore[arg-type]
+            if queued is not None:
+                rows.append(queued)
+                continue
             row, masked = snapshot_to_row(item, policy)  # type: ignore[arg-type]
             policy.check_row(row)
         except Exception:  # whatever it is, it must not stop the others: counted, left out

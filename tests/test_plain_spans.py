@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_json_exporter import PiiPolicy
-from otel_json_exporter._span_rows import SpanSnapshot, plain_queued_row, snapshot_to_row
+from otel_json_exporter._span_rows import SpanSnapshot, plain_queued_row, rows_of, snapshot_to_row
 from otel_json_exporter.mapping import snapshot_of
 from otel_json_exporter.records import MAX_ERROR_MESSAGE_LENGTH, QueuedRow, queued_row
 from tests._strategies import mostly
@@ -43,6 +43,17 @@ class Region(str, enum.Enum):
 
 Sneaky = disguised(equal_to="note")
 
+
+class Touchy(str):
+    """A key that hashes as ``note`` and raises when compared."""
+
+    def __hash__(self) -> int:
+        return hash("note")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+
 _plain_text = st.text(st.characters(codec="ascii", exclude_categories=("Cs",)), max_size=12)
 _hard_texts = st.sampled_from(
     [
@@ -56,6 +67,9 @@ _hard_texts = st.sampled_from(
         "100%25 done",
         'say "hi" \\ there',
         "caf\u00e9",
+        "ann\uff20example.com",  # a full-width at sign: an address once folded
+        "https://shop.example/@me?page=2",  # "@" and "=" that masking leaves
+        "https://a.example/x@y#top",
         "lone \ud800 surrogate",
         "x" * (MAX_ERROR_MESSAGE_LENGTH + 1),
     ]
@@ -69,6 +83,8 @@ _keys = mostly(
             "url.path",
             "url.query",
             "url.full",
+            "url.original",
+            "http.url",
             "http.target",
             "note",
             "operation.type",
@@ -89,7 +105,7 @@ _values = mostly(
 _ids = mostly(st.integers(min_value=0, max_value=2**128 - 1), st.none(), st.just(-5), st.just(True))
 _snapshots = st.tuples(
     mostly(_texts, st.sampled_from([None, 12345, Sneaky("GET /")]), weight=10),  # name
-    mostly(st.sampled_from([0, 1, 2, 3, 4]), st.just(9), weight=10),  # kind
+    mostly(st.sampled_from([0, 1, 2, 3, 4]), st.sampled_from([9, True, 1.0, (1,)]), weight=10),
     mostly(
         st.integers(min_value=0, max_value=2**62),
         st.sampled_from([None, 1.5e18, -(10**30), 10**400]),
@@ -125,7 +141,7 @@ def full_path(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[QueuedRow, int
 
 def assert_agrees(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | None:
     attributes_before = list(snapshot[6].items())
-    plain = plain_queued_row(snapshot, policy)
+    plain = plain_queued_row(snapshot, policy)  # never raises
     assert list(snapshot[6].items()) == attributes_before  # the full path may still read it
     expected = full_path(snapshot, policy)
     if plain is not None:
@@ -137,15 +153,72 @@ def assert_agrees(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | None
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(snapshot=_snapshots, blocked=st.sampled_from([(), ("note",), ("span_kind",)]))
+@given(
+    snapshot=_snapshots,
+    blocked=st.sampled_from([(), ("note",), ("span_kind",)]),
+    warm=mostly(st.just(True), st.just(False)),
+)
 def test_a_plain_row_is_the_row_the_full_path_queues(
-    snapshot: SpanSnapshot, blocked: tuple[str, ...]
+    snapshot: SpanSnapshot, blocked: tuple[str, ...], warm: bool
 ) -> None:
     policy = PiiPolicy(blocked_keys=set(blocked))
     learn(policy)
-    full_path(snapshot, policy)  # teaches the policy the keys, as earlier spans would
+    if warm:
+        full_path(snapshot, policy)  # teaches the policy the keys, as earlier spans would
     plain = assert_agrees(snapshot, policy)
-    event(f"plain_queued_row: {'a row' if plain is not None else 'None'}")  # shows the mix
+    if plain is None:
+        event("plain_queued_row: None")  # shows the mix
+    elif 64 in plain[6] or 61 in plain[6]:
+        event("plain_queued_row: a row, '@' or '=' in a URL attribute")
+    else:
+        event("plain_queued_row: a row")
+
+
+_URLS = st.sampled_from(
+    [
+        "https://shop.example/@me?page=2&sort=name",
+        "https://a.example/x@y#top",
+        "/users/@me?tab=1",
+        "page=2&per_page=50",
+        "page=2&email=a%40b.example",
+        "page=2&password=x",
+        "https://u:pw@shop.example/p?page=2",
+        "https://shop.example/p?token=abc#access_token=t",
+        "/reset/token=abc;jsessionid=x",
+        "https://shop.example/%40me",
+        "https://shop.example/ann%40example.com",
+        "https://shop.example/a%2540b.example",
+    ]
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    urls=st.dictionaries(
+        st.sampled_from(["url.full", "url.original", "http.url", "http.target", "url.query"]),
+        _URLS,
+        min_size=1,
+    ),
+    others=st.dictionaries(
+        st.sampled_from(["note", "http.route"]),
+        st.sampled_from(["plain", "a@b", "a=b", "ann@example.com"]),
+    ),
+)
+def test_what_url_attributes_may_hold_is_allowed_there_only(
+    urls: dict[str, str], others: dict[str, str]
+) -> None:
+    policy = PiiPolicy()
+    learn(policy)
+    snapshot: SpanSnapshot = ("GET /", 1, 10**18, None, True, None, {**others, **urls}, 7)
+    snapshot += (9, None, "shop", None)
+    full_path(snapshot, policy)
+    plain = assert_agrees(snapshot, policy)
+    if plain is None:
+        event("plain_queued_row: None")
+    elif 64 in plain[6] or 61 in plain[6]:
+        event("plain_queued_row: a row, '@' or '=' in a URL attribute")
+    else:
+        event("plain_queued_row: a row")
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +310,24 @@ class TestRealSpans:
         row = assert_agrees(snapshot, policy)
         assert row is not None
         assert json.loads(row[6]) == {"parent_span_id": None, "span_kind": "internal"}
+
+    def test_an_unhashable_kind_is_rejected_alone_in_the_writer_process(
+        self, finished: Any
+    ) -> None:
+        policy = PiiPolicy()
+        learn(policy)
+        good = finished("GET /api/orders/{id}", HTTP_SERVER)
+        odd = (good[0], [1], *good[2:])  # a kind the pickler ships as a list
+        rows, rejected, _ = rows_of([good, odd, good], policy)
+        assert (len(rows), rejected) == (2, 1)
+
+    def test_a_key_whose_comparison_raises_leaves_the_decision_to_the_full_path(self) -> None:
+        policy = PiiPolicy()
+        learn(policy)
+        policy.is_pii_key("note")
+        snapshot: SpanSnapshot = ("job", 0, 10**18, None, True, None, {Touchy("zzz"): "b"}, None)
+        snapshot += (None, None, None, None)
+        assert plain_queued_row(snapshot, policy) is None
+        expected = full_path(snapshot, policy)
+        assert expected is not None
+        assert json.loads(expected[0][6])["zzz"] == "b"
