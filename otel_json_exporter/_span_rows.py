@@ -32,6 +32,8 @@ from otel_json_exporter.records import (
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_INTEGER_DIGITS,
     MAX_METADATA_DEPTH,
+    MAX_MICROSECONDS,
+    MIN_MICROSECONDS,
     QueuedRow,
     RecordRow,
     build_row,
@@ -95,6 +97,7 @@ _REPLACEMENT_CHARACTER = "\ufffd"
 _AT = ord("@")
 _EQUALS = ord("=")
 _URL_KEYS = tuple(sorted(_URL_LIKE))
+_FLOAT_NANOSECONDS = 10**300  # far inside what a float holds, far beyond any span
 _KIND_BYTES = {name: name.encode("ascii") for name in KIND_NAMES.values()}
 
 
@@ -310,23 +313,28 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         or len(json) > MAX_INTEGER_DIGITS
     ):
         return None
-    try:
-        duration_ms = max(end - start, 0) / 1e6 if end is not None else 0.0
-        row = build_row(
-            operation_type,
-            name,
-            duration_ms,
-            start // 1000,
-            success,
-            error,
-            {},
-            json_ready_metadata=True,
-        )
-    except (ValueError, OverflowError):  # the full path says what is wrong
+    # What build_row would check besides, for these types: a name to go by, a
+    # boolean outcome, a timestamp within the years 1 to 9999, a duration that
+    # fits a float.
+    timestamp_us = start // 1000
+    if not (
+        operation_type
+        and type(success) is bool
+        and MIN_MICROSECONDS <= timestamp_us <= MAX_MICROSECONDS
+        and (end is None or -_FLOAT_NANOSECONDS < end - start < _FLOAT_NANOSECONDS)
+    ):
         return None
-    head = json[:-1] + b"," if len(json) > 2 else b"{"  # b"{}": no members
-    added = _added_json(trace_id, span_id, parent_id, kind_name, service)
-    return (row[0], row[1], row[2], row[3], row[4], row[5], head + added)
+    duration_ms = max(end - start, 0) / 1e6 if end is not None else 0.0
+    return (
+        operation_type,
+        name,
+        duration_ms,
+        timestamp_us,
+        success,
+        error,
+        (json[:-1] + b"," if len(json) > 2 else b"{")  # b"{}": no members before the added
+        + _added_json(trace_id, span_id, parent_id, kind_name, service),
+    )
 
 
 def _holds(json: bytes, byte: int, expected: int) -> bool:
@@ -334,8 +342,9 @@ def _holds(json: bytes, byte: int, expected: int) -> bool:
     return json.count(byte) == expected if expected else byte not in json
 
 
-# The last service name's JSON: one resource, so nearly always the same text.
-_last_service_json: tuple[str | None, bytes] = (None, b"null")
+# The last service name's member of the metadata's JSON: one resource, so nearly
+# always the same text.
+_last_service_member: tuple[str | None, bytes] = (None, b"")
 
 
 def _added_json(
@@ -346,22 +355,28 @@ def _added_json(
     service: str | None,
 ) -> bytes:
     """The keys the mapping adds, and their values, as JSON members; and the closing brace."""
-    global _last_service_json  # noqa: PLW0603  # one tuple, replaced whole: no lock needed
-    if trace_id is None or span_id is None:  # the full path adds both ids, or neither
-        added = b""
-    else:
-        added = b'"trace_id":"%032x","span_id":"%016x",' % (trace_id, span_id)
-    if parent_id is None:
-        added += b'"parent_span_id":null,"span_kind":"%s"' % _KIND_BYTES[kind_name]
-    else:
-        added += b'"parent_span_id":"%016x","span_kind":"%s"' % (parent_id, _KIND_BYTES[kind_name])
+    global _last_service_member  # noqa: PLW0603  # one tuple, replaced whole: no lock needed
+    parent = b"null" if parent_id is None else b'"%016x"' % parent_id
     if service is None:
-        return added + b"}"
-    seen, encoded = _last_service_json
-    if seen != service:
-        encoded = to_json(service)
-        _last_service_json = (service, encoded)
-    return added + b',"service.name":' + encoded + b"}"
+        service_member = b""
+    else:
+        seen, service_member = _last_service_member
+        if seen != service:
+            service_member = b',"service.name":' + to_json(service)
+            _last_service_member = (service, service_member)
+    if trace_id is None or span_id is None:  # the full path adds both ids, or neither
+        return b'"parent_span_id":%s,"span_kind":"%s"%s}' % (
+            parent,
+            _KIND_BYTES[kind_name],
+            service_member,
+        )
+    return b'"trace_id":"%032x","span_id":"%016x","parent_span_id":%s,"span_kind":"%s"%s}' % (
+        trace_id,
+        span_id,
+        parent,
+        _KIND_BYTES[kind_name],
+        service_member,
+    )
 
 
 def rows_of(

@@ -324,8 +324,10 @@ _set_slot = object.__setattr__
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MICROSECOND = timedelta(microseconds=1)
-_MIN_MICROSECONDS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
-_MAX_MICROSECONDS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+MIN_MICROSECONDS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+"""The earliest timestamp a record may have, in microseconds since the epoch (year 1)."""
+MAX_MICROSECONDS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+"""The latest timestamp a record may have, in microseconds since the epoch (year 9999)."""
 
 
 def microseconds_of(moment: datetime) -> int:
@@ -340,7 +342,7 @@ def moment_of(microseconds: int) -> datetime:
 
 
 def _check_microseconds(microseconds: int) -> None:
-    if not _MIN_MICROSECONDS <= microseconds <= _MAX_MICROSECONDS:
+    if not MIN_MICROSECONDS <= microseconds <= MAX_MICROSECONDS:
         raise ValueError("timestamp is outside the years 1 to 9999")
 
 
