@@ -37,6 +37,8 @@ __all__ = [
     "MAX_ERROR_MESSAGE_LENGTH",
     "MAX_INTEGER_DIGITS",
     "MAX_METADATA_DEPTH",
+    "MAX_MICROSECONDS",
+    "MIN_MICROSECONDS",
     "MetricsBatch",
     "MetricsStats",
     "OperationRecord",
