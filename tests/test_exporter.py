@@ -44,6 +44,8 @@ from otel_json_exporter.config import (
     resolve_settings,
 )
 from otel_json_exporter.manager import WriterKind
+from otel_json_exporter.mapping import span_to_row
+from otel_json_exporter.records import record_from_row
 from tests._faults import WRITER_THREAD, Fault
 from tests._tricky import LyingFloat, LyingInt, disguised
 from tests.conftest import load_batches, load_records
@@ -588,6 +590,38 @@ class TestContract:
         assert b"pw1" not in raw
         # every dropped key, the credentials, the query parameter, the address in note
         assert exporter.manager.stats().pii_redacted == len(blocked) + 3
+
+    def test_plain_and_masked_spans_are_written_in_order_as_the_full_mapping_makes_them(
+        self, storage: Path, kit: Kit, writer: WriterKind
+    ) -> None:
+        # Plain spans take plain_queued_row, the others the full mapping; the file
+        # must hold each as span_to_row makes it, in the order the spans ended.
+        exporter = kit.exporter(storage, writer=writer, max_batch_size=1000)
+        captured = InMemorySpanExporter()
+        provider = provider_for(exporter, SimpleSpanProcessor)
+        provider.add_span_processor(SimpleSpanProcessor(captured))
+        tracer = provider.get_tracer("tests")
+        plain = {"http.request.method": "GET", "url.query": "page=2&per_page=50", "n": 1}
+        for index in range(30):
+            attributes: dict[str, Any] = {**plain, "n": index}
+            if index % 3 == 1:
+                attributes["note"] = "reply to ann@mail.example"  # masked: the full mapping
+            if index % 5 == 4:
+                attributes["url.query"] = "email=ann%40mail.example&page=2"
+            with tracer.start_as_current_span(f"GET /orders/{index}", kind=SpanKind.SERVER):
+                span = tracer.start_span(f"child-{index}", attributes=attributes)
+                span.end()
+        provider.shutdown()
+        policy = PiiPolicy()
+        expected = []
+        redacted = 0
+        for span in captured.get_finished_spans():
+            row, masked = span_to_row(span, policy)
+            expected.append(record_from_row(row).model_dump(mode="json"))
+            redacted += masked
+        written = [record.model_dump(mode="json") for record in load_records(storage)]
+        assert written == expected
+        assert exporter.manager.stats().pii_redacted == redacted > 0
 
     def test_masking_never_leaves_what_the_check_refuses(
         self, storage: Path, kit: Kit, writer: WriterKind
