@@ -97,7 +97,7 @@ _REPLACEMENT_CHARACTER = "\ufffd"
 _AT = ord("@")
 _EQUALS = ord("=")
 _URL_KEYS = tuple(sorted(_URL_LIKE))
-_FLOAT_NANOSECONDS = 10**300  # far inside what a float holds, far beyond any span
+_MAX_SPAN_NANOSECONDS = 10**300  # far beyond any span, far inside what a float holds
 _KIND_BYTES = {name: name.encode("ascii") for name in KIND_NAMES.values()}
 
 
@@ -254,6 +254,7 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         and (service is None or type(service) is str)
         and (trace_id is None or (type(trace_id) is int and type(span_id) is int))
         and (parent_id is None or type(parent_id) is int)
+        and type(success) is bool
         and type(attributes) is dict
     ):
         return None
@@ -313,28 +314,22 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         or len(json) > MAX_INTEGER_DIGITS
     ):
         return None
-    # What build_row would check besides, for these types: a name to go by, a
-    # boolean outcome, a timestamp within the years 1 to 9999, a duration that
-    # fits a float.
+    # What build_row would check besides, for these types (records.build_row's fast
+    # path; keep the two alike): a non-empty operation type (the name is one, or
+    # "unnamed"), a timestamp within the years 1 to 9999, a duration that a float holds
+    # (a negative one becomes 0.0).
     timestamp_us = start // 1000
     if not (
         operation_type
-        and type(success) is bool
         and MIN_MICROSECONDS <= timestamp_us <= MAX_MICROSECONDS
-        and (end is None or -_FLOAT_NANOSECONDS < end - start < _FLOAT_NANOSECONDS)
+        and (end is None or end - start < _MAX_SPAN_NANOSECONDS)
     ):
         return None
     duration_ms = max(end - start, 0) / 1e6 if end is not None else 0.0
-    return (
-        operation_type,
-        name,
-        duration_ms,
-        timestamp_us,
-        success,
-        error,
-        (json[:-1] + b"," if len(json) > 2 else b"{")  # b"{}": no members before the added
-        + _added_json(trace_id, span_id, parent_id, kind_name, service),
-    )
+    # The attributes' JSON without its closing brace, then the added keys' members.
+    head = json[:-1] + b"," if len(json) > 2 else b"{"  # b"{}": no attributes
+    added = _added_json(trace_id, span_id, parent_id, kind_name, service)
+    return (operation_type, name, duration_ms, timestamp_us, success, error, head + added)
 
 
 def _holds(json: bytes, byte: int, expected: int) -> bool:
@@ -364,7 +359,9 @@ def _added_json(
         if seen != service:
             service_member = b',"service.name":' + to_json(service)
             _last_service_member = (service, service_member)
-    if trace_id is None or span_id is None:  # the full path adds both ids, or neither
+    # span_id is an int whenever trace_id is (plain_queued_row checked); the test of
+    # both is for the type checker.
+    if trace_id is None or span_id is None:
         return b'"parent_span_id":%s,"span_kind":"%s"%s}' % (
             parent,
             _KIND_BYTES[kind_name],

@@ -361,6 +361,9 @@ def build_row(
 ) -> RecordRow:
     """``OperationRecord.model_validate`` of these seven fields, as a row; faster.
 
+    (``_span_rows.plain_queued_row`` repeats the checks of the fast path below for
+    plain spans: keep the two alike.)
+
     ``timestamp_us`` comes from a clock: an ``int``, microseconds since the epoch
     (see :func:`microseconds_of`); ValueError if it is anything else or outside
     the years 1 to 9999.

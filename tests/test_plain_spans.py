@@ -28,7 +28,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from otel_json_exporter import PiiPolicy
 from otel_json_exporter._span_rows import SpanSnapshot, plain_queued_row, rows_of, snapshot_to_row
 from otel_json_exporter.mapping import snapshot_of
-from otel_json_exporter.records import MAX_ERROR_MESSAGE_LENGTH, QueuedRow, queued_row
+from otel_json_exporter.records import (
+    MAX_ERROR_MESSAGE_LENGTH,
+    MAX_MICROSECONDS,
+    MIN_MICROSECONDS,
+    QueuedRow,
+    queued_row,
+)
 from tests._strategies import mostly
 from tests._tricky import disguised
 
@@ -331,3 +337,23 @@ class TestRealSpans:
         expected = full_path(snapshot, policy)
         assert expected is not None
         assert json.loads(expected[0][6])["zzz"] == "b"
+
+    @pytest.mark.parametrize(
+        ("start", "end", "plain"),
+        [
+            (MAX_MICROSECONDS * 1000 + 999, None, True),  # the last nanosecond of year 9999
+            ((MAX_MICROSECONDS + 1) * 1000, None, False),  # past it: refused
+            (MIN_MICROSECONDS * 1000, None, True),  # the year 1
+            (MIN_MICROSECONDS * 1000 - 1, None, False),  # before it: refused
+            (0, 10**300 - 1, True),  # the longest duration the plain path takes
+            (0, 10**300, False),  # longer: the full path writes it
+            (0, 10**309, False),  # more than a float holds: refused
+            (10**18, 10**18 - 5, True),  # the clock went backwards: 0.0
+        ],
+    )
+    def test_times_at_the_edges_agree(self, start: int, end: int | None, plain: bool) -> None:
+        policy = PiiPolicy()
+        learn(policy)
+        snapshot: SpanSnapshot = ("job", 0, start, end, True, None, {}, None)
+        snapshot += (None, None, None, None)
+        assert (assert_agrees(snapshot, policy) is not None) == plain
