@@ -5,6 +5,18 @@ from __future__ import annotations
 import enum
 
 
+class Status500(enum.IntEnum):
+    """An int enum: written as the number it holds."""
+
+    BAD_GATEWAY = 502
+
+
+class Region(str, enum.Enum):
+    """A str enum: written as the text it holds."""
+
+    CA = "ca-central-1"
+
+
 def disguised(equal_to: str) -> type[str]:
     """A ``str`` subclass that hides its text from every check that asks it.
 

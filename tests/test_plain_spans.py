@@ -12,7 +12,6 @@ and taken from real SDK spans.
 
 from __future__ import annotations
 
-import enum
 import json
 from typing import Any
 
@@ -36,16 +35,7 @@ from otel_json_exporter.records import (
     queued_row,
 )
 from tests._strategies import mostly
-from tests._tricky import disguised
-
-
-class Port(enum.IntEnum):
-    HTTPS = 443
-
-
-class Region(str, enum.Enum):
-    CA = "ca-central-1"
-
+from tests._tricky import Region, Status500, disguised
 
 Sneaky = disguised(equal_to="note")
 
@@ -105,7 +95,7 @@ _values = mostly(
     st.one_of(_texts, st.integers(min_value=-(10**20), max_value=10**20), st.booleans()),
     st.floats(allow_nan=True, allow_infinity=True),
     st.binary(max_size=6),
-    st.sampled_from([Port.HTTPS, Region.CA, ("a", "b"), 10**5000]),
+    st.sampled_from([Status500.BAD_GATEWAY, Region.CA, ("a", "b"), 10**5000]),
     weight=10,
 )
 _ids = mostly(st.integers(min_value=0, max_value=2**128 - 1), st.none(), st.just(-5), st.just(True))

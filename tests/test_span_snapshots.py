@@ -10,7 +10,6 @@ nested values), pickled and unpickled exactly as the pipe does.
 
 from __future__ import annotations
 
-import enum
 import io
 import pickle
 from collections.abc import Iterator, Mapping
@@ -38,16 +37,7 @@ from otel_json_exporter._span_rows import (
 from otel_json_exporter.mapping import SpanNotMappable, snapshot_of, span_to_row
 from otel_json_exporter.records import _validate_metadata, queued_row
 from tests._strategies import mostly
-from tests._tricky import LyingFloat, LyingInt, disguised
-
-
-class Status500(enum.IntEnum):
-    BAD_GATEWAY = 502
-
-
-class Region(str, enum.Enum):
-    CA = "ca-central-1"
-
+from tests._tricky import LyingFloat, LyingInt, Region, Status500, disguised
 
 Sneaky = disguised(equal_to="note")
 
