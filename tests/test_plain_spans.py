@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -26,7 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_json_exporter import PiiPolicy
 from otel_json_exporter._span_rows import SpanSnapshot, plain_queued_row, rows_of, snapshot_to_row
-from otel_json_exporter.mapping import snapshot_of
+from otel_json_exporter.mapping import default_span_filter, snapshot_of
 from otel_json_exporter.records import (
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_MICROSECONDS,
@@ -347,3 +350,35 @@ class TestRealSpans:
         snapshot: SpanSnapshot = ("job", 0, start, end, True, None, {}, None)
         snapshot += (None, None, None, None)
         assert (assert_agrees(snapshot, policy) is not None) == plain
+
+
+async def test_fastapi_server_spans_take_the_plain_path_unless_they_hold_pii() -> None:
+    """Real server spans of a FastAPI app, over httpx: the common request is plain."""
+    captured = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "shop"}), shutdown_on_exit=False
+    )
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    app = FastAPI()
+
+    @app.get("/orders/{order_id}")
+    async def order(order_id: int, page: int = 1) -> dict[str, int]:
+        return {"order_id": order_id, "page": page}
+
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+        for path in ("/orders/1?page=2&sort=date", "/orders/2", "/orders/3?email=ann%40ex.com"):
+            assert (await client.get(path)).status_code == 200
+    provider.shutdown()
+    policy = PiiPolicy()
+    outcomes = []
+    for span in captured.get_finished_spans():
+        if not default_span_filter(span):
+            continue  # the ASGI send and receive spans, skipped by the exporter
+        snapshot = snapshot_of(span)
+        full_path(snapshot, policy)  # the policy learns the keys, as from earlier spans
+        plain = assert_agrees(snapshot, policy)
+        outcomes.append((plain is not None, full_path(snapshot, policy)))
+    assert [plain for plain, _ in outcomes] == [True, True, False]
+    assert [expected[1] for _, expected in outcomes if expected is not None] == [0, 0, 1]
