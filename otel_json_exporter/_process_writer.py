@@ -7,8 +7,9 @@ atomicity and their fsyncs are exactly the same; what moves is the CPU time.
 Under the GIL the writer thread's encoding and its system calls take turns
 with the threads that produce records; in a child they run on another core.
 
-The parent sends each batch as a pickle over a pipe (about a fifth of the cost
-of encoding it) and the child answers once the batch is on disk. A batch may
+The parent sends each batch over a pipe and the child answers once the batch
+is on disk. A batch of rows goes as ``marshal``, anything else as a pickle
+that the child reads back as plain values only (see :func:`_encode`). A batch may
 hold spans not yet mapped (:data:`~otel_json_exporter._span_rows.SpanSnapshot`,
 from the span exporter): the child maps them, with the manager's PII policy,
 before it encodes, and says how many it masked and how many could not become
@@ -44,6 +45,7 @@ import fcntl
 import io
 import json
 import logging
+import marshal
 import os
 import pickle
 import queue
@@ -60,7 +62,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from otel_json_exporter._span_rows import SpanSnapshot, is_snapshot, rows_of
+from otel_json_exporter._span_rows import SNAPSHOT_FIELDS, SpanSnapshot, is_snapshot, rows_of
 from otel_json_exporter.pii import PiiPolicy
 from otel_json_exporter.records import QueuedRow, RecordRow
 from otel_json_exporter.writer import BatchWriter, WrittenBatch, encode_rows, write_all
@@ -69,7 +71,9 @@ __all__ = ["ProcessBatchWriter", "WriterProcessError"]
 
 logger = logging.getLogger("otel_json_exporter")
 
-_HEADER = struct.Struct("<Q")
+_HEADER = struct.Struct("<QB")  # the payload's length, and its codec
+_PICKLED = 0
+_MARSHALLED = 1
 _PIPE_BYTES = 1 << 20  # one batch of 1,000 records pickles to about 100 KB: no partial writes
 _LARGEST_MESSAGE = 1 << 32  # a length beyond this is not one of ours: the pipe is corrupt
 _CLOSE_TIMEOUT = 10.0
@@ -167,10 +171,27 @@ def _pickle(message: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _encode(message: Any) -> tuple[int, bytes]:
+    """The codec and payload of a message: ``marshal`` for a batch of rows alone, else a pickle.
+
+    Rows are validated builtins (exact ``str``, ``int``, ``float``, ``bool``,
+    ``bytes``, ``None``, and dicts and lists of them), which ``marshal`` carries
+    exactly as the pickle does, in a quarter of the time (0.14 µs a row
+    against 0.56 for a batch of the benchmark's records).
+    Spans go as the pickle: ``marshal`` would turn a ``bytearray`` or a
+    ``memoryview`` in a hand-made span into ``bytes``, which the mapping reads
+    differently. So does a row that ``marshal`` refuses (a subclass of a builtin).
+    """
+    if message[0] == "write" and SNAPSHOT_FIELDS not in set(map(len, message[1])):
+        with contextlib.suppress(ValueError):
+            return _MARSHALLED, marshal.dumps(message)
+    return _PICKLED, _pickle(message)
+
+
 def _frame(message: Any) -> bytes:
-    """A message as sent: its length, then its pickle (which may raise: nothing is sent yet)."""
-    payload = _pickle(message)
-    return _HEADER.pack(len(payload)) + payload
+    """A message as sent: length, codec, payload (which may raise: nothing is sent yet)."""
+    codec, payload = _encode(message)
+    return _HEADER.pack(len(payload), codec) + payload
 
 
 def _send(fd: int, message: Any) -> None:
@@ -236,14 +257,23 @@ def _receive(fd: int, deadline: float | None = None) -> Any:
     header = _read_exactly(fd, _HEADER.size, deadline)
     if header is None:
         return None
-    (size,) = _HEADER.unpack(header)
+    size, codec = _HEADER.unpack(header)
     if size > _LARGEST_MESSAGE:  # out of step: nothing after this can be read either
         raise OSError(errno.EBADMSG, "the writer process pipe carries something else")
     payload = _read_exactly(fd, size, deadline)
     if payload is None:
         return None
+    return _decode(codec, payload)
+
+
+def _decode(codec: int, payload: bytes) -> Any:
+    """The message :func:`_encode` made ``payload`` of; OSError (EPROTO) if it cannot be read."""
     try:
-        return _PlainUnpickler(io.BytesIO(payload)).load()
+        if codec == _MARSHALLED:
+            return marshal.loads(payload)
+        if codec == _PICKLED:
+            return _PlainUnpickler(io.BytesIO(payload)).load()
+        raise ValueError("unknown codec")
     except Exception as exc:
         raise OSError(errno.EPROTO, f"unreadable message ({type(exc).__name__})") from None
 

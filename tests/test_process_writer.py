@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import os
 import signal
 import subprocess
@@ -19,11 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext
 
 from otel_json_exporter import MetricsManager, _process_writer
 from otel_json_exporter._process_writer import WriterProcessError
-from otel_json_exporter.records import OperationRecord
+from otel_json_exporter.mapping import snapshot_of
+from otel_json_exporter.records import OperationRecord, build_row, queued_row
 
+from ._tricky import Region, Status500
 from .conftest import load_batches, load_records
 
 
@@ -245,6 +250,98 @@ class TestTheChildsProtocol:
             assert child.wait(10) == 0  # its input closed: it exits, cleanly
             child.stdout.close()
         assert rids_on_disk(load_records(storage)) == [0, 1, 2, 3, 4, 5]
+
+
+class TestWhatGoesDownThePipe:
+    """Rows go as ``marshal``, anything else as the plain pickle; each arrives as sent."""
+
+    @staticmethod
+    def through_a_pipe(message: tuple[object, ...]) -> tuple[int, object]:
+        """The codec a message was framed with, and what the other end reads."""
+        frame = _process_writer._frame(message)
+        assert len(frame) < 60_000, "more than a pipe holds with no one reading"
+        read, write = os.pipe()
+        try:
+            os.write(write, frame)
+            return frame[_process_writer._HEADER.size - 1], _process_writer._receive(read)
+        finally:
+            os.close(read)
+            os.close(write)
+
+    def test_a_batch_of_rows_goes_as_marshal_and_arrives_as_sent(self) -> None:
+        metadata = {"rid": 1, "ok": True, "ratio": 0.5, "tags": ["a", "b"], "none": None}
+        rows: list[object] = [
+            queued_row(
+                build_row(
+                    "job",
+                    f"step {i}",
+                    1.5,
+                    1_700_000_000_000_000 + i,
+                    i % 2 == 0,
+                    "boom" if i else None,
+                    {**metadata, "rid": i},
+                )
+            )
+            for i in range(3)
+        ]
+        rows.append(build_row("job", "dict", 2.0, 1_700_000_000_000_009, False, "x", metadata))
+        codec, back = self.through_a_pipe(("write", rows))
+        assert codec == _process_writer._MARSHALLED
+        assert back == ("write", rows)
+        sent_types = [[type(field) for field in row] for row in rows]  # type: ignore[attr-defined]
+        assert [[type(field) for field in row] for row in back[1]] == sent_types  # type: ignore[index]
+
+    def test_a_batch_holding_a_span_goes_as_the_plain_pickle(self) -> None:
+        # A hand-made span may hold what the SDK would refuse: marshal would turn both
+        # of these into bytes, which the mapping reads differently.
+        view = memoryview(b"cd")
+        span = ReadableSpan(
+            name="blob",
+            context=SpanContext(0x1F, 0x2F, is_remote=False),
+            attributes={"blob": bytearray(b"ab"), "view": view},
+            start_time=5,
+            end_time=7,
+        )
+        row = queued_row(build_row("job", "step", 1.0, 1_700_000_000_000_000, True, None, None))
+        codec, back = self.through_a_pipe(("write", [row, snapshot_of(span)]))
+        assert codec == _process_writer._PICKLED
+        attributes = back[1][1][6]  # type: ignore[index]
+        assert attributes == {"blob": bytearray(b"ab"), "view": str(view)}
+        assert type(attributes["blob"]) is bytearray
+        assert back[1][0] == row  # type: ignore[index]
+
+    def test_a_row_that_marshal_refuses_goes_as_the_plain_pickle(self) -> None:
+        row = (
+            "job",
+            "step",
+            1.0,
+            1_700_000_000_000_000,
+            True,
+            None,
+            {"region": Region.CA, "status": Status500.BAD_GATEWAY},
+        )
+        codec, back = self.through_a_pipe(("write", [row]))
+        assert codec == _process_writer._PICKLED
+        metadata = back[1][0][6]  # type: ignore[index]
+        assert metadata == {"region": "ca-central-1", "status": 502}
+        assert (type(metadata["region"]), type(metadata["status"])) == (str, int)
+
+    def test_other_messages_go_as_the_plain_pickle(self) -> None:
+        assert self.through_a_pipe(("resume",)) == (_process_writer._PICKLED, ("resume",))
+
+    def test_an_unknown_codec_is_an_unreadable_message_and_the_next_one_is_read(self) -> None:
+        read, write = os.pipe()
+        try:
+            junk = b"junk"
+            os.write(write, _process_writer._HEADER.pack(len(junk), 9) + junk)
+            os.write(write, _process_writer._frame(("resume",)))
+            with pytest.raises(OSError, match="unreadable message") as caught:
+                _process_writer._receive(read)
+            assert caught.value.errno == errno.EPROTO
+            assert _process_writer._receive(read) == ("resume",)
+        finally:
+            os.close(read)
+            os.close(write)
 
 
 _FORK_AND_RECORD_TOGETHER = """
