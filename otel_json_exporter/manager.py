@@ -456,20 +456,6 @@ class MetricsManager:
                 return self.pii_policy.redact(text)
         return text, 0
 
-    def _pii_problem(self, rows: Sequence[RecordRow | QueuedRow]) -> str | None:
-        """What breaks the PII rule in ``rows`` (a place, never a value), or None.
-
-        Rows already encoded (their metadata ``bytes``) were checked when they were made.
-        """
-        for index, row in enumerate(rows):
-            if type(row[6]) is bytes:
-                continue
-            try:
-                self.pii_policy.check_row(cast("RecordRow", row))
-            except ValueError as exc:
-                return f"record {index}: {exc}"
-        return None
-
     def _count_rejected(self) -> None:
         with self._lock:
             self._rejected += 1
@@ -535,17 +521,17 @@ class MetricsManager:
 
         A row whose metadata is already JSON (``bytes``) comes from
         :func:`~otel_json_exporter._span_rows.plain_queued_row`, which checked it
-        as :meth:`PiiPolicy.check_row` does; the others are checked and encoded here.
+        as :meth:`PiiPolicy.check_row` does; the others are checked against the PII
+        rule and encoded here. The first row that fails refuses them all; the
+        message says which row and why, never a value.
         """
-        problem = self._pii_problem(pending)
-        if problem is not None:
-            self._refuse(len(pending), redacted, rejected, problem)
         queued: list[QueuedRow] = []
         for index, row in enumerate(pending):
             if type(row[6]) is bytes:
                 queued.append(row)
                 continue
             try:
+                self.pii_policy.check_row(cast("RecordRow", row))
                 queued.append(queued_row(cast("RecordRow", row)))
             except ValueError as exc:
                 self._refuse(len(pending), redacted, rejected, f"record {index}: {exc}")
