@@ -308,8 +308,8 @@ Validated and PII-checked as a :data:`RecordRow` first, then encoded
 (:func:`queued_row`). A tuple of plain values only, which the garbage collector
 stops tracking the first time it looks at it. A queued row holding a dict stayed
 tracked while it waited: the collector went over the whole queue again and
-again, and its pauses were most of the calls slower than a millisecond (README,
-Performance). The writer puts the text in as it is, as the last key
+again, and its pauses were most of the calls slower than a millisecond
+(``benchmarks/HISTORY.md``). The writer puts the text in as it is, as the last key
 (:func:`record_lines`).
 """
 

@@ -719,7 +719,7 @@ class TestQueuedRows:
         """A queued record holds plain values only, however it came in.
 
         The collector then leaves a full queue alone: tracked, every queued row
-        was gone over again at each of its passes (README, Performance).
+        was gone over again at each of its passes (benchmarks/HISTORY.md).
         """
         import gc
 
