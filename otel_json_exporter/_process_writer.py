@@ -77,7 +77,7 @@ _MARSHALLED = 1
 # Version 2 writes no references: versions 3 and later look every shared object up in
 # a table (a batch's texts are shared with the application), which doubles the cost.
 _MARSHAL_VERSION = 2
-_PIPE_BYTES = 1 << 20  # one batch of 1,000 records pickles to about 100 KB: no partial writes
+_PIPE_BYTES = 1 << 20  # a batch of 1,000 records is about 200 KB on the pipe: no partial writes
 _LARGEST_MESSAGE = 1 << 32  # a length beyond this is not one of ours: the pipe is corrupt
 _CLOSE_TIMEOUT = 10.0
 _START_TIMEOUT = 10.0  # Python's start-up and the imports take about 0.1 s
@@ -177,17 +177,22 @@ def _pickle(message: Any) -> bytes:
 def _encode(message: Any) -> tuple[int, bytes]:
     """The codec and payload of a message: ``marshal`` for a batch of rows alone, else a pickle.
 
-    Rows are validated builtins (exact ``str``, ``int``, ``float``, ``bool``,
-    ``bytes``, ``None``, and dicts and lists of them), which ``marshal`` carries
-    exactly as the pickle does, in a quarter of the time (0.12 µs a row
-    against 0.46 for 1,000 of the benchmark's records, queued by
-    ``record_operation``).
-    Spans go as the pickle: ``marshal`` would turn a ``bytearray`` or a
-    ``memoryview`` in a hand-made span into ``bytes``, which the mapping reads
-    differently. So does a row that ``marshal`` refuses (a subclass of a builtin).
+    A queued row holds exact builtins only, made so by validation: ``str``,
+    ``str``, ``float``, ``int``, ``bool``, ``str`` or None, and its metadata as
+    ``bytes`` (or, from a caller of ``write_rows``, a dict of JSON values).
+    ``marshal`` carries those exactly as the pickle does, in a quarter of the
+    time (0.12 µs a row against 0.46, for 1,000 of the benchmark's records
+    queued by ``record_operation``). It would not carry everything so: it
+    refuses subclasses of ``str``, ``int``, ``float``, ``dict``, ``list`` and
+    ``tuple``, but reads any other object with a buffer (a ``bytearray``, a
+    ``memoryview``, a ``bytes`` subclass whatever its ``__bytes__`` says) as
+    ``bytes``, and keeps a ``complex`` or a code object as it is. So spans,
+    whose attributes may hold anything, go as the pickle, and so does a batch
+    ``marshal`` fails on.
     """
     if message[0] == "write" and SNAPSHOT_FIELDS not in set(map(len, message[1])):
-        with contextlib.suppress(ValueError):
+        # Any failure, not only its ValueError: the pickle is the way that always was.
+        with contextlib.suppress(Exception):
             return _MARSHALLED, marshal.dumps(message, _MARSHAL_VERSION)
     return _PICKLED, _pickle(message)
 
@@ -351,7 +356,7 @@ class ProcessBatchWriter:
                 self._recover()
                 ahead = None
             batch = ahead if ahead is not None else list(rows)
-            # Pickled before anything is sent: a batch that cannot be fails alone
+            # Encoded before anything is sent: a batch that cannot be fails alone
             # (the manager drops its bad rows after three tries), and one that cannot
             # go ahead is simply not sent ahead.
             first = None if ahead is not None else _frame(("write", batch))

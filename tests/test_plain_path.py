@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from otel_json_exporter import pii
+from otel_json_exporter import _process_writer, pii
 from otel_json_exporter._plain import plain_row
 from otel_json_exporter.manager import MetricsManager
 from otel_json_exporter.pii import PiiPolicy
@@ -596,6 +596,51 @@ class TestEndToEnd:
         assert records[2].operation_name == "mail [REDACTED]"
         assert "email" not in policy.plain_keys
         assert "region" in policy.plain_keys
+
+
+def shape(value: Any) -> Any:
+    """``value`` with the exact type of every part beside it: ``True`` is not ``1`` here."""
+    if isinstance(value, dict):
+        return dict, [(shape(key), shape(item)) for key, item in value.items()]
+    if isinstance(value, (list, tuple)):
+        return type(value), [shape(item) for item in value]
+    return type(value), value
+
+
+class TestOnTheWriterProcessPipe:
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        operation_type=names,
+        operation_name=names,
+        duration_ms=durations,
+        success=successes,
+        error_message=error_messages,
+        metadata=metadatas,
+    )
+    def test_every_row_it_queues_goes_as_marshal_and_arrives_as_the_pickle_would_bring_it(
+        self, tmp_path_factory: pytest.TempPathFactory, **fields: Any
+    ) -> None:
+        """A writer process is sent queued rows with ``marshal``, which is exact for them
+        only because they hold exact builtins: whatever the input, both ways agree."""
+        policy = PiiPolicy()
+        timestamp_us = time.time_ns() // 1000
+        with running(tmp_path_factory.getbasetemp() / "pipe", policy) as manager:
+            rows = [full_path(manager, fields, timestamp_us)[0]]
+            for key in str_keys(fields["metadata"]):
+                policy.is_pii_key(key)  # cleared keys: plain_row may take the input now
+            rows.append(plain(fields, timestamp_us, policy))
+        queued = [row for row in rows if row is not None]
+        event(f"rows queued: {len(queued)}")
+        if not queued:
+            return
+        message = ("write", queued)
+        codec, payload = _process_writer._encode(message)
+        assert codec == _process_writer._MARSHALLED
+        marshalled = _process_writer._decode(codec, payload)
+        pickled = _process_writer._decode(
+            _process_writer._PICKLED, _process_writer._pickle(message)
+        )
+        assert shape(marshalled) == shape(pickled) == shape(message)
 
 
 class TestPlainKeys:

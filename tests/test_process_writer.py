@@ -30,6 +30,7 @@ from otel_json_exporter.records import OperationRecord, build_row, queued_row
 
 from ._tricky import Region, Status500
 from .conftest import load_batches, load_records
+from .test_plain_path import shape
 
 
 def make(storage: Path, **options: object) -> MetricsManager:
@@ -288,8 +289,7 @@ class TestWhatGoesDownThePipe:
         codec, back = self.through_a_pipe(("write", rows))
         assert codec == _process_writer._MARSHALLED
         assert back == ("write", rows)
-        sent_types = [[type(field) for field in row] for row in rows]  # type: ignore[attr-defined]
-        assert [[type(field) for field in row] for row in back[1]] == sent_types  # type: ignore[index]
+        assert shape(back) == shape(("write", rows))  # every part of the same exact type
 
     def test_a_batch_holding_a_span_goes_as_the_plain_pickle(self) -> None:
         # A hand-made span may hold what the SDK would refuse: marshal would turn both
@@ -332,8 +332,9 @@ class TestWhatGoesDownThePipe:
     def test_an_unknown_codec_is_an_unreadable_message_and_the_next_one_is_read(self) -> None:
         read, write = os.pipe()
         try:
-            junk = b"junk"
-            os.write(write, _process_writer._HEADER.pack(len(junk), 9) + junk)
+            # A payload either codec could read: only the codec byte makes it unreadable.
+            payload = _process_writer._pickle(("resume",))
+            os.write(write, _process_writer._HEADER.pack(len(payload), 9) + payload)
             os.write(write, _process_writer._frame(("resume",)))
             with pytest.raises(OSError, match="unreadable message") as caught:
                 _process_writer._receive(read)
@@ -342,6 +343,41 @@ class TestWhatGoesDownThePipe:
         finally:
             os.close(read)
             os.close(write)
+
+
+class TestAnUnreadableMessage:
+    def test_the_child_answers_an_error_then_writes_after_resume(self, storage: Path) -> None:
+        from otel_json_exporter._process_writer import _child_command, _receive, _send
+        from otel_json_exporter.records import build_row
+
+        rows = [
+            queued_row(build_row("job", "step", 1.0, 1_700_000_000_000_000, True, None, {"rid": 7}))
+        ]
+        whole = _process_writer._frame(("write", rows))
+        assert whole[_process_writer._HEADER.size - 1] == _process_writer._MARSHALLED
+        cut = whole[_process_writer._HEADER.size : -10]  # a marshal payload cut short
+        storage.mkdir(exist_ok=True)
+        child = subprocess.Popen(
+            _child_command(storage), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert child.stdin is not None
+        assert child.stdout is not None
+        to_child, from_child = child.stdin.fileno(), child.stdout.fileno()
+        try:
+            _send(to_child, ("policy", [], []))
+            assert _receive(from_child) == ("ready",)
+            os.write(
+                to_child, _process_writer._HEADER.pack(len(cut), _process_writer._MARSHALLED) + cut
+            )
+            assert _receive(from_child) == ("error", "unreadable message (EOFError)")
+            _send(to_child, ("resume",))
+            os.write(to_child, whole)
+            assert _receive(from_child)[0] == "written"
+        finally:
+            child.stdin.close()
+            assert child.wait(10) == 0
+            child.stdout.close()
+        assert rids_on_disk(load_records(storage)) == [7]
 
 
 _FORK_AND_RECORD_TOGETHER = """
