@@ -203,6 +203,15 @@ metadatas = mostly(
     weight=4,
 )
 policies = st.sampled_from(["default", "blocked", "allowed"])
+# record_operation's arguments, each drawn as above
+RECORD_FIELDS = {
+    "operation_type": names,
+    "operation_name": names,
+    "duration_ms": durations,
+    "success": successes,
+    "error_message": error_messages,
+    "metadata": metadatas,
+}
 
 
 def new_policy(kind: str) -> PiiPolicy:
@@ -333,12 +342,7 @@ def typical_fields(changes: dict[str, Any]) -> dict[str, Any]:
 class TestSameAsTheFullPath:
     @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
-        operation_type=names,
-        operation_name=names,
-        duration_ms=durations,
-        success=successes,
-        error_message=error_messages,
-        metadata=metadatas,
+        **RECORD_FIELDS,
         policy_kind=policies,
         scenario=st.sampled_from(["fresh", "warmed", "after the full path"]),
         warm_keys=st.lists(metadata_keys, max_size=6),
@@ -609,14 +613,7 @@ def shape(value: Any) -> Any:
 
 class TestOnTheWriterProcessPipe:
     @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(
-        operation_type=names,
-        operation_name=names,
-        duration_ms=durations,
-        success=successes,
-        error_message=error_messages,
-        metadata=metadatas,
-    )
+    @given(**RECORD_FIELDS)
     def test_every_row_it_queues_goes_as_marshal_and_arrives_as_the_pickle_would_bring_it(
         self, tmp_path_factory: pytest.TempPathFactory, **fields: Any
     ) -> None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -205,11 +205,34 @@ class TestFaults:
         assert rids_on_disk(load_records(storage)) == list(range(12))
 
 
+@contextlib.contextmanager
+def a_child(storage: Path) -> Iterator[tuple[int, int]]:
+    """A writer process for ``storage``, told the default policy: its input and its output.
+
+    It must exit cleanly when its input closes.
+    """
+    from otel_json_exporter._process_writer import _child_command, _receive, _send
+
+    storage.mkdir(exist_ok=True)
+    child = subprocess.Popen(_child_command(storage), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None
+    assert child.stdout is not None
+    to_child, from_child = child.stdin.fileno(), child.stdout.fileno()
+    try:
+        _send(to_child, ("policy", [], []))
+        assert _receive(from_child) == ("ready",)
+        yield to_child, from_child
+    finally:
+        child.stdin.close()
+        assert child.wait(10) == 0  # its input closed: it exits, cleanly
+        child.stdout.close()
+
+
 class TestTheChildsProtocol:
     """The child alone, spoken to through its pipes: what a failed batch does to the next."""
 
     def test_after_a_failure_batches_are_skipped_until_resume(self, storage: Path) -> None:
-        from otel_json_exporter._process_writer import _child_command, _receive, _send
+        from otel_json_exporter._process_writer import _receive, _send
         from otel_json_exporter.records import build_row
 
         def rows(first: int) -> list[object]:
@@ -218,18 +241,7 @@ class TestTheChildsProtocol:
                 for rid in range(first, first + 3)
             ]
 
-        storage.mkdir(exist_ok=True)
-        child = subprocess.Popen(
-            _child_command(storage),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert child.stdin is not None
-        assert child.stdout is not None
-        to_child, from_child = child.stdin.fileno(), child.stdout.fileno()
-        try:
-            _send(to_child, ("policy", [], []))
-            assert _receive(from_child) == ("ready",)
+        with a_child(storage) as (to_child, from_child):
             _send(to_child, ("write", rows(0)))
             assert _receive(from_child)[0] == "written"
             moved = storage.with_name("moved")
@@ -246,10 +258,6 @@ class TestTheChildsProtocol:
             _send(to_child, ("resume",))
             _send(to_child, ("write", rows(3)))
             assert _receive(from_child)[0] == "written"
-        finally:
-            child.stdin.close()
-            assert child.wait(10) == 0  # its input closed: it exits, cleanly
-            child.stdout.close()
         assert rids_on_disk(load_records(storage)) == [0, 1, 2, 3, 4, 5]
 
 
@@ -347,36 +355,22 @@ class TestWhatGoesDownThePipe:
 
 class TestAnUnreadableMessage:
     def test_the_child_answers_an_error_then_writes_after_resume(self, storage: Path) -> None:
-        from otel_json_exporter._process_writer import _child_command, _receive, _send
+        from otel_json_exporter._process_writer import _receive, _send
         from otel_json_exporter.records import build_row
 
         rows = [
             queued_row(build_row("job", "step", 1.0, 1_700_000_000_000_000, True, None, {"rid": 7}))
         ]
         whole = _process_writer._frame(("write", rows))
-        assert whole[_process_writer._HEADER.size - 1] == _process_writer._MARSHALLED
-        cut = whole[_process_writer._HEADER.size : -10]  # a marshal payload cut short
-        storage.mkdir(exist_ok=True)
-        child = subprocess.Popen(
-            _child_command(storage), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        assert child.stdin is not None
-        assert child.stdout is not None
-        to_child, from_child = child.stdin.fileno(), child.stdout.fileno()
-        try:
-            _send(to_child, ("policy", [], []))
-            assert _receive(from_child) == ("ready",)
-            os.write(
-                to_child, _process_writer._HEADER.pack(len(cut), _process_writer._MARSHALLED) + cut
-            )
+        header = _process_writer._HEADER
+        assert whole[header.size - 1] == _process_writer._MARSHALLED
+        cut = whole[header.size : -10]  # a marshal payload cut short
+        with a_child(storage) as (to_child, from_child):
+            os.write(to_child, header.pack(len(cut), _process_writer._MARSHALLED) + cut)
             assert _receive(from_child) == ("error", "unreadable message (EOFError)")
             _send(to_child, ("resume",))
             os.write(to_child, whole)
             assert _receive(from_child)[0] == "written"
-        finally:
-            child.stdin.close()
-            assert child.wait(10) == 0
-            child.stdout.close()
         assert rids_on_disk(load_records(storage)) == [7]
 
 
