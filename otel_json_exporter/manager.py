@@ -958,7 +958,15 @@ def _after_fork_in_child() -> None:
 def _flush_at_exit() -> None:
     """Persist what running managers hold when the interpreter exits."""
     for manager in list(_MANAGERS):
-        if manager.is_running and not manager.flush_sync(_EXIT_FLUSH_TIMEOUT):
+        if not manager.is_running:
+            continue
+        try:
+            flushed = manager.flush_sync(_EXIT_FLUSH_TIMEOUT)
+        except RuntimeError:
+            # Stopped by another thread since the check: its stop() wrote what it could
+            # and said what it could not. The managers after it are still flushed.
+            continue
+        if not flushed:
             logger.error("exit: %d records not persisted", manager.stats().queue_size)
 
 

@@ -373,3 +373,30 @@ class TestOtherThreadsAndLoops:
         with pytest.raises(RuntimeError, match="not running"):
             manager.submit_records([])
         assert not manager.is_running
+
+
+class TestExitFlush:
+    async def test_a_manager_stopped_meanwhile_leaves_the_others_flushed(
+        self, tmp_path: Path
+    ) -> None:
+        from otel_json_exporter import manager as manager_module
+
+        stopped_meanwhile, other = make(tmp_path / "a"), make(tmp_path / "b")
+        for manager in (stopped_meanwhile, other):
+            await capped(manager.start())
+            for rid in range(3):
+                await record(manager, rid)
+        real_flush = stopped_meanwhile.flush_sync
+
+        def stopped_first(timeout: float | None = None) -> bool:
+            # Another thread's stop() lands between the exit hook's is_running check and
+            # its flush; the flush then finds the manager stopped.
+            stopped_meanwhile.stop_sync()
+            return real_flush(timeout)
+
+        stopped_meanwhile.flush_sync = stopped_first  # type: ignore[method-assign]
+        manager_module._flush_at_exit()  # raised RuntimeError, leaving later managers unflushed
+        assert other.is_running
+        assert rids_on_disk(tmp_path / "b") == [0, 1, 2]  # flushed by the hook
+        assert rids_on_disk(tmp_path / "a") == [0, 1, 2]  # written by its stop()
+        await capped(other.stop())
