@@ -200,7 +200,11 @@ class MetricsManager:
         self._worker_alive = False
         self._accepting = False
         self._stop_deadline: float | None = None
-        self._stop_tried = False
+        self._stop_tried = False  # the writer has made an attempt for the latest stop()
+        # Counts stop() calls, so that a write begun before the latest one is not taken
+        # for its attempt; _taken_for_stop is the count a batch was taken under (-1: running).
+        self._stop_generation = 0
+        self._taken_for_stop = -1
         self._drain_to = 0  # write until this many records have left the queue
         self._urgent_waiters = 0  # flush() calls waiting: retry at once, not after the backoff
         self._accepted = 0
@@ -309,6 +313,7 @@ class MetricsManager:
                 return False
             self._stop_deadline = time.monotonic() + timeout
             self._stop_tried = False  # at least one attempt, even with a zero timeout
+            self._stop_generation += 1
             self._drain_to = self._accepted
         # Every waiter, on every loop too: a producer waiting for room gets RuntimeError
         # now, not once a stuck write returns.
@@ -762,8 +767,9 @@ class MetricsManager:
             self._apply_retention()
             return True
         written = self._write(batch)
-        if not self._accepting:
-            self._stop_tried = True
+        with self._lock:
+            if not self._accepting and self._taken_for_stop == self._stop_generation:
+                self._stop_tried = True
         if written:
             self._failures = 0
             self._retry_at = 0.0
@@ -802,6 +808,7 @@ class MetricsManager:
                 # flush() or stop() is waiting: retry at once, not after the backoff
                 self._retry_at = min(self._retry_at, now + _URGENT_RETRY)
             if ready and now >= self._retry_at:
+                self._taken_for_stop = self._stop_generation if stopping else -1
                 return list(islice(self._buffer, self.max_batch_size))
             if now >= self._next_retention:
                 self._next_retention = now + _RETENTION_EVERY

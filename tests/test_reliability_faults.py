@@ -213,6 +213,29 @@ class TestStopOnADeadDisk:
         assert rids_on_disk(storage) == list(range(7))
 
 
+class TestStopWithNoTime:
+    async def test_a_write_begun_before_stop_does_not_count_as_its_attempt(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """stop(timeout=0) still gets one attempt at what is queued when it is called.
+
+        A batch taken before the stop() is being written (a slow fsync) when it comes;
+        that write used to count as the stop's attempt, and the writer then left the
+        records behind it in memory.
+        """
+        manager = make(storage, max_batch_size=3)
+        await manager.start()
+        slow = Fault(monkeypatch, "fsync", None, match=on_regular_fd, delay=0.3)
+        await record(manager, range(3))  # a full batch: the writer takes it at once
+        await eventually(lambda: slow.calls >= 1)  # and is in its fsync
+        await record(manager, [3, 4])
+        with pytest.raises(asyncio.TimeoutError, match=r"\b5 records were not persisted"):
+            await asyncio.wait_for(manager.stop(timeout=0), CAP)
+        await eventually(lambda: manager.stats().queue_size == 0)
+        assert rids_on_disk(storage) == [0, 1, 2, 3, 4]
+        assert slow.calls == 2  # one batch before the stop, one attempt for it
+
+
 class TestStartErrors:
     async def test_parent_is_a_file(self, tmp_path: Path) -> None:
         (tmp_path / "file").write_text("")
