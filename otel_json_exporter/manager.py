@@ -808,7 +808,9 @@ class MetricsManager:
                 # flush() or stop() is waiting: retry at once, not after the backoff
                 self._retry_at = min(self._retry_at, now + _URGENT_RETRY)
             if ready and now >= self._retry_at:
-                self._taken_for_stop = self._stop_generation if stopping else -1
+                # A batch a process writer sent ahead may have gone before the stop().
+                fresh = stopping and not in_flight
+                self._taken_for_stop = self._stop_generation if fresh else -1
                 return list(islice(self._buffer, self.max_batch_size))
             if now >= self._next_retention:
                 self._next_retention = now + _RETENTION_EVERY

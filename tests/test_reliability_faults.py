@@ -14,12 +14,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from otel_json_exporter import MetricsManager, StorageError
+from otel_json_exporter import MetricsManager, OperationRecord, StorageError
 from otel_json_exporter import manager as manager_module
 from otel_json_exporter import writer as writer_module
 
@@ -234,6 +235,35 @@ class TestStopWithNoTime:
         await eventually(lambda: manager.stats().queue_size == 0)
         assert rids_on_disk(storage) == [0, 1, 2, 3, 4]
         assert slow.calls == 2  # one batch before the stop, one attempt for it
+
+
+class TestStopWithNoTimeAndAWriterProcess:
+    async def test_a_batch_sent_ahead_before_stop_does_not_count_as_its_attempt(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager = make(storage, max_batch_size=3, writer="process")
+        await manager.start()
+        moment = datetime.now(timezone.utc)
+        made = [
+            OperationRecord(
+                operation_type="job",
+                operation_name="step",
+                duration_ms=1.0,
+                timestamp=moment,
+                metadata={"rid": rid},
+            )
+            for rid in range(6)
+        ]
+        # The child's answers reach the writer thread slowly.
+        slow = Fault(monkeypatch, "read", None, delay=0.3)
+        # Two full batches at once: the writer sends the first and the second ahead.
+        assert await asyncio.to_thread(manager.submit_records, made) == 6
+        await eventually(lambda: slow.calls >= 1)
+        await record(manager, [6, 7])
+        with pytest.raises(asyncio.TimeoutError, match=r"\b8 records were not persisted"):
+            await asyncio.wait_for(manager.stop(timeout=0), CAP)
+        await eventually(lambda: manager.stats().queue_size == 0)
+        assert rids_on_disk(storage) == list(range(8))
 
 
 class TestStartErrors:
