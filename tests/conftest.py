@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,21 @@ def load_batches(directory: Path) -> list[MetricsBatch]:
 def load_records(directory: Path) -> list[OperationRecord]:
     """Every record in every batch file of ``directory``, in file order."""
     return [record for batch in load_batches(directory) for record in batch.records]
+
+
+def numbered_records(count: int, key: str = "rid") -> list[OperationRecord]:
+    """``count`` valid records made at one moment, numbered 0.. under ``metadata[key]``."""
+    now = datetime.now(timezone.utc)
+    return [
+        OperationRecord(
+            operation_type="job",
+            operation_name="step",
+            duration_ms=0.5,
+            timestamp=now,
+            metadata={key: number},
+        )
+        for number in range(count)
+    ]
 
 
 @pytest.fixture

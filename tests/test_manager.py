@@ -23,7 +23,7 @@ from otel_json_exporter import MetricsManager, OperationRecord, PiiPolicy, Stora
 from otel_json_exporter.records import MetricsBatch, RecordRow
 
 from ._tricky import disguised
-from .conftest import load_batches, load_records
+from .conftest import load_batches, load_records, numbered_records
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00$")
 FILE_NAME = re.compile(r"^metrics_(\d{8}_\d{6}_\d{6})\.json$")
@@ -112,17 +112,7 @@ class TestRecording:
     ) -> None:
         manager = make(storage, max_batch_size=10, max_queue_size=10)
         manager.start_sync()
-        now = datetime.now(timezone.utc)
-        records = [
-            OperationRecord(
-                operation_type="span",
-                operation_name="step",
-                duration_ms=0.5,
-                timestamp=now,
-                metadata={"i": index},
-            )
-            for index in range(55)
-        ]
+        records = numbered_records(55, "i")
         assert manager.submit_records(records, timeout=30.0) == 55  # room freed batch by batch
         manager.stop_sync()
         assert [record.metadata["i"] for record in load_records(storage)] == list(range(55))

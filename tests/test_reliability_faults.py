@@ -14,18 +14,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from otel_json_exporter import MetricsManager, OperationRecord, StorageError
+from otel_json_exporter import MetricsManager, StorageError
 from otel_json_exporter import manager as manager_module
 from otel_json_exporter import writer as writer_module
 
 from ._faults import WRITER_THREAD, Fault, on_directory_fd, on_regular_fd, on_temp_file
-from .conftest import load_records
+from .conftest import load_records, numbered_records
 
 CAP = 20.0  # seconds: a hang fails the test instead of blocking the suite
 
@@ -243,17 +242,7 @@ class TestStopWithNoTimeAndAWriterProcess:
     ) -> None:
         manager = make(storage, max_batch_size=3, writer="process")
         await manager.start()
-        moment = datetime.now(timezone.utc)
-        made = [
-            OperationRecord(
-                operation_type="job",
-                operation_name="step",
-                duration_ms=1.0,
-                timestamp=moment,
-                metadata={"rid": rid},
-            )
-            for rid in range(6)
-        ]
+        made = numbered_records(6)
         # The child's answers reach the writer thread slowly.
         slow = Fault(monkeypatch, "read", None, delay=0.3)
         # Two full batches at once: the writer sends the first and the second ahead.
