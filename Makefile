@@ -19,7 +19,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check $(SOURCES)
 	$(PY) -m ruff format --check $(SOURCES)
-	$(PY) -m mypy --strict otel_json_exporter
+	$(PY) -m mypy --strict $(SOURCES)
 
 unit: $(STAMP)
 	$(PY) -m pytest

@@ -70,9 +70,10 @@ def paired_ratio(ours: dict[str, Any], other: dict[str, Any], key: str) -> float
     Both ran in the same round, minutes apart at most: each round's ratio keeps
     what the machine's drift between rounds would add to a ratio of medians.
     """
-    return statistics.median(
+    ratio: float = statistics.median(
         mine[key] / theirs[key] for mine, theirs in zip(ours["runs"], other["runs"], strict=True)
     )
+    return ratio
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:

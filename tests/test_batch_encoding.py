@@ -90,7 +90,7 @@ batch_moments = st.builds(
     ),
 )
 
-characters = st.characters(blacklist_categories=("Cs",))  # any Unicode but lone surrogates
+characters = st.characters(blacklist_categories=["Cs"])  # any Unicode but lone surrogates
 texts = st.text(characters, min_size=1, max_size=16) | st.sampled_from(
     ["GET /api/users", "caf\u00e9", "\u65e5\u672c\u8a9e", "\U0001f600", 'a\nb"c\\d', "\u2028"]
 )
@@ -357,7 +357,7 @@ class TestRecordLines:
         """Rows are valid; if one is not, its line is still what the serialiser makes of it."""
 
         Text = disguised("job")  # equal to "job" and hashed like it: it would find its JSON
-        rows = [
+        rows: list[tuple[object, ...]] = [
             ("job", "run", 1.0, NOW_US, True, None, {}),
             (Text("job"), Text("other"), 2, NOW_US, 1, Text("run"), {}),
         ]
@@ -381,6 +381,7 @@ class TestRecordLines:
         with pytest.raises(ValueError, match="Unable to serialize"):
             record_lines([("job", "run", object(), NOW_US, True, None, {})])  # type: ignore[list-item]
         # No JSON number holds these: the row is refused, not written unreadable.
+        duration: float | str | None
         for duration in (math.nan, math.inf, -math.inf):
             with pytest.raises(ValueError, match="duration_ms is not a finite number"):
                 record_lines([("job", "run", duration, NOW_US, True, None, b"{}")])
@@ -528,6 +529,7 @@ class TestWrittenFiles:
         assert batches_read[0].records == [record_from_row(row) for row in first]
         assert batches_read[1].records[0].error_message == "x" * MAX_ERROR_MESSAGE_LENGTH
         for path, rows in zip(paths, (first, second, []), strict=True):
+            assert path is not None
             data = path.read_bytes()
             assert data.count(b"\n") == (len(rows) + 2 if rows else 1)
             assert json.loads(data)["records"] == [json.loads(x) for x in expected_lines(rows)]

@@ -110,7 +110,7 @@ class TestQuickRun:
         def ratio(ours: dict[str, Any], other: dict[str, Any]) -> float:
             """The median of each round's ratio, recomputed from the runs."""
             pairs = zip(ours["runs"], other["runs"], strict=True)
-            ratios = sorted(
+            ratios: list[float] = sorted(
                 a["end_to_end_per_second"] / b["end_to_end_per_second"] for a, b in pairs
             )
             middle = len(ratios) // 2

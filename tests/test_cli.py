@@ -624,12 +624,14 @@ def old_batches(directory: Path, ages: dict[str, timedelta]) -> dict[str, Path]:
     """One real batch file per age, written by BatchWriter as if at that moment."""
     writer = BatchWriter(directory)
     now = datetime.now(timezone.utc)
-    written = {}
+    written: dict[str, Path] = {}
     for label, age in sorted(ages.items(), key=lambda item: -item[1]):
         record = OperationRecord(
             operation_type="job", operation_name=label, duration_ms=1.0, timestamp=now - age
         )
-        written[label] = writer.write([record], now=now - age).path
+        path = writer.write([record], now=now - age).path
+        assert path is not None  # a batch of one record is always written
+        written[label] = path
     return written
 
 

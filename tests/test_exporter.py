@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from otel_json_exporter import MetricsManager, OperationSpanExporter, PiiPolicy, StorageError
 from otel_json_exporter.config import (
@@ -520,6 +521,7 @@ class TestContract:
 
         def operation_type(span: ReadableSpan) -> str:
             seen.append(span.name)
+            assert span.attributes is not None  # an SDK span always has its attributes
             return str(span.attributes["app.kind"])  # ASGI message spans have none
 
         exporter = kit.exporter(storage, writer=writer, operation_type=operation_type)
@@ -544,7 +546,7 @@ class TestContract:
             resource=Resource.create({"service.name": LyingInt.OK}), shutdown_on_exit=False
         )
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "code": LyingInt.OK,
             "codes": [LyingInt.OK, LyingInt.OK],
             "ratio": LyingFloat.HALF,
@@ -615,8 +617,8 @@ class TestContract:
         policy = PiiPolicy()
         expected = []
         redacted = 0
-        for span in captured.get_finished_spans():
-            row, masked = span_to_row(span, policy)
+        for finished in captured.get_finished_spans():
+            row, masked = span_to_row(finished, policy)
             expected.append(record_from_row(row).model_dump(mode="json"))
             redacted += masked
         written = [record.model_dump(mode="json") for record in load_records(storage)]
@@ -763,7 +765,7 @@ class TestContract:
         provider = provider_for(exporter, SimpleSpanProcessor)
         tracer = provider.get_tracer("tests")
         started = 1_765_872_000.25 * 1e9  # 2025-12-16T08:00:00.25 UTC
-        tracer.start_span("float-start", start_time=started).end(end_time=int(started) + 5_000_000)
+        tracer.start_span("float-start", start_time=started).end(end_time=int(started) + 5_000_000)  # type: ignore[arg-type]
         with tracer.start_as_current_span("normal"):
             pass
         provider.shutdown()

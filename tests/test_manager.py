@@ -434,7 +434,7 @@ class TestInputChangedWhileRecorded:
         await manager.start()
         await manager.record_operation("job", "warm", 1.0, metadata={"region": "ca"})
         with pytest.raises(ValueError, match="keys must be strings"):
-            await manager.record_operation("job", "run", 1.0, metadata={LooksLikeRegion(): "ca"})
+            await manager.record_operation("job", "run", 1.0, metadata={LooksLikeRegion(): "ca"})  # type: ignore[dict-item]
         await manager.stop()
         assert [record.operation_name for record in load_records(storage)] == ["warm"]
 
@@ -810,7 +810,7 @@ class TestWriterResilience:
         await manager.start()
         now = datetime.now(timezone.utc)
 
-        def made(name: str, metadata: dict[str, object]) -> OperationRecord:
+        def made(name: str, metadata: Mapping[str, object]) -> OperationRecord:
             return OperationRecord.model_construct(
                 operation_type="t",
                 operation_name=name,

@@ -273,10 +273,9 @@ def full_path(
 ) -> tuple[QueuedRow | None, int]:
     """The full path's queued row (None when refused) and how many parts it masked."""
     before = manager.stats()
-    arguments = [fields[name] for name in FIELDS]
     moment = time.time_ns() // 1000 if timestamp_us is None else timestamp_us
     try:
-        row = manager._build_row(*arguments[:3], moment, *arguments[3:])
+        row = manager._build_row(*row_arguments(fields, moment))
     except ValueError:
         after = manager.stats()
         assert after.total_rejected == before.total_rejected + 1
@@ -287,8 +286,11 @@ def full_path(
     return row, after.pii_redacted - before.pii_redacted
 
 
-def plain(fields: dict[str, Any], timestamp_us: int, policy: PiiPolicy) -> QueuedRow | None:
-    return plain_row(
+def row_arguments(
+    fields: dict[str, Any], timestamp_us: int
+) -> tuple[Any, Any, Any, int, Any, Any, Any]:
+    """``fields`` in the order ``build_row`` takes them, the clock reading fourth."""
+    return (
         fields["operation_type"],
         fields["operation_name"],
         fields["duration_ms"],
@@ -296,8 +298,11 @@ def plain(fields: dict[str, Any], timestamp_us: int, policy: PiiPolicy) -> Queue
         fields["success"],
         fields["error_message"],
         fields["metadata"],
-        policy.plain_keys,
     )
+
+
+def plain(fields: dict[str, Any], timestamp_us: int, policy: PiiPolicy) -> QueuedRow | None:
+    return plain_row(*row_arguments(fields, timestamp_us), policy.plain_keys)
 
 
 def assert_full_path_agrees(
@@ -312,8 +317,7 @@ def assert_full_path_agrees(
     assert type(row[3]) is int
     assert row[3] == timestamp_us
     # With the same clock reading, build_row (what the full path calls) gives this row.
-    arguments = [fields[name] for name in FIELDS]
-    built = build_row(*arguments[:3], timestamp_us, *arguments[3:])
+    built = build_row(*row_arguments(fields, timestamp_us))
     assert_identical(row, queued_row(built))
     # In a batch file it is the record's model_dump_json, as the row unqueued would be.
     moment = datetime.now(timezone.utc)
@@ -807,6 +811,6 @@ async def test_a_key_that_is_no_str_is_refused_before_it_is_hashed(storage: Path
     manager = MetricsManager(storage, flush_interval_seconds=60.0, pii_policy=policy)
     await manager.start()
     with pytest.raises(ValueError, match="keys must be strings"):
-        await manager.record_operation("job", "run", 1.0, metadata=metadata)
+        await manager.record_operation("job", "run", 1.0, metadata=metadata)  # type: ignore[arg-type]
     await manager.stop()
     assert manager.stats().total_rejected == 1

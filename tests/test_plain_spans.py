@@ -53,7 +53,23 @@ class Touchy(str):
         raise RuntimeError("compared")
 
 
-_plain_text = st.text(st.characters(codec="ascii", exclude_categories=("Cs",)), max_size=12)
+def made_snapshot(
+    name: str = "job",
+    kind: int = 0,
+    start: int = 10**18,
+    end: int | None = None,
+    *,
+    attributes: dict[Any, Any] | None = None,
+    trace_id: int | None = None,
+    span_id: int | None = None,
+    service: str | None = None,
+) -> SpanSnapshot:
+    """A snapshot of a span that succeeded, has no parent and no declared operation type."""
+    ids = (trace_id, span_id, None)  # the trace, the span, no parent
+    return (name, kind, start, end, True, None, attributes or {}, *ids, service, None)
+
+
+_plain_text = st.text(st.characters(codec="ascii", exclude_categories=["Cs"]), max_size=12)
 _hard_texts = st.sampled_from(
     [
         "",
@@ -208,8 +224,9 @@ def test_what_url_attributes_may_hold_is_allowed_there_only(
 ) -> None:
     policy = PiiPolicy()
     learn(policy)
-    snapshot: SpanSnapshot = ("GET /", 1, 10**18, None, True, None, {**others, **urls}, 7)
-    snapshot += (9, None, "shop", None)
+    snapshot = made_snapshot(
+        "GET /", 1, attributes={**others, **urls}, trace_id=7, span_id=9, service="shop"
+    )
     full_path(snapshot, policy)
     plain = assert_agrees(snapshot, policy)
     if plain is None:
@@ -303,8 +320,7 @@ class TestRealSpans:
 
     def test_a_span_without_attributes_or_ids_is_plain_too(self) -> None:
         policy = PiiPolicy()
-        snapshot: SpanSnapshot = ("job", 0, 10**18, 10**18 + 5, True, None, {}, None)
-        snapshot += (None, None, None, None)
+        snapshot = made_snapshot(end=10**18 + 5)
         learn(policy)
         row = assert_agrees(snapshot, policy)
         assert row is not None
@@ -324,8 +340,7 @@ class TestRealSpans:
         policy = PiiPolicy()
         learn(policy)
         policy.is_pii_key("note")
-        snapshot: SpanSnapshot = ("job", 0, 10**18, None, True, None, {Touchy("zzz"): "b"}, None)
-        snapshot += (None, None, None, None)
+        snapshot = made_snapshot(attributes={Touchy("zzz"): "b"})
         assert plain_queued_row(snapshot, policy) is None
         expected = full_path(snapshot, policy)
         assert expected is not None
@@ -347,8 +362,7 @@ class TestRealSpans:
     def test_times_at_the_edges_agree(self, start: int, end: int | None, plain: bool) -> None:
         policy = PiiPolicy()
         learn(policy)
-        snapshot: SpanSnapshot = ("job", 0, start, end, True, None, {}, None)
-        snapshot += (None, None, None, None)
+        snapshot = made_snapshot(start=start, end=end)
         assert (assert_agrees(snapshot, policy) is not None) == plain
 
 

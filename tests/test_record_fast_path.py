@@ -193,7 +193,7 @@ class TestBehaviour:
     def test_frozen(self) -> None:
         record = self.record()
         with pytest.raises(ValidationError):
-            record.success = False  # type: ignore[misc]
+            record.success = False
 
     def test_copies_and_pickles_like_a_validated_record(self) -> None:
         record, other = self.record(), self.record()

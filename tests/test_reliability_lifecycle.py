@@ -21,7 +21,7 @@ import asyncio
 import errno
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def make(storage: Path, **options: Any) -> MetricsManager:
     return MetricsManager(storage, **settings)
 
 
-async def capped(awaitable: Coroutine[Any, Any, Any]) -> Any:
+async def capped(awaitable: Awaitable[Any]) -> Any:
     return await asyncio.wait_for(awaitable, CAP)
 
 
@@ -84,7 +84,7 @@ def assert_writer_threads_end(threads: set[threading.Thread]) -> None:
         assert not thread.is_alive(), "a writer thread outlived stop()"
 
 
-async def two_producers_waiting_for_room(manager: MetricsManager) -> list[asyncio.Future[None]]:
+async def two_producers_waiting_for_room(manager: MetricsManager) -> list[asyncio.Task[None]]:
     """Fill a queue of three (records 0, 1, 2) that does not drain; two more calls wait."""
     for rid in range(3):
         await record(manager, rid)

@@ -49,6 +49,7 @@ class TestWrite:
         second = writer.write(records(2), now=MOMENT)
         assert first.batch_id == "20251216_080005_123456"
         assert second.batch_id == "20251216_080005_123457"
+        assert second.path is not None
         assert MetricsBatch.model_validate_json(second.path.read_bytes()).total_records == 2
 
     def test_never_replaces_a_file_another_writer_made(self, tmp_path: Path) -> None:
@@ -61,6 +62,7 @@ class TestWrite:
         assert written.batch_id == "20251216_080005_123458"
         assert taken.read_text() == "someone else's batch"
         assert also_taken.read_text() == "and another"
+        assert written.path is not None
         batch = MetricsBatch.model_validate_json(written.path.read_bytes())
         assert batch.batch_id == written.batch_id
 
@@ -102,6 +104,7 @@ class TestWrite:
         monkeypatch.undo()
         assert os.listdir(tmp_path) == []
         written = BatchWriter(tmp_path).write(records(2), now=MOMENT)
+        assert written.path is not None
         assert os.listdir(tmp_path) == [written.path.name]
 
 
@@ -140,6 +143,7 @@ class TestDirectoryFsyncFailure:
         monkeypatch.setattr(os, "unlink", keep_batch_files)
         written = BatchWriter(tmp_path).write(records(2), now=MOMENT)
         # A retry would write the batch a second time: the visible file is kept as written.
+        assert written.path is not None
         assert os.listdir(tmp_path) == [written.path.name]
         assert MetricsBatch.model_validate_json(written.path.read_bytes()).total_records == 2
 
