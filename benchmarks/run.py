@@ -298,6 +298,44 @@ def render_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def round_ratios(ours: dict[str, Any], other: dict[str, Any]) -> list[float]:
+    """``ours`` over ``other`` in end-to-end throughput, round by round."""
+    key = "end_to_end_per_second"
+    return [
+        mine[key] / theirs[key] for mine, theirs in zip(ours["runs"], other["runs"], strict=True)
+    ]
+
+
+def render_rounds(results: dict[str, Any]) -> str:
+    """Each round's own ratios and p99.9: how far the machine's drift moves a verdict."""
+    logging_, spans = results["direct_logging"], results["spans"]
+    lines: list[tuple[str, list[str]]] = []
+    for label, name in (("thread", "direct_ours"), ("process", "direct_ours_process")):
+        ratios = round_ratios(results[name], logging_)
+        lines.append(
+            (f"`record_operation`, {label} writer / logging", [f"{r:.2f}" for r in ratios])
+        )
+    for label, name in (
+        ("thread writer", "direct_ours"),
+        ("process writer", "direct_ours_process"),
+        ("logging", "direct_logging"),
+    ):
+        values = [f"{run['p999_us']:,.0f}" for run in results[name]["runs"]]
+        lines.append((f"p99.9, {label} (µs)", values))
+    for label, name in (
+        ("ours with the thread writer", "ours"),
+        ("ours with the process writer", "ours_process"),
+        ("read-only exporter", "read_only"),
+    ):
+        ratios = round_ratios(spans[name], spans["noop"])
+        lines.append((f"spans, {label} / do-nothing", [f"{r:.2f}" for r in ratios]))
+    rounds = len(lines[0][1])
+    header = ["Ratio", *(f"Round {number}" for number in range(1, rounds + 1))]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join((label, *values)) + " |" for label, values in lines]
+    return "\n".join(table)
+
+
 def render_settings(results: dict[str, Any], sizes: dict[str, Any]) -> str:
     """The settings every scenario used, so the table can be reproduced."""
     direct = results["direct_ours"]["settings"]
@@ -437,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     print("Machine: " + "; ".join(f"{key}: {value}" for key, value in info.items()))
     print()
     print(render_table(rows))
+    print()
+    print("Each round's own figures (even rounds ran the scenarios in reverse order):")
+    print()
+    print(render_rounds(results))
     print()
     print(render_settings(results, sizes))
     problems = check_complete(results)

@@ -85,6 +85,29 @@ class TestQuickRun:
             "| spans end to end, an exporter that only reads the fields a record needs |" in stdout
         )
 
+    def test_prints_each_rounds_own_ratios(self, bench: QuickRun) -> None:
+        """One column per round, each ratio recomputed here from that round's runs."""
+        stdout, results = bench.stdout, bench.report["results"]
+        assert "| Ratio | Round 1 | Round 2 |" in stdout
+        logging_ = results["direct_logging"]["runs"]
+        for label, name in (("thread", "direct_ours"), ("process", "direct_ours_process")):
+            runs = results[name]["runs"]
+            expected = [
+                f"{mine['end_to_end_per_second'] / theirs['end_to_end_per_second']:.2f}"
+                for mine, theirs in zip(runs, logging_, strict=True)
+            ]
+            row = f"| `record_operation`, {label} writer / logging | " + " | ".join(expected) + " |"
+            assert row in stdout
+        spans = results["spans"]
+        expected = [
+            f"{mine['end_to_end_per_second'] / theirs['end_to_end_per_second']:.2f}"
+            for mine, theirs in zip(
+                spans["ours_process"]["runs"], spans["noop"]["runs"], strict=True
+            )
+        ]
+        row = "| spans, ours with the process writer / do-nothing | " + " | ".join(expected) + " |"
+        assert row in stdout
+
     def test_every_target_has_a_verdict(self, bench: QuickRun) -> None:
         stdout, report = bench.stdout, bench.report
         verdicts = {row["target"]: row["verdict"] for row in report["table"]}
