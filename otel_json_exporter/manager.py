@@ -535,9 +535,10 @@ class MetricsManager:
             if type(row[6]) is bytes:
                 queued.append(row)
                 continue
+            unchecked = cast("RecordRow", row)
             try:
-                self.pii_policy.check_row(cast("RecordRow", row))
-                queued.append(queued_row(cast("RecordRow", row)))
+                self.pii_policy.check_row(unchecked)
+                queued.append(queued_row(unchecked))
             except ValueError as exc:
                 self._refuse(len(pending), redacted, rejected, f"record {index}: {exc}")
         return self._enqueue(queued, timeout=timeout, redacted=redacted, rejected=rejected)
