@@ -89,18 +89,41 @@ FORBIDDEN_KEYS = frozenset(
 )  # fmt: skip
 """The specification's forbidden metadata keys (rule a)."""
 
+# Identifiers that name a person wherever they appear, beyond the specification's list:
+# phone numbers, national numbers (a US SSN, a Canadian SIN), payment cards and
+# accounts, birth dates, passports.
+_IDENTIFIER_KEYS = (
+    "phone", "phone_number", "telephone", "ssn", "social_security_number",
+    "social_insurance_number", "credit_card", "credit_card_number", "card_number", "iban",
+    "date_of_birth", "birth_date", "birthdate", "dob", "passport_number",
+)  # fmt: skip
 _FORBIDDEN_SUFFIXES = (
     "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
     "_authorization", "_cookie", "_set_cookie", "_jsessionid", "_phpsessid",
+    *("_" + key for key in _IDENTIFIER_KEYS),
 )  # fmt: skip
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
-    "jsessionid", "phpsessid",
+    "jsessionid", "phpsessid", *_IDENTIFIER_KEYS,
 }  # fmt: skip
-_ALWAYS_PII_TOKENS = frozenset({"email", "username"})
+_ALWAYS_PII_TOKENS = frozenset({"email", "username", "password", "surname"})
 _NAME_OWNERS = frozenset(
-    {"user", "enduser", "customer", "person", "first", "last", "full", "display", "account"}
-)
+    {
+        "user", "enduser", "customer", "person", "first", "last", "full", "display", "account",
+        "given", "family", "middle", "maiden", "nick",  # OpenID Connect's claims, and kin
+    }
+)  # fmt: skip
+# Plurals of a PII key are PII (user_ids, passwords, api_keys), except where "token"
+# or "key" counts or names things (tokens, input_tokens, cache_keys): those plurals
+# are PII only for these secrets.
+_SECRET_PLURALS = frozenset(
+    {
+        "access_token", "refresh_token", "auth_token", "id_token", "bearer_token",
+        "session_token", "csrf_token", "api_key", "private_key", "secret_key", "access_key",
+        "secret_access_key",
+    }
+)  # fmt: skip
+_DIGITS = "0123456789"
 
 # Characters that show nothing: Unicode's format characters (category Cf: the soft
 # hyphen, zero-width spaces and joiners, bidirectional controls...), fillers and
@@ -134,6 +157,14 @@ _WORD_SPELLINGS = {
     "passwd": "password",
     "firstname": "first_name",
     "lastname": "last_name",
+    "givenname": "given_name",
+    "familyname": "family_name",
+    "middlename": "middle_name",
+    "nickname": "nick_name",
+    "phonenumber": "phone_number",
+    "creditcard": "credit_card",
+    "cardnumber": "card_number",
+    "dateofbirth": "date_of_birth",
     "fullname": "full_name",
     "displayname": "display_name",
     "customername": "customer_name",
@@ -145,7 +176,11 @@ _WORD_SPELLINGS = {
     "secretkey": "secret_key",
     "privatekey": "private_key",
 }
-_LOCAL_PART = r"[\w.%+-]"
+# A local part's characters: RFC 5322's, less those that delimit elsewhere in a text
+# (``/``, ``=``, ``?``, ``#``, ``&`` and braces: a path, a parameter, a query), and
+# with the typographic apostrophe, so that no part of ``mary.o'brien@...`` or
+# ``mary.o\u2019brien@...`` (U+2019) is left before the mask.
+_LOCAL_PART = r"[\w.%+'\u2019!$*^`|~-]"
 # The look-behind makes a match start only where a run of address characters
 # starts; without it a long run before a lone "@" took quadratic time.
 _EMAIL = rf"(?<!{_LOCAL_PART}){_LOCAL_PART}+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{{2,}}"
@@ -179,10 +214,12 @@ _NETLOC_MASK = _CREDENTIALS_MASK.removeprefix("//")
 # parameters as further matches.
 _PARAMETER = re.compile(r"(?<![^\s?#;&/])(?P<name>[^\s=?#;&/]+)=(?P<value>[^\s?#;&]*)")
 # Every "/name=" of a path, also inside the value of an earlier one (/a=1/password=p),
-# where _PARAMETER, whose matches do not overlap, would not look: a name is short, so
-# this reads the text once. A value runs to the next of ``?#;&`` or white space.
-_SEGMENT_NAME = re.compile(r"/(?P<name>[^\s=?#;&/]+)=")
+# and every ",name=" of comma-separated pairs (host=db1,user=sa,password=p), where
+# _PARAMETER, whose matches do not overlap, would not look: a name is short, so this
+# reads the text once. A value runs to the next of ``?#;&`` or white space.
+_SEGMENT_NAME = re.compile(r"[/,](?P<name>[^\s=?#;&/,]+)=")
 _VALUE_END = re.compile(r"[\s?#;&]")
+_TURKISH_I = {ord("\u0130"): "I", ord("\u0131"): "i"}
 _CACHE_LIMIT = 4096
 _REMEMBERED_TEXT_LENGTH = 256
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -191,6 +228,10 @@ _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 def normalize_key(key: str) -> str:
     """Normalise a key for the PII rule: ``"x-API-Key"`` -> ``"x_api_key"``."""
     if not key.isascii():
+        # Turkish capital dotted I (U+0130) and small dotless i (U+0131), as a tr-TR
+        # locale's case mapping writes "USER_ID" and "session_id": casefold() would make
+        # the first "i" and a combining dot, which separates words.
+        key = key.translate(_TURKISH_I)
         key = unicodedata.normalize("NFKC", key)  # an invisible character separates words
     key = _ACRONYM_BOUNDARY.sub("_", key)
     key = _WORD_BOUNDARY.sub(r"\1_\2", key)
@@ -231,6 +272,22 @@ def _spellings(key: str) -> set[str]:
 
 
 def _rule_says_pii(normalized: str) -> bool:
+    """The rule, on a normalised key; numbered words (``password2``, ``new_password1``,
+    ``api_key_2``) are judged without their numbers, and a plural as its singular."""
+    if _words_say_pii(normalized):
+        return True
+    words = [word.rstrip(_DIGITS) for word in normalized.split("_")]
+    bare = "_".join(word for word in words if word)
+    if bare != normalized and _words_say_pii(bare):
+        return True
+    if len(bare) > 1 and bare.endswith("s") and not bare.endswith("ss"):
+        singular = bare[:-1]
+        counts_things = singular in ("token", "key") or singular.endswith(("_token", "_key"))
+        return _words_say_pii(singular) and (not counts_things or singular in _SECRET_PLURALS)
+    return False
+
+
+def _words_say_pii(normalized: str) -> bool:
     if normalized in _FORBIDDEN_EXACT or normalized.endswith(_FORBIDDEN_SUFFIXES):
         return True
     tokens = normalized.split("_")
@@ -250,7 +307,8 @@ def _search(text: str) -> re.Match[str] | None:
 
 
 def _folds(text: str) -> list[str]:
-    """The folded forms of a non-ASCII string: NFKC without invisible characters.
+    """The folded forms of a non-ASCII string: NFKC without invisible characters, the
+    ideographic full stop read as ".".
 
     Tag characters (U+E0020 to U+E007E, an invisible copy of ASCII) are read
     both ways: left out (``bob<tag space>@x.io`` is an address) and as the ASCII
@@ -260,6 +318,11 @@ def _folds(text: str) -> list[str]:
         text_nfkc = unicodedata.normalize("NFKC", text)
     else:
         text_nfkc = text
+    if "\u3002" in text_nfkc:
+        # The ideographic full stop, which NFKC keeps (and makes of the half-width
+        # one), separates a domain's labels as "." does (IDNA reads it so):
+        # tanaka@example\u3002co\u3002jp is an address.
+        text_nfkc = text_nfkc.replace("\u3002", ".")
     forms = [_INVISIBLE.sub("", text_nfkc)]
     if _TAG.search(text_nfkc):
         forms.append(_INVISIBLE.sub("", text_nfkc.translate(_TAGS)))
@@ -332,9 +395,23 @@ def _describe_key(key: str, policy: PiiPolicy | None = None) -> str:
     masked, count = mask_text(key)
     if not count and _holds_pii_text(key):
         masked = REDACTED
-    if "=" in masked:
-        masked = (policy or DEFAULT_POLICY).redact(masked)[0]
-    return repr(masked)
+    return repr(_mask_pairs(masked, policy))
+
+
+def _mask_pairs(text: str, policy: PiiPolicy | None) -> str:
+    """``text`` with the values of its PII ``name=value`` pairs masked, for a message.
+
+    An equals sign may also be written full-width (U+FF1D) or in another form that
+    NFKC reads as one: ``password`` + U+FF1D + ``hunter2`` is refused as a key, and must
+    not be repeated in the error that says so.
+    """
+    if _holds_equals(text):
+        return (policy or DEFAULT_POLICY).redact(text)[0]
+    return text
+
+
+def _holds_equals(text: str) -> bool:
+    return "=" in text or (not text.isascii() and "=" in unicodedata.normalize("NFKC", text))
 
 
 @final
@@ -342,8 +419,9 @@ def _describe_key(key: str, policy: PiiPolicy | None = None) -> str:
 class PiiPolicy:
     """The PII rule plus a caller's own additions.
 
-    ``blocked_keys`` are PII on top of the rule; ``allowed_keys`` pass even when
-    the rule would block them. Both are compared after :func:`normalize_key`.
+    ``blocked_keys`` are PII on top of the rule, wherever one ends a key as whole
+    words (numbers left out, as for the rule's own words); ``allowed_keys`` pass even
+    when the rule would block them, compared whole. Both after :func:`normalize_key`.
     The class cannot be subclassed: its caches of verdicts are its own, and a
     method overridden in a subclass would be bypassed by them.
 
@@ -392,7 +470,7 @@ class PiiPolicy:
                 verdict = False  # allowed in any of its spellings
             else:
                 verdict = any(
-                    form in self.blocked_keys or _rule_says_pii(form) for form in forms
+                    self._blocks(form) or _rule_says_pii(form) for form in forms
                 ) or self._text_holds_pii(key)  # an address, credentials, password=...
             if len(self._verdicts) >= _CACHE_LIMIT:
                 # A bounded cache: arbitrary keys must not grow memory.
@@ -402,6 +480,19 @@ class PiiPolicy:
             if not verdict and key.isascii():
                 self._plain_keys.add(key)
         return verdict
+
+    def _blocks(self, normalized: str) -> bool:
+        """Whether a caller's blocked key is this key, or ends it as whole words
+        (``mot_de_passe`` blocks ``nouveau_mot_de_passe`` and ``ancienMotDePasse``),
+        numbered words judged without their numbers, as the rule's own words are."""
+        blocked = self.blocked_keys
+        if not blocked:
+            return False
+        bare = "_".join(word for word in (w.rstrip(_DIGITS) for w in normalized.split("_")) if word)
+        return any(
+            form in blocked or any(form.endswith("_" + key) for key in blocked)
+            for form in {normalized, bare}
+        )
 
     def check_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Raise ValueError naming the first PII key (at any depth) or PII string value.
@@ -582,7 +673,7 @@ class PiiPolicy:
             for match in _PARAMETER.finditer(text):
                 if self._is_pii_parameter(match):
                     return match["name"]
-            if "/" in text:
+            if "/" in text or "," in text:
                 for match in _SEGMENT_NAME.finditer(text):
                     if self._is_pii_segment(text, match):
                         return match["name"]
@@ -635,7 +726,7 @@ class PiiPolicy:
             return f"{match['name']}={_URL_MASK}"
 
         text = _PARAMETER.sub(mask, text)
-        if "/" in text:
+        if "/" in text or "," in text:
             text, in_segments = self._mask_segments(text)
             masked += in_segments
         return text, masked
@@ -818,12 +909,12 @@ def mask_quoted_keys(message: str, policy: PiiPolicy | None = None) -> str:
     read back and judged as the text it is. One that cannot be read back is masked.
     A quoted ``name=value`` (``'password=hunter2'``) gets its PII values masked too.
     """
-    if "\\" not in message and "=" not in message:
+    if "\\" not in message and not _holds_equals(message):
         return message  # nothing escaped, no name=value: mask_text sees every key as it is
 
     def mask(match: re.Match[str]) -> str:
         literal = match[0]
-        if "\\" not in literal and "=" not in literal:
+        if "\\" not in literal and not _holds_equals(literal):
             return literal
         try:
             text = ast.literal_eval(literal)
@@ -844,8 +935,9 @@ def safe_validation_message(
 
     Built from locations and messages only, since pydantic's own ``str()`` echoes
     the input: ``prefix``, then ``where: what`` for each error, ``; ``-joined. A
-    location names keys, and a key can itself be an e-mail address, so every
-    location part and message is masked by :func:`mask_text`. The metadata
+    location names keys, and a key can itself be an e-mail address or a
+    ``name=value`` pair, so every location part and message is masked by
+    :func:`mask_text`, and the value of a PII pair in it too. The metadata
     validator's messages name their own place (``metadata 'a'.'b': ...``), so
     the location part ``metadata`` is not repeated before them. With
     ``max_errors``, the rest are counted (``and 2 more errors``). ``policy`` (the
@@ -858,7 +950,8 @@ def safe_validation_message(
     for error in shown:
         text = error["msg"].removeprefix("Value error, ")
         message = mask_text(mask_quoted_keys(text, policy))[0]
-        where = [mask_text(str(part))[0] for part in error["loc"]]
+        # A location part names a key, which may be an address or a name=value pair.
+        where = [_mask_pairs(mask_text(str(part))[0], policy) for part in error["loc"]]
         if where and where[-1] == "metadata" and message.startswith("metadata"):
             where.pop()
         parts.append(f"{'.'.join(where)}: {message}" if where else message)

@@ -248,10 +248,13 @@ class OperationRecord(BaseModel):
 
     ``error_message`` is truncated to 1,000 characters. ``metadata`` must be
     JSON-ready; the PII rule is applied by the manager, not here, so that files
-    written by older versions still read back.
+    written by older versions still read back. A validation error never repeats
+    the input (``hide_input_in_errors``): it may be personal data.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, hide_input_in_errors=True
+    )
 
     operation_type: Annotated[str, Field(min_length=1, strict=True)]
     operation_name: Annotated[str, Field(min_length=1, strict=True)]
@@ -614,7 +617,7 @@ def _json_text(text: Any, encoded: dict[str, str]) -> str:
 class MetricsBatch(BaseModel):
     """The content of one ``metrics_<batch_id>.json`` file."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     records: list[OperationRecord]
     batch_timestamp: UtcTimestamp
