@@ -305,6 +305,7 @@ class ProcessBatchWriter:
         self._to_child = -1  # our ends of its stdin and stdout pipes while it runs
         self._from_child = -1
         self._in_flight: list[QueuedItem] | None = None  # sent ahead, not yet answered
+        self._deferred: BaseException | None = None  # see write_rows
 
     def prepare(self) -> None:
         """Check the directory here (StorageError says what is wrong), then start the child."""
@@ -347,6 +348,12 @@ class ProcessBatchWriter:
         batch failed.
         """
         with self._lock:
+            if self._deferred is not None:
+                # Raised while the batch before was in flight, and kept until its answer
+                # was taken: nothing is in flight now, so ending here leaves nothing
+                # written that the manager still holds.
+                deferred, self._deferred = self._deferred, None
+                raise deferred
             ahead, self._in_flight = self._in_flight, None
             if ahead is not None and not _starts_with(rows, ahead):
                 # Cannot happen while the manager keeps its queue in order and asks for
@@ -363,8 +370,14 @@ class ProcessBatchWriter:
             following = self._following(len(batch))
             second = None
             if following:
-                with contextlib.suppress(Exception):
+                try:
                     second = _frame(("write", following))
+                except Exception:  # not sent ahead: tried again as a batch of its own
+                    pass
+                except BaseException as exc:
+                    # SystemExit or KeyboardInterrupt from a value's own code: raised on
+                    # the next call, once the batch in flight is answered and taken.
+                    self._deferred = exc
             try:
                 if first is not None:
                     self._ensure_child()
@@ -384,6 +397,7 @@ class ProcessBatchWriter:
     def close(self) -> None:
         """End the child once it has answered everything; it exits when its input closes."""
         with self._lock:
+            self._deferred = None  # its writer is ending anyway; a value that raises does again
             if self._in_flight is not None:
                 self._in_flight = None
                 self._settle()
@@ -399,6 +413,7 @@ class ProcessBatchWriter:
         process, self._process = self._process, None
         self._to_child = self._from_child = -1
         self._in_flight = None
+        self._deferred = None
         self._lock = threading.Lock()
         if process is not None:
             process.returncode = 0  # not ours to wait for: the parent reaps it

@@ -193,7 +193,11 @@ class MetricsManager:
 
     def _reset_state(self) -> None:
         """(Re)create the lock, the counters and the thread handle: at init and after fork."""
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler runs on the main thread between two bytecodes,
+        # maybe while record_operation holds the lock, and a handler that calls
+        # stop_sync() (on SIGTERM) must not wait for a lock its own thread holds. Its
+        # wait releases the lock for the writer, as any Condition wait does.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread: threading.Thread | None = None
@@ -319,6 +323,11 @@ class MetricsManager:
         # now, not once a stuck write returns.
         self._wake_waiters()
         return True
+
+    def _holds_records(self) -> bool:
+        """Whether records wait in memory, or a writer still runs (a stop() under way)."""
+        with self._lock:
+            return bool(self._buffer) or self._worker_alive
 
     def _stopped(self) -> bool:
         # Started again meanwhile also ends a stop(): nothing it held is lost.
@@ -966,9 +975,21 @@ def _after_fork_in_child() -> None:
 
 
 def _flush_at_exit() -> None:
-    """Persist what running managers hold when the interpreter exits."""
+    """Persist what managers hold when the interpreter exits.
+
+    A running manager is flushed, and stays running for whatever exits later (the
+    SDK's own exit hook, registered before this one when the tracer provider was
+    made first, exports its last spans after it). One that is stopping, or whose
+    stop() gave up, still holds records: a stop() its
+    caller cancelled (``asyncio.wait_for``, Ctrl-C in ``asyncio.run``) leaves the
+    writer draining, and the interpreter would end that daemon thread mid-batch.
+    Such a manager is stopped here, which waits for the writer or tries again.
+    """
     for manager in list(_MANAGERS):
         if not manager.is_running:
+            if manager._holds_records():
+                with contextlib.suppress(asyncio.TimeoutError):  # stop() logged the count
+                    manager.stop_sync(_EXIT_FLUSH_TIMEOUT)
             continue
         try:
             flushed = manager.flush_sync(_EXIT_FLUSH_TIMEOUT)
