@@ -279,7 +279,13 @@ class MetricsManager:
         self._thread = threading.Thread(
             target=self._run, name="otel-json-exporter-writer", daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            # No thread (Python 3.12 refuses one at interpreter exit): none is alive.
+            self._worker_alive = False
+            self._thread = None
+            raise
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting records, write everything accepted, stop the writer.
@@ -802,9 +808,15 @@ class MetricsManager:
             stopping = not self._accepting
             # Rows the process writer sent ahead head the queue: their answer is next.
             in_flight = self._writer.in_flight > 0
+            # A stop writes whatever is queued, counted or not: a signal handler's
+            # stop_sync() may land between a record's append and its count.
             ready = in_flight or (
                 bool(self._buffer)
-                and (len(self._buffer) >= self._write_at or self._settled < self._drain_to)
+                and (
+                    stopping
+                    or len(self._buffer) >= self._write_at
+                    or self._settled < self._drain_to
+                )
             )
             if (
                 stopping
@@ -977,19 +989,19 @@ def _after_fork_in_child() -> None:
 def _flush_at_exit() -> None:
     """Persist what managers hold when the interpreter exits.
 
-    A running manager is flushed, and stays running for whatever exits later (the
-    SDK's own exit hook, registered before this one when the tracer provider was
-    made first, exports its last spans after it). One that is stopping, or whose
-    stop() gave up, still holds records: a stop() its
+    Running managers first: each is flushed, and stays running for whatever exits
+    later (the SDK's own exit hook, registered before this one when the tracer
+    provider was made first, exports its last spans after it). Then the managers
+    that are stopping, or whose stop() gave up, and still hold records: a stop() its
     caller cancelled (``asyncio.wait_for``, Ctrl-C in ``asyncio.run``) leaves the
     writer draining, and the interpreter would end that daemon thread mid-batch.
-    Such a manager is stopped here, which waits for the writer or tries again.
+    Each is stopped here, which waits for its writer or tries again; Python 3.12
+    starts no thread at exit, so there a stop() that gave up cannot try again, and
+    what it holds is logged.
     """
-    for manager in list(_MANAGERS):
+    managers = list(_MANAGERS)
+    for manager in managers:
         if not manager.is_running:
-            if manager._holds_records():
-                with contextlib.suppress(asyncio.TimeoutError):  # stop() logged the count
-                    manager.stop_sync(_EXIT_FLUSH_TIMEOUT)
             continue
         try:
             flushed = manager.flush_sync(_EXIT_FLUSH_TIMEOUT)
@@ -999,6 +1011,18 @@ def _flush_at_exit() -> None:
             continue
         if not flushed:
             logger.error("exit: %d records not persisted", manager.stats().queue_size)
+    for manager in managers:
+        if manager.is_running or not manager._holds_records():
+            continue
+        try:
+            manager.stop_sync(_EXIT_FLUSH_TIMEOUT)
+        except asyncio.TimeoutError:
+            continue  # stop() logged what it could not write
+        except RuntimeError:
+            logger.error(
+                "exit: %d records not persisted (no writer thread can start at exit)",
+                manager.stats().queue_size,
+            )
 
 
 class _ExitToken:

@@ -4,29 +4,44 @@ A key is normalised first: a non-ASCII key is NFKC-normalised (``email`` in
 full-width letters, U+FF45 ..., is ``email``), camelCase and acronym boundaries
 are split (``userId`` -> ``user_id``, ``APIKey`` -> ``api_key``), it is
 case-folded, and every run of characters that are not letters or digits (``.``,
-``-``, spaces, the brackets of ``user[password]``) becomes ``_``. The split words
+``-``, spaces, the brackets of ``user[password]``) becomes ``_``; the Turkish
+dotted capital I and dotless small i (U+0130, U+0131) count as ``i``. The split words
 ``e_mail`` and ``pass_word`` are joined again, and words written as one are split
 as the rule knows them: ``apikey``, ``userid``, ``clientid``, ``sessionid``
 (Django's session cookie), ``passwd``, ``firstname``, ``lastname``, ``fullname``,
-``displayname``, ``customername``, ``accountname``, ``accesstoken``,
-``authtoken``, ``refreshtoken``, ``clientsecret``, ``secretkey``, ``privatekey``
-become ``api_key``, ``user_id``, ... ``private_key``. The normalised key is PII when it
+``displayname``, ``customername``, ``accountname``, ``givenname``, ``familyname``,
+``middlename``, ``nickname``, ``phonenumber``, ``creditcard``, ``cardnumber``,
+``dateofbirth``, ``accesstoken``, ``authtoken``, ``refreshtoken``, ``clientsecret``,
+``secretkey``, ``privatekey`` become ``api_key``, ``user_id``, ... ``private_key``. The
+normalised key is PII when it
 
 (a) equals a forbidden key: ``email``, ``name``, ``username``, ``password``,
     ``token``, ``key``, ``secret``, ``api_key``, ``user_id``, ``client_id``,
     ``session_id``;
 (b) ends with ``_password``, ``_token``, ``_secret``, ``_key``, ``_user_id``,
     ``_client_id`` or ``_session_id``;
-(c) has the token ``email`` or ``username``, or the token ``name`` right after
-    ``user``, ``enduser``, ``customer``, ``person``, ``first``, ``last``,
-    ``full``, ``display`` or ``account``;
+(c) has the token ``email``, ``username``, ``password`` or ``surname``, or the token
+    ``name`` right after ``user``, ``enduser``, ``customer``, ``person``, ``first``,
+    ``last``, ``full``, ``display``, ``account``, ``given``, ``middle``, ``maiden`` or
+    ``nick``, or after ``family`` unless a thing's word comes before it
+    (``font_family_name``);
 (d) is ``authorization``, ``cookie``, ``set_cookie``, ``enduser_id`` or
     ``enduser_pseudo_id``, or ends with ``_authorization``, ``_cookie`` or
     ``_set_cookie``;
 (e) is ``jsessionid`` or ``phpsessid`` (the session-id parameter and cookie
     names of Java servlets and PHP), or ends with ``_jsessionid`` or
     ``_phpsessid``. (``sid`` is not on the list: it names an Oracle database
-    or a Windows security identifier as often.)
+    or a Windows security identifier as often.);
+(f) is, or ends with, an identifier of a person: a phone number, a national number
+    (SSN, Canada's ``social_insurance_number``), a payment card, an IBAN, a birth
+    date, a passport number (:data:`_IDENTIFIER_KEYS`); as an ending, not after
+    ``is_`` or ``has_`` (``is_phone`` is a yes or no).
+
+Each rule is also tried with the digits that end each word left out
+(``new_password1``); a plural is judged as its singular when that is an exact key, a
+secret, ends with ``_user_id``, ``_client_id``, ``_session_id`` or ``_password``, or
+meets (c) (``user_ids``, ``passwords``, ``api_keys``; not ``tokens``,
+``input_tokens`` or ``num_cookies``, which count things).
 
 So ``service.name``, ``token_count``, ``monkey`` and ``user_hash`` pass, while
 ``user.email``, ``x-api-key`` and ``http.request.header.cookie`` do not. A string
@@ -35,14 +50,17 @@ credentials (``postgresql://admin:pw@db/app``, anything between ``//`` and the
 last ``@`` before the host): :func:`contains_pii_text` finds both and
 :func:`mask_text` masks both, the credentials first, so that no part of a
 password is ever left behind as what looks like the start of an address.
-Addresses may be non-ASCII (``jürgen@exämple.de``); a non-ASCII string is
-searched in its NFKC form too, so the full-width at sign U+FF20 is found, and a
-string whose PII shows only in that form is masked whole. Look-alike letters of
+Addresses may be non-ASCII (``jürgen@exämple.de``) and hold an apostrophe
+(``mary.o'brien@...``; quotes that open the text before it are kept by the
+masking); a non-ASCII string is searched in its NFKC form too, so the full-width at
+sign U+FF20 is found (and an ideographic full stop before an ASCII label is read as a
+dot), and a string whose PII shows only in that form is masked whole. Look-alike letters of
 other scripts (a Cyrillic U+0435 for the ``e`` of ``email``) are not folded:
 that is confusable detection, which this rule does not attempt.
 
 :class:`PiiPolicy` adds the caller's own blocked and allowed keys (compared in
-normalised form) on top of the rule. Nothing here ever puts a value into an
+normalised form; a blocked key also blocks every key it ends as whole words) on top
+of the rule. Nothing here ever puts a value into an
 error message or a log line.
 """
 
@@ -100,8 +118,10 @@ _IDENTIFIER_KEYS = (
 _FORBIDDEN_SUFFIXES = (
     "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
     "_authorization", "_cookie", "_set_cookie", "_jsessionid", "_phpsessid",
-    *("_" + key for key in _IDENTIFIER_KEYS),
 )  # fmt: skip
+# As endings too, save after "is_" or "has_", which make a yes or no of them (is_phone).
+_IDENTIFIER_SUFFIXES = tuple("_" + key for key in _IDENTIFIER_KEYS)
+_FLAG_PREFIXES = ("is_", "has_")
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
     "jsessionid", "phpsessid", *_IDENTIFIER_KEYS,
@@ -110,12 +130,21 @@ _ALWAYS_PII_TOKENS = frozenset({"email", "username", "password", "surname"})
 _NAME_OWNERS = frozenset(
     {
         "user", "enduser", "customer", "person", "first", "last", "full", "display", "account",
-        "given", "family", "middle", "maiden", "nick",  # OpenID Connect's claims, and kin
+        "given", "middle", "maiden", "nick",  # OpenID Connect's claims, and kin
     }
 )  # fmt: skip
-# Plurals of a PII key are PII (user_ids, passwords, api_keys), except where "token"
-# or "key" counts or names things (tokens, input_tokens, cache_keys): those plurals
-# are PII only for these secrets.
+_THING_FAMILIES = frozenset(
+    {
+        "font", "os", "instance", "device", "product", "cpu", "processor", "vm", "machine",
+        "browser", "model", "gpu", "chip", "platform", "typeface", "hardware", "engine",
+    }
+)  # fmt: skip
+# Plurals of a PII key are PII (user_ids, passwords, emails, api_keys) when the singular
+# is a key of the specification's or another exact one, holds a word that is PII
+# anywhere, or ends with one of these; not when it only ends with another PII word, since
+# "num_cookies", "num_secrets" or "input_tokens" count things. "tokens" and "keys" pass
+# for the same reason; these secrets' plurals do not.
+_PLURAL_SUFFIXES = ("_user_id", "_client_id", "_session_id", "_password")
 _SECRET_PLURALS = frozenset(
     {
         "access_token", "refresh_token", "auth_token", "id_token", "bearer_token",
@@ -176,14 +205,18 @@ _WORD_SPELLINGS = {
     "secretkey": "secret_key",
     "privatekey": "private_key",
 }
-# A local part's characters: RFC 5322's, less those that delimit elsewhere in a text
-# (``/``, ``=``, ``?``, ``#``, ``&`` and braces: a path, a parameter, a query), and
-# with the typographic apostrophe, so that no part of ``mary.o'brien@...`` or
-# ``mary.o\u2019brien@...`` (U+2019) is left before the mask.
-_LOCAL_PART = r"[\w.%+'\u2019!$*^`|~-]"
+# A local part's characters, with the apostrophe, straight or typographic (U+2019), so
+# that no part of ``mary.o'brien@...`` is left before the mask. (RFC 5322's other
+# symbols are left out: ``*@example.com`` is a pattern, ``ERROR|bob@x.io`` a log line.)
+_LOCAL_PART = r"[\w.%+'\u2019-]"
 # The look-behind makes a match start only where a run of address characters
-# starts; without it a long run before a lone "@" took quadratic time.
-_EMAIL = rf"(?<!{_LOCAL_PART}){_LOCAL_PART}+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{{2,}}"
+# starts; without it a long run before a lone "@" took quadratic time. The quotes
+# that open the run (``'bob@x.io'`` in a repr) are matched apart, possessively, and
+# kept by the masking.
+_EMAIL = (
+    rf"(?<!{_LOCAL_PART})(?P<quotes>['\u2019]*+){_LOCAL_PART}+"
+    r"@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"
+)
 # A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it;
 # or, when that finds none, a "user:password" whose password holds "/", "?" or "#"
 # unencoded (postgresql://admin:pa#ss@db/app, which URL syntax forbids but some
@@ -219,6 +252,7 @@ _PARAMETER = re.compile(r"(?<![^\s?#;&/])(?P<name>[^\s=?#;&/]+)=(?P<value>[^\s?#
 # reads the text once. A value runs to the next of ``?#;&`` or white space.
 _SEGMENT_NAME = re.compile(r"[/,](?P<name>[^\s=?#;&/,]+)=")
 _VALUE_END = re.compile(r"[\s?#;&]")
+_IDEOGRAPHIC_DOT = re.compile("\u3002(?=[A-Za-z0-9])")
 _TURKISH_I = {ord("\u0130"): "I", ord("\u0131"): "i"}
 _CACHE_LIMIT = 4096
 _REMEMBERED_TEXT_LENGTH = 256
@@ -282,19 +316,42 @@ def _rule_says_pii(normalized: str) -> bool:
         return True
     if len(bare) > 1 and bare.endswith("s") and not bare.endswith("ss"):
         singular = bare[:-1]
-        counts_things = singular in ("token", "key") or singular.endswith(("_token", "_key"))
-        return _words_say_pii(singular) and (not counts_things or singular in _SECRET_PLURALS)
+        if singular in ("token", "key"):
+            return False
+        return (
+            singular in _FORBIDDEN_EXACT
+            or singular in _SECRET_PLURALS
+            or singular.endswith(_PLURAL_SUFFIXES)
+            or _words_name_pii(singular)
+        )
     return False
 
 
 def _words_say_pii(normalized: str) -> bool:
     if normalized in _FORBIDDEN_EXACT or normalized.endswith(_FORBIDDEN_SUFFIXES):
         return True
+    if normalized.endswith(_IDENTIFIER_SUFFIXES) and not normalized.startswith(_FLAG_PREFIXES):
+        return True
+    return _words_name_pii(normalized)
+
+
+def _words_name_pii(normalized: str) -> bool:
+    """Rule 3: a word that is PII anywhere, or ``name`` after a word that says whose."""
     tokens = normalized.split("_")
     if not _ALWAYS_PII_TOKENS.isdisjoint(tokens):
         return True
     return any(
-        token == "name" and index > 0 and tokens[index - 1] in _NAME_OWNERS
+        token == "name"
+        and index > 0
+        and (
+            tokens[index - 1] in _NAME_OWNERS
+            # "family_name" is a person's (claims.family_name), save after a word that
+            # makes it a thing's: a font's, an OS's, an instance type's.
+            or (
+                tokens[index - 1] == "family"
+                and (index == 1 or tokens[index - 2] not in _THING_FAMILIES)
+            )
+        )
         for index, token in enumerate(tokens)
     )
 
@@ -308,7 +365,7 @@ def _search(text: str) -> re.Match[str] | None:
 
 def _folds(text: str) -> list[str]:
     """The folded forms of a non-ASCII string: NFKC without invisible characters, the
-    ideographic full stop read as ".".
+    ideographic full stop before an ASCII letter or digit read as ".".
 
     Tag characters (U+E0020 to U+E007E, an invisible copy of ASCII) are read
     both ways: left out (``bob<tag space>@x.io`` is an address) and as the ASCII
@@ -321,8 +378,10 @@ def _folds(text: str) -> list[str]:
     if "\u3002" in text_nfkc:
         # The ideographic full stop, which NFKC keeps (and makes of the half-width
         # one), separates a domain's labels as "." does (IDNA reads it so):
-        # tanaka@example\u3002co\u3002jp is an address.
-        text_nfkc = text_nfkc.replace("\u3002", ".")
+        # tanaka@example\u3002co\u3002jp is an address. Only before an ASCII label, as
+        # an input method in full-width mode writes an address; before Japanese text
+        # it ends a sentence (a mention, "@tanaka" + U+3002, is no address).
+        text_nfkc = _IDEOGRAPHIC_DOT.sub(".", text_nfkc)
     forms = [_INVISIBLE.sub("", text_nfkc)]
     if _TAG.search(text_nfkc):
         forms.append(_INVISIBLE.sub("", text_nfkc.translate(_TAGS)))
@@ -362,7 +421,9 @@ def _mask_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
         if match["masked"]:
             return match[0]
         count += 1
-        return _CREDENTIALS_MASK if match["credentials"] else REDACTED
+        if match["credentials"]:
+            return _CREDENTIALS_MASK
+        return match["quotes"] + REDACTED  # an address: the quotes before it stay
 
     return pattern.sub(mask, text), count
 
@@ -402,8 +463,8 @@ def _mask_pairs(text: str, policy: PiiPolicy | None) -> str:
     """``text`` with the values of its PII ``name=value`` pairs masked, for a message.
 
     An equals sign may also be written full-width (U+FF1D) or in another form that
-    NFKC reads as one: ``password`` + U+FF1D + ``hunter2`` is refused as a key, and must
-    not be repeated in the error that says so.
+    NFKC or the tag characters read as one: ``password`` + U+FF1D + ``hunter2`` is
+    refused as a key, and must not be repeated in the error that says so.
     """
     if _holds_equals(text):
         return (policy or DEFAULT_POLICY).redact(text)[0]
@@ -411,7 +472,9 @@ def _mask_pairs(text: str, policy: PiiPolicy | None) -> str:
 
 
 def _holds_equals(text: str) -> bool:
-    return "=" in text or (not text.isascii() and "=" in unicodedata.normalize("NFKC", text))
+    """Whether ``text`` holds "=", or a character its folded forms read as one (a
+    full-width or small equals sign, the invisible tag copy of "=")."""
+    return "=" in text or (not text.isascii() and any("=" in form for form in _folds(text)))
 
 
 @final
@@ -488,10 +551,14 @@ class PiiPolicy:
         blocked = self.blocked_keys
         if not blocked:
             return False
-        bare = "_".join(word for word in (w.rstrip(_DIGITS) for w in normalized.split("_")) if word)
+        words = normalized.split("_")
+        bare = [word for word in (w.rstrip(_DIGITS) for w in words) if word]
+        # Each ending of whole words looked up once: the cost grows with the key's
+        # words, not with how many keys are blocked.
         return any(
-            form in blocked or any(form.endswith("_" + key) for key in blocked)
-            for form in {normalized, bare}
+            "_".join(form[start:]) in blocked
+            for form in (words, bare)
+            for start in range(len(form))
         )
 
     def check_metadata(self, metadata: Mapping[str, Any]) -> None:

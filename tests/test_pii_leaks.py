@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from otel_json_exporter import MetricsManager, OperationRecord, OperationSpanExporter, PiiPolicy
 from otel_json_exporter.cli import main as cli_main
+from otel_json_exporter.pii import DEFAULT_POLICY, mask_text
 
 WRITERS = ["thread", "process"]
 
@@ -477,3 +478,60 @@ async def test_f10_comma_separated_pairs_in_metadata_and_error(tmp_path: Path) -
 async def test_f11_common_identifier_keys_written(tmp_path: Path, key: str, value: str) -> None:
     await _refused(tmp_path, {key: value})
     assert value not in _disk_text(tmp_path)
+
+
+# == A second review, of the fixes above =============================================
+# The tag copy of "=" (U+E003D), which the rule reads as "=": the key was refused, but
+# its value was repeated in the error.
+
+
+async def test_tag_equals_key_value_not_in_error(tmp_path: Path) -> None:
+    key = "password\U000e003dhunter2"
+    assert DEFAULT_POLICY.is_pii_key(key)
+    message = await _refused(tmp_path, {key: 1})
+    assert "hunter2" not in message
+
+
+# The first fix's wider local part took "*" (and "!$^`|~") for address characters, and
+# read every ideographic full stop as a dot: these were refused, and were not before.
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "*@example.com",  # a wildcard sender pattern
+        "allow *@example.com only",
+        # an @mention, then a full stop ending the sentence
+        "\u30d5\u30a9\u30ed\u30fc\u306f@tanaka\u3002\u3042\u308a\u304c\u3068\u3046",
+    ],
+)
+def test_not_taken_for_an_address(text: str) -> None:
+    PiiPolicy().check_metadata({"note": text})
+
+
+def test_masking_keeps_the_text_around_an_address() -> None:
+    assert mask_text("ERROR|bob@x.io")[0] == "ERROR|[REDACTED]"
+    assert mask_text("{'to': 'bob@example.com'}")[0] == "{'to': '[REDACTED]'}"
+    assert mask_text("to mary.o'brien@example.com")[0] == "to [REDACTED]"
+
+
+# Keys the wider key rule caught that name no person: a font's family, yes-or-no flags,
+# counts. ("names" alone stays PII: a list of names.)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "font_family_name",
+        "os_family_name",
+        "instance_family_name",
+        "is_phone",
+        "has_phone",
+        "num_cookies",
+        "num_secrets",
+        "num_credit_cards",
+        "pending_authorizations",
+    ],
+)
+def test_key_is_not_pii(key: str) -> None:
+    assert not PiiPolicy().is_pii_key(key)

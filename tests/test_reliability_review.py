@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -28,6 +29,21 @@ CAP = 30.0
 
 def hand_built(name: str, attributes: dict[str, Any] | None = None) -> ReadableSpan:
     return ReadableSpan(name=name, attributes=attributes or {}, start_time=1, end_time=2)
+
+
+def run_script(
+    tmp_path: Path, source: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a script in a fresh interpreter, with ``args``; its result."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def wait_until(check: Any, seconds: float = CAP) -> None:
@@ -114,15 +130,7 @@ asyncio.run(main())
 
 class TestExitAfterACancelledStop:
     def _run(self, tmp_path: Path, how: str) -> subprocess.CompletedProcess[str]:
-        script = tmp_path / "cancelled_stop.py"
-        script.write_text(textwrap.dedent(_CANCELLED_STOP))
-        return subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "metrics"), how],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_script(tmp_path, _CANCELLED_STOP, str(tmp_path / "metrics"), how)
 
     def test_a_stop_cancelled_by_the_callers_timeout_then_exit(self, tmp_path: Path) -> None:
         """README: "stop() cancelled by its caller -> the writer still drains", and
@@ -157,13 +165,14 @@ class TestExitAfterACancelledStop:
 # A service's graceful shutdown: a SIGTERM handler that stops the manager (as
 # `provider.shutdown()` in a SIGTERM handler does for the span exporter). The signal is
 # delivered while record_operation holds the manager's lock: a trace function sends it
-# at the line `buffer.append(row)`, to pin a moment that a real SIGTERM hits by chance
-# (4 of 20 runs of a tight recording loop killed at a random moment hung the same way).
+# at the line `buffer.append(row)` (or the line after it: queued, not yet counted), to
+# pin a moment that a real SIGTERM hits by chance (4 of 20 runs of a tight recording
+# loop killed at a random moment hung the same way).
 _SIGTERM_HANDLER = """
 import asyncio, os, signal, sys
 from otel_json_exporter import MetricsManager, manager as manager_module
 
-manager = MetricsManager(sys.argv[1], flush_interval_seconds=60)
+manager = MetricsManager(sys.argv[1], flush_interval_seconds=60, max_batch_size=int(sys.argv[3]))
 manager.start_sync()
 
 def on_term(signum, frame):
@@ -175,7 +184,8 @@ signal.signal(signal.SIGTERM, on_term)
 
 SOURCE = manager_module.__file__
 with open(SOURCE) as source:
-    LINE = next(n for n, text in enumerate(source, 1) if text.strip() == "buffer.append(row)")
+    APPEND = next(n for n, text in enumerate(source, 1) if text.strip() == "buffer.append(row)")
+LINE = APPEND + int(sys.argv[2])
 sent = False
 
 def tracer(frame, event, arg):
@@ -200,7 +210,12 @@ asyncio.run(main())
 
 
 class TestStopFromASignalHandler:
-    def test_sigterm_while_recording_does_not_hang_the_stop(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize(
+        ("after_the_append", "batch"), [(0, 1000), (1, 10)], ids=["before", "after"]
+    )
+    def test_sigterm_while_recording_does_not_hang_the_stop(
+        self, tmp_path: Path, after_the_append: int, batch: int
+    ) -> None:
         """README: "No misuse hangs; every method may be called from any thread".
 
         SIGTERM lands while the main thread is inside record_operation's
@@ -208,16 +223,19 @@ class TestStopFromASignalHandler:
         non-reentrant lock and waits forever, and the writer thread then blocks on that
         lock too. Nothing more is written; the service is SIGKILLed after its grace
         period and the 50 records accepted before the signal are lost, unreported.
+
+        With the lock made re-entrant, a second review sent the signal one line later
+        (record 50 queued, not yet counted): the stop left it queued and raised
+        TimeoutError in the handler. A stop now writes whatever is queued.
         """
-        script = tmp_path / "sigterm.py"
-        script.write_text(textwrap.dedent(_SIGTERM_HANDLER))
         try:
-            done = subprocess.run(
-                [sys.executable, str(script), str(tmp_path / "metrics")],
-                capture_output=True,
-                text=True,
+            done = run_script(
+                tmp_path,
+                _SIGTERM_HANDLER,
+                str(tmp_path / "metrics"),
+                str(after_the_append),
+                str(batch),
                 timeout=20,  # then SIGKILL, as a service manager would
-                check=False,
             )
         except subprocess.TimeoutExpired:
             on_disk = len(load_records(tmp_path / "metrics"))
@@ -233,7 +251,58 @@ class TestStopFromASignalHandler:
         assert len(rids) == len(set(rids)) == int(persisted)
 
 
-# A program whose daemon thread records steadily (a job runner, a metrics sampler) and
-# whose main thread returns after 0.3 s: an ordinary interpreter exit. Each record that
-# submit_records() accepted is logged to a file with a raw os.write, so the test knows
-# exactly what was accepted, up to the moment the thread stops running.
+# Python 3.12 refuses to start a thread from an exit handler (RuntimeError "can't create
+# new thread at interpreter shutdown"). The script makes this Python do the same, from an
+# exit hook registered after the library's, so that it runs before it (atexit is LIFO).
+_NO_THREADS_AT_EXIT = """
+import asyncio, atexit, errno, os, sys, threading
+from otel_json_exporter import MetricsManager
+
+def refuse_threads():
+    def start(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+    threading.Thread.start = start
+
+atexit.register(refuse_threads)
+
+base = sys.argv[1]
+real_fsync = os.fsync
+broken = True
+def fsync(fd):
+    if broken and threading.current_thread().name == "otel-json-exporter-writer":
+        raise OSError(errno.EIO, "I/O error")
+    return real_fsync(fd)
+os.fsync = fsync
+
+async def record(manager, count):
+    for rid in range(count):
+        await manager.record_operation("job", "step", 1.0, metadata={"rid": rid})
+
+gave_up = MetricsManager(os.path.join(base, "gave_up"), flush_interval_seconds=60)
+gave_up.start_sync()
+asyncio.run(record(gave_up, 3))
+try:
+    gave_up.stop_sync(0.3)  # the disk fails: stop() gives up, 3 records stay in memory
+except asyncio.TimeoutError:
+    pass
+broken = False  # the disk is back
+for index in range(5):  # five running managers, one record each, flushed only at exit
+    manager = MetricsManager(os.path.join(base, f"running{index}"), flush_interval_seconds=60)
+    manager.start_sync()
+    asyncio.run(record(manager, 1))
+"""
+
+
+class TestExitWhereNoThreadCanStart:
+    def test_the_running_managers_are_still_flushed(self, tmp_path: Path) -> None:
+        """A second review, on Python 3.12: the exit hook's new stop() of the manager
+        whose stop() gave up starts a writer thread, which 3.12 refuses; the
+        RuntimeError ended the hook, and the running managers after it in its loop were
+        not flushed (0 of 5, or 3 of 5, by the set's order). Now the running managers
+        are flushed first, and what cannot be written is logged.
+        """
+        done = run_script(tmp_path, _NO_THREADS_AT_EXIT, str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        flushed = [len(load_records(tmp_path / f"running{index}")) for index in range(5)]
+        assert flushed == [1] * 5, (flushed, done.stderr[-800:])
+        assert "3 records not persisted" in done.stderr, done.stderr[-800:]
