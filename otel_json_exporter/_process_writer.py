@@ -476,6 +476,10 @@ class ProcessBatchWriter:
 
     def _lost(self) -> WriterProcessError:
         self._in_flight = None
+        # A new child starts afresh: the batch is pickled again, and its value raises
+        # again if it always does. Kept, the exception could outlive this writer thread
+        # (a stop that ran out of time does not close()) and end the next one.
+        self._deferred = None
         process = self._let_go()
         code = None
         if process is not None:
