@@ -39,6 +39,7 @@ from typing import Any, Literal, NoReturn, cast
 
 from pydantic import ValidationError
 
+from otel_json_exporter import _sigterm
 from otel_json_exporter._plain import plain_row
 from otel_json_exporter._process_writer import ProcessBatchWriter, QueuedItem, WriterProcessError
 from otel_json_exporter._span_rows import SpanSnapshot
@@ -269,6 +270,7 @@ class MetricsManager:
             else:
                 self._start_worker()
         self._wake_waiters()
+        _sigterm.install(_flush_at_exit)
 
     def _check_startable(self) -> None:
         if self._accepting:
