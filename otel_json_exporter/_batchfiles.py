@@ -21,12 +21,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from otel_json_exporter.pii import safe_validation_message
-from otel_json_exporter.records import MetricsBatch, parse_batch_id
-from otel_json_exporter.writer import iter_batch_files
+from otel_json_exporter.records import BATCH_FILE_PATTERN, MetricsBatch, parse_batch_id
 
-__all__ = ["InvalidBatchFile", "other_metrics_names", "read"]
+__all__ = ["BatchFileGone", "InvalidBatchFile", "other_metrics_names", "read"]
 
 _MAX_ERRORS_SHOWN = 3
+
+
+class BatchFileGone(Exception):
+    """A batch file deleted since the directory was listed (retention, ``cleanup``): skipped."""
 
 
 class InvalidBatchFile(Exception):
@@ -39,13 +42,16 @@ class InvalidBatchFile(Exception):
 
 
 def read(path: Path, batch_id: str) -> MetricsBatch:
-    """The batch in ``path``, named after ``batch_id``; :class:`InvalidBatchFile` if bad."""
+    """The batch in ``path``, named after ``batch_id``; :class:`InvalidBatchFile` if bad,
+    :class:`BatchFileGone` if it was deleted since it was listed."""
     try:
         parse_batch_id(batch_id)
     except ValueError:
         raise InvalidBatchFile(path, "the name is not a real date and time") from None
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise BatchFileGone(path) from None
     except OSError as exc:
         raise InvalidBatchFile(path, f"cannot read: {exc.strerror or exc}") from None
     try:
@@ -61,8 +67,17 @@ def read(path: Path, batch_id: str) -> MetricsBatch:
 
 
 def other_metrics_names(directory: str | os.PathLike[str]) -> Iterator[str]:
-    """Names like ``metrics_*.json`` that are not batch files (left alone by every command)."""
-    batch_names = {path.name for path, _ in iter_batch_files(directory)}
-    for name in sorted(os.listdir(directory)):
-        if fnmatch.fnmatchcase(name, "metrics_*.json") and name not in batch_names:
-            yield name
+    """Names like ``metrics_*.json`` that are not batch files (left alone by every command).
+
+    Judged from one listing, as :func:`~otel_json_exporter.writer.iter_batch_files`
+    judges a name: a batch file a running manager links between two listings must not
+    count as another name.
+    """
+    others = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if fnmatch.fnmatchcase(entry.name, "metrics_*.json") and not (
+                BATCH_FILE_PATTERN.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+            ):
+                others.append(entry.name)
+    yield from sorted(others)

@@ -151,6 +151,8 @@ def summarize(
     for path, batch_id in iter_batch_files(directory):
         try:
             batch = _batchfiles.read(path, batch_id)
+        except _batchfiles.BatchFileGone:
+            continue  # deleted since the listing: not a file of this directory any more
         except _batchfiles.InvalidBatchFile as bad:
             summary.invalid_files.append(bad)
             if on_invalid is not None:

@@ -92,9 +92,12 @@ class _UsageError(Exception):
 
 def _directory(text: str) -> Path:
     path = Path(text)
-    if not path.is_dir():
-        what = "does not exist" if not path.exists() else "is not a directory"
-        raise argparse.ArgumentTypeError(f"{text} {what}")
+    try:
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "is not a directory"
+            raise argparse.ArgumentTypeError(f"{text} {what}")
+    except OSError as exc:  # a parent that cannot be searched (EACCES), a loop of links
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror or exc}") from None
     return path
 
 
@@ -285,8 +288,16 @@ def _when(moment: datetime | None) -> str:
 
 
 def _clip(text: str | None) -> str:
-    text = text or ""
-    return text if len(text) <= _MAX_NAME_WIDTH else text[: _MAX_NAME_WIDTH - 1] + "…"
+    """A name for the table: control characters shown escaped (a newline would forge a
+    row, an escape sequence rewrite the terminal), cut with an ASCII "..." to fit."""
+    text = (text or "").translate(_CONTROL_ESCAPES)
+    if len(text) <= _MAX_NAME_WIDTH:
+        return text
+    return text[: _MAX_NAME_WIDTH - 3] + "..."
+
+
+# C0 and C1 control characters and DEL, as the escapes repr() would write.
+_CONTROL_ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def _stat_cells(stats: GroupStats) -> list[str]:
@@ -348,6 +359,8 @@ def _validate(args: argparse.Namespace) -> int:
     for path, batch_id in iter_batch_files(args.directory):
         try:
             batch = _batchfiles.read(path, batch_id)
+        except _batchfiles.BatchFileGone:
+            continue  # deleted since the listing (retention, cleanup): nothing to check
         except _batchfiles.InvalidBatchFile as bad:
             print(f"{bad.path}: {bad.reason}")
             invalid += 1

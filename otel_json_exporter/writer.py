@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import secrets
@@ -45,6 +46,8 @@ from otel_json_exporter.records import (
     parse_batch_id,
     row_of,
 )
+
+logger = logging.getLogger("otel_json_exporter")
 
 __all__ = [
     "MAX_RETENTION_DAYS",
@@ -299,7 +302,10 @@ def remove_stale_temp_files(
     """Remove temporary files left by writers that died; return what was removed.
 
     A temporary file is removed when the process named in it is gone, or when
-    it is older than ``max_age_seconds``. A live writer's file is never touched.
+    it is older than ``max_age_seconds`` (a live writer's file is that old only
+    when one write took ten minutes; that write then fails and is retried). One
+    that cannot be removed (another user's, in a shared directory; a directory
+    by that name) is left, with a warning: it must not keep a manager from starting.
     """
     removed: list[Path] = []
     now = time.time()
@@ -316,9 +322,18 @@ def remove_stale_temp_files(
         except FileNotFoundError:
             continue
         if age > max_age_seconds or not _pid_alive(int(match.group(1))):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(entry.path)
-                removed.append(Path(entry.path))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning(
+                    "cannot remove stale temporary file %s: %s",
+                    entry.name,
+                    exc.strerror or type(exc).__name__,
+                )
+                continue
+            removed.append(Path(entry.path))
     return removed
 
 
