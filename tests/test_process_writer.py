@@ -479,16 +479,16 @@ class TestReviewFindings:
         self, storage: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         storage.mkdir()
-        stale = storage / ".metrics_999999_abc.tmp"  # left by a writer that is gone
-        stale.write_text("")
-        real_unlink = os.unlink
+        real_scandir = os.scandir
 
-        def unlink(path: object, *args: object, **kwargs: object) -> None:
-            if str(path) == str(stale):
+        def scandir(path: object = ".") -> object:
+            # Listing the directory for stale temporary files, after prepare() started
+            # the child: refused (a stale file that cannot be removed no longer fails).
+            if str(path) == str(storage):
                 raise PermissionError(13, "Permission denied")  # injected at the os call
-            real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+            return real_scandir(path)  # type: ignore[call-overload]
 
-        monkeypatch.setattr(os, "unlink", unlink)
+        monkeypatch.setattr(os, "scandir", scandir)
         manager = make(storage)
         with pytest.raises(PermissionError):
             await manager.start()
