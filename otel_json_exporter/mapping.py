@@ -20,7 +20,8 @@ timestamp          the span's start time, UTC
 success            False when the status is ERROR, or for an HTTP server span whose
                    response status code is 500 or more; True otherwise
 error_message      None on success; else the status description, else the last
-                   ``exception`` event as ``Type: message``, else ``HTTP <code>``
+                   ``exception`` event as ``Type: message``, else ``HTTP <code>``,
+                   else the ``error.type`` attribute
 metadata           the attributes after the PII filter, plus ``trace_id``,
                    ``span_id``, ``parent_span_id``, ``span_kind`` and ``service.name``
 =================  ==================================================================
@@ -230,6 +231,12 @@ def snapshot_of(
             error = status.description or _last_exception(span)
             if not error and http_status is not None:
                 error = f"HTTP {http_status}"
+            if not error:
+                # The stable semantic conventions' class of the failure, set on failed
+                # HTTP, database and RPC spans: "TimeoutError", "500", "_OTHER".
+                error_type = attributes.get("error.type")
+                if isinstance(error_type, str) and error_type:
+                    error = error_type
     snapshot = (
         name,
         kind._value_,  # the enum's value, without the property call of .value

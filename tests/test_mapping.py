@@ -191,6 +191,24 @@ class TestSuccessAndError:
         )
         assert record_of(span).error_message == "HTTP 502"
 
+    def test_else_the_error_type_attribute(self, spans: SpanFactory) -> None:
+        # The stable semantic conventions' failure class (a review found it ignored).
+        span = spans.make(
+            "SELECT orders",
+            SpanKind.CLIENT,
+            {"db.system.name": "postgresql", "error.type": "TimeoutError"},
+            status=Status(StatusCode.ERROR),
+        )
+        record = record_of(span)
+        assert (record.success, record.error_message) == (False, "TimeoutError")
+
+    def test_the_http_status_code_comes_before_the_error_type(self, spans: SpanFactory) -> None:
+        span = spans.make(
+            kind=SpanKind.SERVER,
+            attributes={"http.response.status_code": 503, "error.type": "503"},
+        )
+        assert record_of(span).error_message == "HTTP 503"
+
     def test_error_status_without_any_detail_has_no_message(self, spans: SpanFactory) -> None:
         record = record_of(spans.make(status=Status(StatusCode.ERROR)))
         assert record.success is False
