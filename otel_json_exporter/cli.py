@@ -300,9 +300,21 @@ def _clip(text: str | None) -> str:
 _CONTROL_ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
+def _percent(part: int, whole: int) -> str:
+    """``part`` of ``whole`` in percent, one decimal, or as many more as it takes not to
+    show a share that is there as 0.0, or one that is not all as 100.0."""
+    percent = 100 * part / whole
+    digits = 1
+    text = f"{percent:.{digits}f}"
+    while (part > 0 and float(text) == 0) or (part < whole and float(text) == 100):
+        digits += 1
+        text = f"{percent:.{digits}f}"
+    return text
+
+
 def _stat_cells(stats: GroupStats) -> list[str]:
     sketch = stats.durations
-    rate = f"{100 * stats.errors / stats.count:.1f}" if stats.count else "-"
+    rate = _percent(stats.errors, stats.count) if stats.count else "-"
     cells = [str(stats.count), str(stats.errors), rate]
     cells += [_ms(sketch.quantile(p / 100)) for p in PERCENTILES]
     cells += [_ms(sketch.max if stats.count else None), _when(stats.first), _when(stats.last)]

@@ -298,3 +298,28 @@ def test_table_on_an_ascii_terminal_does_not_crash(tmp_path: Path) -> None:
     result = run("summarize", tmp_path, env=env)
     assert "Traceback" not in result.stderr, result.stderr[-300:]
     assert result.returncode == 0
+
+
+# -- 7. an error rate that is there, shown as none -------------------------------------------
+
+
+def test_error_rate_is_not_shown_as_zero_when_there_are_errors(tmp_path: Path) -> None:
+    """_stat_cells() formatted the rate with '.1f': 1 error in 3,000 records printed
+    'error % 0.0' (and 2,999 of 3,000 printed '100.0')."""
+    now = datetime.now(timezone.utc)
+    records = [
+        OperationRecord(
+            operation_type="t",
+            operation_name="n",
+            duration_ms=1.0,
+            timestamp=now,
+            success=index != 0,
+        )
+        for index in range(3000)
+    ]
+    BatchWriter(tmp_path).write(records, now=now)
+    result = run("summarize", tmp_path)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("t "))
+    cells = row.split()
+    assert cells[3] == "1"  # errors
+    assert cells[4] == "0.03", row
