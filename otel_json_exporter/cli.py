@@ -304,12 +304,16 @@ def _percent(part: int, whole: int) -> str:
     """``part`` of ``whole`` in percent, one decimal, or as many more as it takes not to
     show a share that is there as 0.0, or one that is not all as 100.0."""
     percent = 100 * part / whole
-    digits = 1
-    text = f"{percent:.{digits}f}"
-    while (part > 0 and float(text) == 0) or (part < whole and float(text) == 100):
-        digits += 1
+    text = f"{percent:.1f}"
+    # Bounded: beyond a float's precision more digits change nothing (whole > 10**16).
+    for digits in range(2, _MAX_PERCENT_DIGITS + 1):
+        if not ((part > 0 and float(text) == 0) or (part < whole and float(text) == 100)):
+            break
         text = f"{percent:.{digits}f}"
     return text
+
+
+_MAX_PERCENT_DIGITS = 17
 
 
 def _stat_cells(stats: GroupStats) -> list[str]:

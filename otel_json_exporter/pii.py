@@ -310,8 +310,7 @@ def _rule_says_pii(normalized: str) -> bool:
     ``api_key_2``) are judged without their numbers, and a plural as its singular."""
     if _words_say_pii(normalized):
         return True
-    words = [word.rstrip(_DIGITS) for word in normalized.split("_")]
-    bare = "_".join(word for word in words if word)
+    bare = "_".join(_unnumbered(normalized.split("_")))
     if bare != normalized and _words_say_pii(bare):
         return True
     if len(bare) > 1 and bare.endswith("s") and not bare.endswith("ss"):
@@ -325,6 +324,11 @@ def _rule_says_pii(normalized: str) -> bool:
             or _words_name_pii(singular)
         )
     return False
+
+
+def _unnumbered(words: list[str]) -> list[str]:
+    """``words`` without the digits that end them, and without those that were digits only."""
+    return [word for word in (word.rstrip(_DIGITS) for word in words) if word]
 
 
 def _words_say_pii(normalized: str) -> bool:
@@ -453,22 +457,23 @@ def _describe_key(key: str, policy: PiiPolicy | None = None) -> str:
     # An error names the offending key; a key that itself holds an address (even
     # percent-encoded: bob%40example.com) is masked, and so is the value of a PII
     # parameter in it (password=...).
-    masked, count = mask_text(key)
-    if not count and _holds_pii_text(key):
-        masked = REDACTED
-    return repr(_mask_pairs(masked, policy))
+    return repr(_masked_key(key, policy))
 
 
-def _mask_pairs(text: str, policy: PiiPolicy | None) -> str:
-    """``text`` with the values of its PII ``name=value`` pairs masked, for a message.
+def _masked_key(key: str, policy: PiiPolicy | None) -> str:
+    """A key as a message may name it: an address or credentials in it masked (even
+    percent-encoded: bob%40example.com), and the value of a PII ``name=value`` in it.
 
     An equals sign may also be written full-width (U+FF1D) or in another form that
     NFKC or the tag characters read as one: ``password`` + U+FF1D + ``hunter2`` is
     refused as a key, and must not be repeated in the error that says so.
     """
-    if _holds_equals(text):
-        return (policy or DEFAULT_POLICY).redact(text)[0]
-    return text
+    masked, count = mask_text(key)
+    if not count and _holds_pii_text(key):
+        masked = REDACTED
+    if _holds_equals(masked):
+        return (policy or DEFAULT_POLICY).redact(masked)[0]
+    return masked
 
 
 def _holds_equals(text: str) -> bool:
@@ -552,7 +557,7 @@ class PiiPolicy:
         if not blocked:
             return False
         words = normalized.split("_")
-        bare = [word for word in (w.rstrip(_DIGITS) for w in words) if word]
+        bare = _unnumbered(words)
         # Each ending of whole words looked up once: the cost grows with the key's
         # words, not with how many keys are blocked.
         return any(
@@ -1018,7 +1023,7 @@ def safe_validation_message(
         text = error["msg"].removeprefix("Value error, ")
         message = mask_text(mask_quoted_keys(text, policy))[0]
         # A location part names a key, which may be an address or a name=value pair.
-        where = [_mask_pairs(mask_text(str(part))[0], policy) for part in error["loc"]]
+        where = [_masked_key(str(part), policy) for part in error["loc"]]
         if where and where[-1] == "metadata" and message.startswith("metadata"):
             where.pop()
         parts.append(f"{'.'.join(where)}: {message}" if where else message)
