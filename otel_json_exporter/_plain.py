@@ -34,6 +34,7 @@ _INFINITY = math.inf
 _NEGATIVE_INFINITY = -math.inf
 _AT = ord("@")
 _EQUALS = ord("=")
+_PERCENT = ord("%")
 
 
 def plain_row(
@@ -62,15 +63,15 @@ def plain_row(
         and type(success) is bool
     ):
         return None
-    # The texts go into one string, checked once: "@", "=" or a character beyond
-    # ASCII is in the whole exactly when it is in one of them.
+    # The texts go into one string, checked once: "@", "=", "%" (of a "%40") or a
+    # character beyond ASCII is in the whole exactly when it is in one of them.
     if error_message is None:
         text = operation_type + operation_name
     elif type(error_message) is not str or len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
         return None
     else:
         text = operation_type + operation_name + error_message
-    if "@" in text or "=" in text or not text.isascii():
+    if "@" in text or "=" in text or "%" in text or not text.isascii():
         return None
     json = EMPTY_METADATA
     if metadata is not None:
@@ -101,9 +102,9 @@ def plain_row(
         except ValueError:
             return None
         # The JSON holds every key and text as it is (the serialiser escapes neither
-        # "@", "=" nor what is beyond ASCII), and no number holds "@" or "=": one
-        # search each. The needles are ints: ``b"@" in json`` costs six to ten times
-        # as much, since bytes first tries to read its operand as an int.
-        if _AT in json or _EQUALS in json or not json.isascii():
+        # "@", "=", "%" nor what is beyond ASCII), and no number holds any: one search
+        # each. The needles are ints: ``b"@" in json`` costs six to ten times as
+        # much, since bytes first tries to read its operand as an int.
+        if _AT in json or _EQUALS in json or _PERCENT in json or not json.isascii():
             return None
     return (operation_type, operation_name, duration_ms, timestamp_us, success, error_message, json)

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from otel_json_exporter.pii import REDACTED, PiiPolicy
+from otel_json_exporter.pii import REDACTED, PiiPolicy, mask_cut_end
 from otel_json_exporter.records import (
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_INTEGER_DIGITS,
@@ -67,16 +67,24 @@ SpanSnapshot = tuple[
     "int | None",  # parent span id
     Any,  # the resource's service.name
     Any,  # operation_type from the exporter's own function; None: the default rule
+    "tuple[int | None, bool] | None",  # what the SDK may have cut: see below
 ]
 """A finished span's facts, read by :func:`~otel_json_exporter.mapping.snapshot_of`.
 
 Plain values only (once pickled for the writer process, ``str``, ``int``,
 ``float`` and ``bytes`` subclasses become their plain values), nothing masked
-or validated yet. A tuple of 12, so that it is told from a 7-field
+or validated yet. A tuple of 13, so that it is told from a 7-field
 :data:`~otel_json_exporter.records.QueuedRow` in one queue by its length.
+
+The last field is None unless the SDK cuts attribute values to a length
+(``SpanLimits.max_attribute_length``, ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``):
+then the limit of the span's attributes (None if only events have one), and
+whether the error text ends with an exception message as long as its limit.
+A text that long may end in half an address or password, which
+:func:`~otel_json_exporter.pii.mask_cut_end` masks.
 """
 
-SNAPSHOT_FIELDS = 12
+SNAPSHOT_FIELDS = 13
 
 # SpanKind's values, fixed by the OpenTelemetry specification (tests hold them to the SDK).
 KIND_NAMES = {0: "internal", 1: "server", 2: "client", 3: "producer", 4: "consumer"}
@@ -96,6 +104,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _REPLACEMENT_CHARACTER = "\ufffd"
 _AT = ord("@")
 _EQUALS = ord("=")
+_PERCENT = ord("%")
 _URL_KEYS = tuple(sorted(_URL_LIKE))
 _MAX_SPAN_NANOSECONDS = 10**300  # far beyond any span, far inside what a float holds
 _KIND_BYTES = {name: name.encode("ascii") for name in KIND_NAMES.values()}
@@ -158,13 +167,22 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
         parent_id,
         service,
         declared_type,
+        cut,
     ) = snapshot
     duration_ms = max(end - start, 0) / 1e6 if end is not None else 0.0
     redacted = 0
+    if cut is not None:
+        cut_at, error_cut = cut
+        if error_cut and error:
+            error, redacted = mask_cut_end(text_of(error))
+        if cut_at is not None:
+            attributes, masked = _cut_ends_masked(attributes, cut_at)
+            redacted += masked
 
     name = text_of(name) or "unnamed"
-    if "@" in name or "=" in name or not name.isascii():
-        name, redacted = _clean_text(name, policy)
+    if "@" in name or "=" in name or "%" in name or not name.isascii():
+        name, masked = _clean_text(name, policy)
+        redacted += masked
 
     # PII is masked before the message is cut to 1,000 characters, so that a cut
     # never leaves half an address behind; PiiPolicy.fit makes the cut itself safe.
@@ -198,7 +216,10 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
         operation_type_of(kind, metadata) if declared_type is None else declared_type
     )
     if isinstance(kind_of_operation, str) and (
-        "@" in kind_of_operation or "=" in kind_of_operation or not kind_of_operation.isascii()
+        "@" in kind_of_operation
+        or "=" in kind_of_operation
+        or "%" in kind_of_operation
+        or not kind_of_operation.isascii()
     ):
         kind_of_operation, masked = _clean_text(kind_of_operation, policy)
         redacted += masked
@@ -244,6 +265,7 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         parent_id,
         service,
         declared_type,
+        cut,
     ) = snapshot
     if not (
         type(name) is str
@@ -257,6 +279,8 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         and type(success) is bool
         and type(attributes) is dict
     ):
+        return None
+    if cut is not None and _may_be_cut(cut, attributes):
         return None
     for key, value in attributes.items():
         # Types first, so that the set operations below meet only exact str keys,
@@ -283,12 +307,12 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
     if type(operation_type) is not str:
         return None
     name = name or "unnamed"
-    # One string, searched once: "@", "=" or a character beyond ASCII is in the
-    # whole exactly when it is in one of them.
+    # One string, searched once: "@", "=", "%" (of a "%40") or a character beyond
+    # ASCII is in the whole exactly when it is in one of them.
     text = operation_type + name + (error or "") + (service or "")
-    if "@" in text or "=" in text or not text.isascii():
+    if "@" in text or "=" in text or "%" in text or not text.isascii():
         return None
-    allowed_at = allowed_equals = 0
+    allowed_at = allowed_equals = allowed_percent = 0
     for key in _URL_KEYS:
         value = attributes.get(key)
         if type(value) is str and (
@@ -298,18 +322,20 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
                 return None  # masking would change it
             allowed_at += value.count("@")
             allowed_equals += value.count("=")
+            allowed_percent += value.count("%")
     try:
         json = to_json(attributes)
     except ValueError:  # a lone surrogate; beyond ASCII anyway
         return None
-    # The serialiser escapes neither "@", "=" nor what is beyond ASCII, and no
-    # number or bool holds "@" or "=": the JSON holds each one that the keys and
-    # values hold, and only the URL attributes may hold any. No longer than the
+    # The serialiser escapes neither "@", "=", "%" nor what is beyond ASCII, and no
+    # number or bool holds any: the JSON holds each one that the keys and values
+    # hold, and only the URL attributes may hold any. No longer than the
     # digits an integer may have, it holds no integer with more (longer attributes,
     # a long query text, take the full path: slower, never different).
     if (
         not _holds(json, _AT, allowed_at)
         or not _holds(json, _EQUALS, allowed_equals)
+        or not _holds(json, _PERCENT, allowed_percent)
         or not json.isascii()
         or len(json) > MAX_INTEGER_DIGITS
     ):
@@ -330,6 +356,46 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
     head = json[:-1] + b"," if len(json) > 2 else b"{"  # b"{}": no attributes
     added = _added_json(trace_id, span_id, parent_id, kind_name, service)
     return (operation_type, name, duration_ms, timestamp_us, success, error, head + added)
+
+
+def _may_be_cut(cut: tuple[int | None, bool], attributes: Mapping[str, Any]) -> bool:
+    """Whether the error text, or a text among the attributes, may have been cut short."""
+    cut_at, error_cut = cut
+    return error_cut or (
+        cut_at is not None
+        and any(type(value) is str and len(value) >= cut_at for value in attributes.values())
+    )
+
+
+def _cut_ends_masked(value: Any, cut_at: int) -> tuple[Any, int]:
+    """``value`` with each text at least ``cut_at`` long masked by
+    :func:`~otel_json_exporter.pii.mask_cut_end`, at any depth; and the count masked.
+
+    Returns ``value`` itself when nothing was masked. The SDK cuts the texts of a
+    sequence or mapping value one by one, as it cuts a plain one.
+    """
+    if isinstance(value, str):
+        if len(value) < cut_at:
+            return value, 0
+        text = text_of(value)
+        masked, count = mask_cut_end(text)
+        return (masked, count) if count else (value, 0)
+    if isinstance(value, Mapping):
+        changed: dict[Any, Any] | None = None
+        total = 0
+        for key, item in value.items():
+            clean, count = _cut_ends_masked(item, cut_at)
+            if count:
+                if changed is None:
+                    changed = dict(value)
+                changed[key] = clean
+                total += count
+        return (value, 0) if changed is None else (changed, total)
+    if isinstance(value, (tuple, list)):
+        pairs = [_cut_ends_masked(item, cut_at) for item in value]
+        total = sum(count for _, count in pairs)
+        return (value, 0) if not total else ([clean for clean, _ in pairs], total)
+    return value, 0
 
 
 def _holds(json: bytes, byte: int, expected: int) -> bool:
@@ -430,16 +496,11 @@ def _clean_attributes(
             # attribute, URL masking (as it is once shipped to a writer process).
             value, kind = text_of(value), str  # noqa: PLW2901
         if kind is str:
-            if (
-                "@" not in value
-                and "=" not in value
-                and value.isascii()
-                and ("%" not in value or key not in _URL_LIKE)
-            ):
-                # The common case, kept cheap: an ASCII string without "@" holds no
-                # address and no credentials, and without "=" no name=value pair
-                # (a URL in a referer header, a connection string, password=... in
-                # free text); in a URL attribute "%" may encode any of them.
+            if "@" not in value and "=" not in value and "%" not in value and value.isascii():
+                # The common case, kept cheap: an ASCII string without "@" or "%40"
+                # holds no address and no credentials, and without "=" no name=value
+                # pair (a URL in a referer header, a connection string, password=...
+                # in free text); in a URL attribute "%" may encode any of them.
                 clean[key] = value
                 continue
             if key in _URL_LIKE:
@@ -542,7 +603,7 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
         text = _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
     if "=" in text and ("?" in text or "#" in text or ";" in text):
         return policy.mask_url(text)  # it masks addresses, credentials, parameters too
-    if "@" in text or "=" in text or not text.isascii():
+    if "@" in text or "=" in text or "%" in text or not text.isascii():
         return policy.redact(text)
     return text, 0
 
@@ -550,7 +611,11 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
 def _plain(service: Any) -> bool:
     """Whether a service name needs no cleaning: none, or ASCII text without ``@`` or ``=``."""
     return service is None or (
-        type(service) is str and "@" not in service and "=" not in service and service.isascii()
+        type(service) is str
+        and "@" not in service
+        and "=" not in service
+        and "%" not in service
+        and service.isascii()
     )
 
 

@@ -220,15 +220,22 @@ def snapshot_of(
         raise SpanNotMappable("span has no start time")
     if name is not None and not isinstance(name, str):
         raise SpanNotMappable("span name is not text")
+    try:
+        cut_at = attributes.max_value_len  # the SDK's BoundedAttributes
+    except AttributeError:  # a read-only view, or a span not built by the SDK
+        cut_at = getattr(getattr(span, "_attributes", None), "max_value_len", None)
     attributes = _copy_of(attributes)
     failed = status.status_code is StatusCode.ERROR
     error = None
+    error_cut = False
     if failed or kind is SpanKind.SERVER:
         # An HTTP server span answering 500 or more failed, whatever its status says.
         http_status = http_status_of(attributes)
         failed = failed or (http_status is not None and http_status >= 500)
         if failed:
-            error = status.description or _last_exception(span)
+            error = status.description
+            if not error:
+                error, error_cut = _last_exception(span)
             if not error and http_status is not None:
                 error = f"HTTP {http_status}"
             if not error:
@@ -250,6 +257,7 @@ def snapshot_of(
         parent.span_id if parent is not None else None,
         _service_name(resource),
         None,  # the default rule runs with the rest of the mapping, off the caller's thread
+        None if cut_at is None and not error_cut else (_length(cut_at), error_cut),
     )
     if operation_type is default_operation_type:
         return snapshot
@@ -268,7 +276,7 @@ def with_operation_type(
     declared = text_of(operation_type(span))
     if not (isinstance(declared, str) and declared):
         raise SpanNotMappable("operation_type did not return a non-empty string")
-    return (*snapshot[:-1], declared)
+    return (*snapshot[:11], declared, snapshot[12])
 
 
 def _copy_of(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -301,13 +309,22 @@ def _service_name(resource: Resource | None) -> Any:
     return service
 
 
-def _last_exception(span: ReadableSpan) -> str | None:
+def _last_exception(span: ReadableSpan) -> tuple[str | None, bool]:
+    """The last exception event's type and message, and whether the SDK may have cut the
+    message short (it is as long as the event's attribute length limit)."""
     for event in reversed(span.events):
         if event.name == "exception":
             attributes = event.attributes or {}
             kind = attributes.get("exception.type")
             message = attributes.get("exception.message")
+            limit = _length(getattr(attributes, "max_value_len", None))
+            cut = isinstance(message, str) and limit is not None and len(message) >= limit
             if kind and message:
-                return f"{kind}: {message}"
-            return str(kind or message or "exception")
-    return None
+                return f"{kind}: {message}", cut
+            return str(kind or message or "exception"), cut
+    return None, False
+
+
+def _length(limit: object) -> int | None:
+    """A length limit read from the SDK's ``BoundedAttributes``, if it is one."""
+    return limit if type(limit) is int else None

@@ -85,6 +85,7 @@ __all__ = [
     "REDACTED",
     "PiiPolicy",
     "contains_pii_text",
+    "mask_cut_end",
     "mask_quoted_keys",
     "mask_text",
     "normalize_key",
@@ -158,15 +159,14 @@ _DIGITS = "0123456789"
 # hyphen, zero-width spaces and joiners, bidirectional controls...), fillers and
 # variation selectors. Inside an address or a key they would hide it from a search;
 # the folded form a non-ASCII text is also judged in leaves them out.
-_INVISIBLE = re.compile(
-    "["
+_INVISIBLE_CHARACTERS = (
     "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f\u1160"
     "\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
     "\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd"
     "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef"
-    "]"
 )
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARACTERS}]")
 _TAGS = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)}
 _TAG = re.compile("[\U000e0020-\U000e007e]")
 # Both are zero-width, so that they take linear time on a long run of capitals
@@ -208,14 +208,18 @@ _WORD_SPELLINGS = {
 # A local part's characters, with the apostrophe, straight or typographic (U+2019), so
 # that no part of ``mary.o'brien@...`` is left before the mask. (RFC 5322's other
 # symbols are left out: ``*@example.com`` is a pattern, ``ERROR|bob@x.io`` a log line.)
-_LOCAL_PART = r"[\w.%+'\u2019-]"
+# The invisible characters too, so that one inside a local part (``alice<U+200B>.smith@``)
+# does not leave what comes before it unmasked.
+_LOCAL_PART = rf"[\w.%+'\u2019{_INVISIBLE_CHARACTERS}-]"
 # The look-behind makes a match start only where a run of address characters
 # starts; without it a long run before a lone "@" took quadratic time. The quotes
 # that open the run (``'bob@x.io'`` in a repr) are matched apart, possessively, and
-# kept by the masking.
+# kept by the masking. The "@" may be percent-encoded ("%40"), as in a URL quoted in an
+# error message ("Not Found for url: https://api.example.com/users/ann%40example.com").
+_AT_SIGN = "(?:@|%40)"
 _EMAIL = (
     rf"(?<!{_LOCAL_PART})(?P<quotes>['\u2019]*+){_LOCAL_PART}+"
-    r"@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"
+    rf"{_AT_SIGN}[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{{2,}}"
 )
 # A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it;
 # or, when that finds none, a "user:password" whose password holds "/", "?" or "#"
@@ -227,6 +231,16 @@ _EMAIL = (
 _CREDENTIALS = (
     r"//(?:[^\s/?#]*@"
     r"|[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|$))(?:(?:(?!//)[^\s@])*+@)++)"
+)
+# An address, or URL credentials, that the text's end cuts short: the SDK's attribute
+# length limit cuts a value without looking (``ann.lee@exa``, ``//admin:s3c``). The
+# local part and what is left of the domain, or the user and what is left of the
+# password, run to the end. A port is not taken for a password cut short, nor the
+# host after credentials masked already (``//REDACTED:REDACTED@db``) for an address.
+_CUT_END = re.compile(
+    r"(?P<credentials>//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z))(?:(?!//)[^\s@])*+\Z)"
+    rf"|(?<!{_LOCAL_PART})(?<!//REDACTED:)(?P<quotes>['\u2019]*+){_LOCAL_PART}+"
+    rf"{_AT_SIGN}[\w.-]*+\Z"
 )
 # Credentials already masked are matched first and skipped, so that masking is
 # idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken
@@ -360,6 +374,11 @@ def _words_name_pii(normalized: str) -> bool:
     )
 
 
+def _has_at_sign(text: str) -> bool:
+    """Whether ``text`` holds an "@", plain or percent-encoded: no address without one."""
+    return "@" in text or "%40" in text
+
+
 def _search(text: str) -> re.Match[str] | None:
     for match in _PII_TEXT.finditer(text):
         if not match["masked"]:
@@ -396,7 +415,7 @@ def _search_folded(text: str) -> re.Match[str] | None:
     """Search the folded forms of a non-ASCII string (a full-width at sign, U+FF20, or
     a zero-width space inside an address)."""
     for folded in _folds(text):
-        if "@" in folded:
+        if _has_at_sign(folded):
             match = _search(folded)
             if match is not None:
                 return match
@@ -404,7 +423,7 @@ def _search_folded(text: str) -> re.Match[str] | None:
 
 
 def _find_pii_text(text: str) -> re.Match[str] | None:
-    match = _search(text) if "@" in text else None
+    match = _search(text) if _has_at_sign(text) else None
     if match is None and not text.isascii():
         match = _search_folded(text)
     return match
@@ -440,7 +459,7 @@ def mask_text(text: str) -> tuple[str, int]:
     """
     if type(text) is not str:
         text = text_of(text)
-    if "@" in text:
+    if _has_at_sign(text):
         masked, count = _mask_matches(_PII_TEXT, text)
         if count:
             # Masking one match may uncover another (".@b.io" right after a masked
@@ -451,6 +470,27 @@ def mask_text(text: str) -> tuple[str, int]:
         # Found only in the NFKC form, whose positions do not map back: mask it all.
         return REDACTED, 1
     return text, 0
+
+
+def mask_cut_end(text: str) -> tuple[str, int]:
+    """:func:`mask_text`, and an address or URL credentials that the end cuts short masked.
+
+    For a text that may have been cut to a length limit, as the SDK cuts attribute
+    values longer than ``SpanLimits.max_attribute_length``: what is left of an
+    address or a password is no longer an address or credentials to
+    :func:`mask_text`, yet still personal data.
+
+    >>> mask_cut_end("from bob@example.org and ann.lee@exa")
+    ('from [REDACTED] and [REDACTED]', 2)
+    """
+    text, count = mask_text(text)
+    if "@" not in text and "%40" not in text and "//" not in text:
+        return text, count
+    match = _CUT_END.search(text)
+    if match is None:
+        return text, count
+    mask = _CREDENTIALS_MASK if match["credentials"] else match["quotes"] + REDACTED
+    return text[: match.start()] + mask, count + 1
 
 
 def _describe_key(key: str, policy: PiiPolicy | None = None) -> str:
@@ -579,7 +619,7 @@ class PiiPolicy:
                 kind = type(item)
                 if kind is str:
                     # _text_holds_pii's own first test, inline: most values pass it.
-                    if ("@" in item or "=" in item or not item.isascii()) and (
+                    if ("@" in item or "=" in item or "%" in item or not item.isascii()) and (
                         self._text_holds_pii(item)
                     ):
                         break
@@ -603,7 +643,13 @@ class PiiPolicy:
             if (
                 text is not None
                 # _text_holds_pii's own first test, inline: most texts pass it.
-                and (type(text) is not str or "@" in text or "=" in text or not text.isascii())
+                and (
+                    type(text) is not str
+                    or "@" in text
+                    or "=" in text
+                    or "%" in text
+                    or not text.isascii()
+                )
                 and self._text_holds_pii(text)
             ):
                 raise ValueError(f"{field_name} contains PII")
@@ -611,15 +657,17 @@ class PiiPolicy:
     def _text_holds_pii(self, text: str) -> bool:
         if type(text) is not str:
             text = text_of(text)
-        if "@" not in text and "=" not in text and text.isascii():
-            return False  # no address, credentials or name=value without "@" or "="
+        if "@" not in text and "=" not in text and "%" not in text and text.isascii():
+            return False  # no address, credentials or name=value without "@", "%40" or "="
         if ("text", text) in self._unchanged:
             return False
-        if ("@" in text and _search(text) is not None) or self._pii_parameter(text) is not None:
+        if (_has_at_sign(text) and _search(text) is not None) or self._pii_parameter(
+            text
+        ) is not None:
             return True
         if not text.isascii():
             for folded in _folds(text):  # folded once, for both searches
-                if ("@" in folded and _search(folded) is not None) or self._pii_parameter(
+                if (_has_at_sign(folded) and _search(folded) is not None) or self._pii_parameter(
                     folded
                 ) is not None:
                     return True

@@ -535,3 +535,39 @@ def test_masking_keeps_the_text_around_an_address() -> None:
 )
 def test_key_is_not_pii(key: str) -> None:
     assert not PiiPolicy().is_pii_key(key)
+
+
+# -- an invisible character inside a local part (README review, c02eaca) ---------------
+# The local part stopped at the invisible character: "mail alice<U+200B>[REDACTED]".
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mail alice\u200b.smith@example.com", "mail [REDACTED]"),
+        ("to jean\u00adpierre.dupont@example.com failed", "to [REDACTED] failed"),
+        ("x \U000e0041bob@example.com", "x [REDACTED]"),
+        ("a\u2060b@example.com and c@example.org", "[REDACTED] and [REDACTED]"),
+    ],
+)
+def test_an_invisible_character_inside_a_local_part_is_masked_with_it(
+    text: str, expected: str
+) -> None:
+    assert mask_text(text)[0] == expected
+
+
+async def test_an_invisible_character_inside_an_address_in_names_and_errors(
+    tmp_path: Path,
+) -> None:
+    written = await _record(
+        tmp_path / "ok",
+        operation_type="t",
+        operation_name="mail alice\u200b.smith@example.com",
+        duration_ms=1.0,
+        success=False,
+        error_message="to jean\u00adpierre.dupont@example.com failed",
+    )
+    assert "alice" not in written
+    assert "jean" not in written
+    message = await _refused(tmp_path / "no", {"jean\u00adpierre.dupont@example.com": 1})
+    assert "jean" not in message

@@ -105,12 +105,24 @@ PII_TEXTS = [
     "\uff41\uff4e\uff4e\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.org",
     "j\u00fcrgen@ex\u00e4mple.de",
 ]
-# Text that holds "@" or "=" or is not ASCII, yet holds no PII: the plain path
+# Text that holds "@", "=" or "%" or is not ASCII, yet holds no PII: the plain path
 # must still leave it to the full path, which accepts it.
-ODD_TEXTS = ["a=b", "@", "=", "x@y", "page=2", "caf\u00e9", "\u65e5\u672c", "a\ud800", "é" * 3]
+ODD_TEXTS = [
+    "a=b",
+    "@",
+    "=",
+    "x@y",
+    "page=2",
+    "50%",
+    "%40",
+    "caf\u00e9",
+    "\u65e5\u672c",
+    "a\ud800",
+    "é" * 3,
+]
 
 ASCII = st.characters(max_codepoint=127)  # control characters included
-PLAIN_ASCII = st.characters(max_codepoint=127, blacklist_characters="@=")
+PLAIN_ASCII = st.characters(max_codepoint=127, blacklist_characters="@=%")
 plain_texts = st.text(PLAIN_ASCII, min_size=1, max_size=24)
 embedded_pii = st.tuples(
     st.text(PLAIN_ASCII, max_size=6), st.sampled_from(PII_TEXTS + ODD_TEXTS), st.text(max_size=4)
