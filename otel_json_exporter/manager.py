@@ -210,6 +210,7 @@ class MetricsManager:
         # for its attempt; _taken_for_stop is the count a batch was taken under (-1: running).
         self._stop_generation = 0
         self._taken_for_stop = -1
+        self._writing = 0  # rows of the batch the writer has taken and not yet answered
         self._drain_to = 0  # write until this many records have left the queue
         self._urgent_waiters = 0  # flush() calls waiting: retry at once, not after the backoff
         self._accepted = 0
@@ -293,8 +294,11 @@ class MetricsManager:
         """Stop accepting records, write everything accepted, stop the writer.
 
         Raises ``asyncio.TimeoutError`` naming how many records are not on disk
-        when that takes longer than ``timeout`` seconds (they stay in memory and
-        are written if the manager is started again). Does nothing when not running.
+        when that takes longer than ``timeout`` seconds: those of a batch being
+        written may yet land (the message counts them), the others stay in memory
+        and are written by ``start()`` or ``stop()`` again. Does nothing when not
+        running; while another ``stop()`` is under way, waits with its own timeout,
+        and the later deadline holds.
         """
         if self._begin_stop(timeout):
             await self._wait_async(self._stopped, timeout)
@@ -316,14 +320,18 @@ class MetricsManager:
             if self._accepting:
                 self._accepting = False
             elif self._worker_alive:
-                pass  # a stop() is under way: this one gets its own deadline too
+                pass  # a stop() is under way: the later of the two deadlines holds
             elif self._buffer:
                 # A stop() that gave up left records: this one tries again.
                 self._start_worker()
             else:
                 self._thread = None
                 return False
-            self._stop_deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + timeout
+            if self._stop_deadline is not None and self._worker_alive and not self._accepting:
+                # A stop() with a shorter timeout must not cut another one short.
+                deadline = max(deadline, self._stop_deadline)
+            self._stop_deadline = deadline
             self._stop_tried = False  # at least one attempt, even with a zero timeout
             self._stop_generation += 1
             self._drain_to = self._accepted
@@ -348,10 +356,23 @@ class MetricsManager:
             left = len(self._buffer)
             if self._stopped():
                 self._thread = None
+            writing = self._writing if self._worker_alive else 0
+            going_on = self._worker_alive and not self._stop_expired()
         if left:
-            logger.error("stop: %d records were not persisted within %.3gs", left, timeout)
+            if going_on:
+                detail = "; another stop() with a later deadline is still writing them"
+            elif writing:
+                detail = (
+                    f"; {min(writing, left)} of them are in a batch still being written, "
+                    "which may yet reach the disk"
+                )
+            else:
+                detail = ""
+            logger.error(
+                "stop: %d records were not persisted within %.3gs%s", left, timeout, detail
+            )
             raise asyncio.TimeoutError(
-                f"MetricsManager.stop: {left} records were not persisted within {timeout}s"
+                f"MetricsManager.stop: {left} records were not persisted within {timeout}s{detail}"
             )
 
     # -- producing -----------------------------------------------------------------
@@ -710,9 +731,11 @@ class MetricsManager:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return predicate()
-            try:
-                await asyncio.wait_for(future, remaining)
-            except asyncio.TimeoutError:
+            # asyncio.wait, not wait_for: on Python 3.10 and 3.11, wait_for returns the
+            # result instead of raising CancelledError when the future is resolved in
+            # the loop pass that cancels the caller, and the cancel is lost.
+            done, _ = await asyncio.wait((future,), timeout=remaining)
+            if not done:
                 return predicate()
 
     def _wait_sync(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
@@ -786,6 +809,7 @@ class MetricsManager:
             return True
         written = self._write(batch)
         with self._lock:
+            self._writing = 0
             if not self._accepting and self._taken_for_stop == self._stop_generation:
                 self._stop_tried = True
         if written:
@@ -835,7 +859,9 @@ class MetricsManager:
                 # A batch a process writer sent ahead may have gone before the stop().
                 fresh = stopping and not in_flight
                 self._taken_for_stop = self._stop_generation if fresh else -1
-                return list(islice(self._buffer, self.max_batch_size))
+                batch = list(islice(self._buffer, self.max_batch_size))
+                self._writing = len(batch)
+                return batch
             if now >= self._next_retention:
                 self._next_retention = now + _RETENTION_EVERY
                 return []

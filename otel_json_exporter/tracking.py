@@ -13,7 +13,9 @@ As a decorator of a coroutine function (each call is timed on its own)::
 The duration is measured with ``time.perf_counter``. When the block raises, the
 record has ``success=False`` and ``error_message`` ``"Type: message"``, and the
 exception propagates unchanged; cancellation counts as a failure too
-(``CancelledError``). If recording itself fails (manager stopped, PII in
+(``CancelledError``). ``GeneratorExit`` does not: it is how an async generator whose
+consumer stopped early (``break``, ``aclose()``) is closed, as OpenTelemetry's
+``use_span`` also sees it. If recording itself fails (manager stopped, PII in
 ``metadata``), that error is raised when the block succeeded, and only logged,
 by type, when the block raised, so that it never hides the original exception.
 """
@@ -92,21 +94,20 @@ class track_operation:
             raise RuntimeError("track_operation: __aexit__ without __aenter__")
         duration_ms = (time.perf_counter() - self._started) * 1000
         self._started = None
-        error_message = None
-        if exc_type is not None:
-            error_message = _describe(exc_type, exc)
+        failed = exc_type is not None and not issubclass(exc_type, GeneratorExit)
+        error_message = _describe(exc_type, exc) if failed and exc_type is not None else None
         try:
             await self.manager.record_operation(
                 operation_type=self.operation_type,
                 operation_name=self.operation_name,
                 duration_ms=duration_ms,
-                success=exc_type is None,
+                success=not failed,
                 error_message=error_message,
                 metadata=self.metadata,
             )
         except Exception as recording_error:
             if exc_type is None:
-                raise
+                raise  # nothing of the application's to hide
             logger.warning(
                 "track_operation could not record a failed operation: %s",
                 type(recording_error).__name__,
