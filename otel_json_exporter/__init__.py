@@ -2,17 +2,29 @@
 PII-filtered and written to atomic, fsynced JSON batch files.
 
 >>> from otel_json_exporter import MetricsManager  # doctest: +SKIP
+
+The names below are imported when first used (PEP 562), so that importing one module
+of the package does not import them all: the writer process, which runs
+``_process_writer``, and the command line then start without the OpenTelemetry SDK.
 """
 
 from __future__ import annotations
 
-from otel_json_exporter.exporter import OperationSpanExporter
-from otel_json_exporter.manager import MetricsManager, QueueFullPolicy
-from otel_json_exporter.mapping import default_operation_type, default_span_filter, span_to_record
-from otel_json_exporter.pii import PiiPolicy
-from otel_json_exporter.records import MetricsBatch, MetricsStats, OperationRecord
-from otel_json_exporter.tracking import track_operation
-from otel_json_exporter.writer import StorageError, delete_expired_batches
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from otel_json_exporter.exporter import OperationSpanExporter
+    from otel_json_exporter.manager import MetricsManager, QueueFullPolicy
+    from otel_json_exporter.mapping import (
+        default_operation_type,
+        default_span_filter,
+        span_to_record,
+    )
+    from otel_json_exporter.pii import PiiPolicy
+    from otel_json_exporter.records import MetricsBatch, MetricsStats, OperationRecord
+    from otel_json_exporter.tracking import track_operation
+    from otel_json_exporter.writer import StorageError, delete_expired_batches
 
 __all__ = [
     "MetricsBatch",
@@ -29,3 +41,32 @@ __all__ = [
     "span_to_record",
     "track_operation",
 ]
+
+_HOMES = {
+    "MetricsBatch": "records",
+    "MetricsManager": "manager",
+    "MetricsStats": "records",
+    "OperationRecord": "records",
+    "OperationSpanExporter": "exporter",
+    "PiiPolicy": "pii",
+    "QueueFullPolicy": "manager",
+    "StorageError": "writer",
+    "default_operation_type": "mapping",
+    "default_span_filter": "mapping",
+    "delete_expired_batches": "writer",
+    "span_to_record": "mapping",
+    "track_operation": "tracking",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
