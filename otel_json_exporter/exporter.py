@@ -287,11 +287,12 @@ class OperationSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Write everything exported so far; False if ``timeout_millis`` passed first."""
+        timeout = _seconds(timeout_millis)
         if self._shutdown:
             # Shutdown wrote (or is writing) everything: its outcome is the answer.
-            over = self._shutdown_over.wait(bounded_timeout(timeout_millis / 1000))
+            over = self._shutdown_over.wait(bounded_timeout(timeout))
             return over and self._flushed_at_shutdown
-        return self._flush(timeout_millis / 1000)
+        return self._flush(timeout)
 
     def shutdown(self, timeout_millis: float = DEFAULT_SHUTDOWN_TIMEOUT_MILLIS) -> None:
         """Persist what was exported and stop an owned manager; idempotent.
@@ -304,7 +305,7 @@ class OperationSpanExporter(SpanExporter):
                 logger.warning("Exporter already shutdown, ignoring call")
                 return
             self._shutdown = True
-        timeout = max(timeout_millis, 0) / 1000
+        timeout = _seconds(timeout_millis)
         try:
             if not self._owns_manager:
                 self._flushed_at_shutdown = self._flush(timeout)
@@ -324,3 +325,8 @@ class OperationSpanExporter(SpanExporter):
         except RuntimeError:
             # Not running: a clean stop() wrote everything; anything left is stuck.
             return self._manager.stats().queue_size == 0
+
+
+def _seconds(timeout_millis: float) -> float:
+    """The SDK's timeout in milliseconds as seconds; 0 for a negative one, or NaN."""
+    return timeout_millis / 1000 if timeout_millis >= 0 else 0.0

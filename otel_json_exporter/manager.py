@@ -105,6 +105,20 @@ def bounded_timeout(timeout: float | None) -> float | None:
     return None if timeout is None or timeout >= threading.TIMEOUT_MAX else max(timeout, 0.0)
 
 
+def _check_timeout(timeout: object, *, none_allowed: bool) -> None:
+    """TypeError for a timeout that is no number of seconds, ValueError for NaN or below 0.
+
+    Checked before anything changes. NaN would reach the event loop's timer heap, where
+    it compares false with every other time.
+    """
+    if timeout is None and none_allowed:
+        return
+    if not _is_number(timeout):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:  # type: ignore[arg-type, operator]  # a number
+        raise ValueError("timeout must be a number of seconds, at least 0")
+
+
 def _is_number(value: object) -> bool:
     """An int or a float, not a bool (which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -312,10 +326,7 @@ class MetricsManager:
 
     def _begin_stop(self, timeout: float) -> bool:
         # Checked before anything changes: a bad timeout must not leave a half-stopped manager.
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-        if math.isnan(timeout) or timeout < 0:
-            raise ValueError("timeout must be a number of seconds, at least 0")
+        _check_timeout(timeout, none_allowed=False)
         with self._lock:
             if self._accepting:
                 self._accepting = False
@@ -637,8 +648,10 @@ class MetricsManager:
 
         Raises ``asyncio.TimeoutError`` if ``timeout`` seconds pass first, and
         RuntimeError when the manager is not running, or stops (a ``stop()``
-        that gave up) before the records are written.
+        that gave up) before the records are written. TypeError or ValueError for
+        a ``timeout`` that is not None or a number of seconds, at least 0.
         """
+        _check_timeout(timeout, none_allowed=True)
         target = self._request_flush()
         try:
             finished = await self._wait_async(lambda: self._flush_over(target), timeout)
@@ -649,6 +662,7 @@ class MetricsManager:
 
     def flush_sync(self, timeout: float | None = None) -> bool:
         """Blocking :meth:`flush` for any thread; False when it did not finish in time."""
+        _check_timeout(timeout, none_allowed=True)
         target = self._request_flush()
         try:
             finished = self._wait_sync(lambda: self._flush_over(target), timeout)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_json_exporter import MetricsManager, track_operation
+from otel_json_exporter import MetricsManager, OperationSpanExporter, track_operation
 
 from ._faults import Fault
 from .conftest import load_records
@@ -196,3 +196,29 @@ class TestErrorMessages:
             assert "bob%40example.com" not in str(invalid.value)
         finally:
             await manager.stop()
+
+
+class TestTimeouts:
+    """flush() and flush_sync() take the timeouts stop() takes (NaN reached the event
+    loop's timer heap before); the exporter's SDK-facing methods never raise for one."""
+
+    async def test_flush_refuses_what_stop_refuses(self, storage: Path) -> None:
+        manager = make(storage)
+        await manager.start()
+        await manager.record_operation("job", "step", 1.0)
+        for bad, error in ((math.nan, ValueError), (-1.0, ValueError), ("1", TypeError)):
+            with pytest.raises(error, match="timeout must be a number of seconds"):
+                await manager.flush(timeout=bad)  # type: ignore[arg-type]
+            with pytest.raises(error, match="timeout must be a number of seconds"):
+                manager.flush_sync(bad)  # type: ignore[arg-type]
+        await manager.flush(timeout=None)
+        assert manager.flush_sync(math.inf)
+        await manager.stop()
+        assert len(load_records(storage)) == 1
+
+    def test_the_exporter_answers_any_sdk_timeout(self, storage: Path) -> None:
+        exporter = OperationSpanExporter(storage_path=storage)
+        assert exporter.force_flush(timeout_millis=-1) is True  # nothing pending
+        assert exporter.force_flush(timeout_millis=math.nan) is True  # type: ignore[arg-type]
+        exporter.shutdown(timeout_millis=math.nan)
+        assert exporter.force_flush(timeout_millis=-5) is True
