@@ -21,7 +21,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from otel_json_exporter.pii import safe_validation_message
-from otel_json_exporter.records import BATCH_FILE_PATTERN, MetricsBatch, parse_batch_id
+from otel_json_exporter.records import (
+    AS_WRITTEN,
+    BATCH_FILE_PATTERN,
+    MetricsBatch,
+    parse_batch_id,
+)
 
 __all__ = ["BatchFileGone", "InvalidBatchFile", "other_metrics_names", "read"]
 
@@ -55,7 +60,7 @@ def read(path: Path, batch_id: str) -> MetricsBatch:
     except OSError as exc:
         raise InvalidBatchFile(path, f"cannot read: {exc.strerror or exc}") from None
     try:
-        batch = MetricsBatch.model_validate_json(data)
+        batch = MetricsBatch.model_validate_json(data, context=AS_WRITTEN)
     except ValidationError as exc:
         reason = safe_validation_message(exc, prefix="", max_errors=_MAX_ERRORS_SHOWN)
         raise InvalidBatchFile(path, reason) from None

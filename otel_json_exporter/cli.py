@@ -284,7 +284,8 @@ def _ms(value: float | None) -> str:
 
 
 def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if moment else "-"
+    # isoformat, not strftime: "%Y" leaves a year before 1000 unpadded ("999-01-02").
+    return moment.replace(tzinfo=None).isoformat(" ", "milliseconds") if moment else "-"
 
 
 def _clip(text: str | None) -> str:

@@ -27,12 +27,14 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
 from pydantic_core import to_json
 
 __all__ = [
+    "AS_WRITTEN",
     "BATCH_FILE_PATTERN",
     "MAX_ERROR_MESSAGE_LENGTH",
     "MAX_INTEGER_DIGITS",
@@ -92,7 +94,9 @@ def format_timestamp(moment: datetime) -> str:
 
 def batch_id_for(moment: datetime) -> str:
     """The ``batch_id`` (``YYYYMMDD_HHMMSS_ffffff``) of a batch timestamp."""
-    return moment.astimezone(timezone.utc).strftime(_BATCH_ID_FORMAT)
+    moment = moment.astimezone(timezone.utc)
+    # The year apart: "%Y" leaves a year before 1000 unpadded, a name no reader matches.
+    return f"{moment.year:04d}{moment.strftime(_BATCH_ID_FORMAT[2:])}"
 
 
 def parse_batch_id(batch_id: str) -> datetime:
@@ -246,7 +250,8 @@ Metadata = Annotated[
 class OperationRecord(BaseModel):
     """One finished operation: what ran, how long it took, and whether it worked.
 
-    ``error_message`` is truncated to 1,000 characters. ``metadata`` must be
+    ``error_message`` is truncated to 1,000 characters (refused when read back from a
+    file with the validation context :data:`AS_WRITTEN`). ``metadata`` must be
     JSON-ready; the PII rule is applied by the manager, not here, so that files
     written by older versions still read back. A validation error never repeats
     the input (``hide_input_in_errors``): it may be personal data.
@@ -268,12 +273,19 @@ class OperationRecord(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _truncate_error_message(cls, data: Any) -> Any:
+    def _truncate_error_message(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context is AS_WRITTEN:
+            return data  # a file is checked as it is, not as it would be accepted
         if isinstance(data, dict) and "error_message" in data:
             message = data["error_message"]
             if isinstance(message, str) and len(message) > MAX_ERROR_MESSAGE_LENGTH:
                 data = {**data, "error_message": _cut_error_message(message)}
         return data
+
+
+AS_WRITTEN: dict[str, bool] = {"as_written": True}
+"""Validation context for a record read back from a batch file: what the manager never
+writes (an ``error_message`` over 1,000 characters) is an error, not fixed up."""
 
 
 def _cut_error_message(message: str) -> str:

@@ -24,7 +24,7 @@ import pytest
 
 from otel_json_exporter import MetricsManager, cli
 from otel_json_exporter.cli import main
-from otel_json_exporter.records import OperationRecord
+from otel_json_exporter.records import OperationRecord, batch_id_for, parse_batch_id
 from otel_json_exporter.writer import BatchWriter, iter_batch_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -323,3 +323,53 @@ def test_error_rate_is_not_shown_as_zero_when_there_are_errors(tmp_path: Path) -
     cells = row.split()
     assert cells[3] == "1"  # errors
     assert cells[4] == "0.03", row
+
+
+# -- 8. left from the review, fixed since (on c02eaca) ----------------------------------------
+
+
+def _foreign_batch(directory: Path, record: dict[str, Any]) -> None:
+    batch = {
+        "records": [record],
+        "batch_timestamp": "2025-12-16T08:00:05.123456+00:00",
+        "batch_id": "20251216_080005_123456",
+        "total_records": 1,
+    }
+    (directory / "metrics_20251216_080005_123456.json").write_text(json.dumps(batch))
+
+
+def test_validate_refuses_an_error_message_the_manager_never_writes(tmp_path: Path) -> None:
+    """The model cuts a long error_message to 1,000 characters, and validate read the file
+    through it: a record of 1,001 characters passed, though no manager writes one."""
+    record = {
+        "operation_type": "t",
+        "operation_name": "n",
+        "duration_ms": 1.0,
+        "timestamp": "2025-12-16T08:00:00.000000+00:00",
+        "success": False,
+        "error_message": "x" * 1001,
+        "metadata": {},
+    }
+    _foreign_batch(tmp_path, record)
+    result = run("validate", tmp_path)
+    assert result.returncode == 1
+    assert "records.0.error_message: String should have at most 1000 characters" in (
+        result.stdout + result.stderr
+    )
+    record["error_message"] = "x" * 1000
+    _foreign_batch(tmp_path, record)
+    assert run("validate", tmp_path).returncode == 0
+
+
+def test_a_year_before_1000_is_zero_padded(tmp_path: Path) -> None:
+    """The table formatted times with strftime's %Y, which leaves the year 999 as "999";
+    batch_id_for did too, making a name ("9990102_...") that no reader matches."""
+    when = datetime(999, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    record = OperationRecord(
+        operation_type="t", operation_name="n", duration_ms=1.0, timestamp=when
+    )
+    BatchWriter(tmp_path).write([record], now=datetime.now(timezone.utc))
+    result = run("summarize", tmp_path)
+    assert "0999-01-02 03:04:05.000" in result.stdout, result.stdout
+    assert batch_id_for(when) == "09990102_030405_000000"
+    assert parse_batch_id(batch_id_for(when)) == when
