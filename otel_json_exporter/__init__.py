@@ -11,6 +11,7 @@ of the package does not import them all: the writer process, which runs
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,13 +60,22 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # found directly from now on
-    return value
+# Not seen by type checkers, which take the names from the imports above: with it, a
+# misspelt name would type-check as Any.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        home = _HOMES.get(name)
+        if home is not None:
+            value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+        elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            # A submodule (otel_json_exporter.mapping), an attribute of the package
+            # once imported, as when this module imported them all.
+            value = importlib.import_module(f"{__name__}.{name}")
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value  # found directly from now on
+        return value
 
 
 def __dir__() -> list[str]:

@@ -219,6 +219,7 @@ class MetricsManager:
         self._worker_alive = False
         self._accepting = False
         self._stop_deadline: float | None = None
+        self._stop_waiters = 0  # stop() calls waiting now (a cancelled one waits no more)
         self._stop_tried = False  # the writer has made an attempt for the latest stop()
         # Counts stop() calls, so that a write begun before the latest one is not taken
         # for its attempt; _taken_for_stop is the count a batch was taken under (-1: running).
@@ -315,13 +316,19 @@ class MetricsManager:
         and the later deadline holds.
         """
         if self._begin_stop(timeout):
-            await self._wait_async(self._stopped, timeout)
+            try:
+                await self._wait_async(self._stopped, timeout)
+            finally:
+                self._stop_waited()
             self._end_stop(timeout)
 
     def stop_sync(self, timeout: float = 10.0) -> None:
         """Blocking :meth:`stop`, for code that runs on no event loop."""
         if self._begin_stop(timeout):
-            self._wait_sync(self._stopped, timeout)
+            try:
+                self._wait_sync(self._stopped, timeout)
+            finally:
+                self._stop_waited()
             self._end_stop(timeout)
 
     def _begin_stop(self, timeout: float) -> bool:
@@ -339,10 +346,12 @@ class MetricsManager:
                 self._thread = None
                 return False
             deadline = time.monotonic() + timeout
-            if self._stop_deadline is not None and self._worker_alive and not self._accepting:
-                # A stop() with a shorter timeout must not cut another one short.
+            if self._stop_deadline is not None and self._stop_waiters:
+                # A stop() with a shorter timeout must not cut another one short (one
+                # that was cancelled waits no more: its deadline does not hold).
                 deadline = max(deadline, self._stop_deadline)
             self._stop_deadline = deadline
+            self._stop_waiters += 1
             self._stop_tried = False  # at least one attempt, even with a zero timeout
             self._stop_generation += 1
             self._drain_to = self._accepted
@@ -350,6 +359,10 @@ class MetricsManager:
         # now, not once a stuck write returns.
         self._wake_waiters()
         return True
+
+    def _stop_waited(self) -> None:
+        with self._lock:
+            self._stop_waiters -= 1
 
     def _holds_records(self) -> bool:
         """Whether records wait in memory, or a writer still runs (a stop() under way)."""
@@ -368,7 +381,7 @@ class MetricsManager:
             if self._stopped():
                 self._thread = None
             writing = self._writing if self._worker_alive else 0
-            going_on = self._worker_alive and not self._stop_expired()
+            going_on = self._worker_alive and self._stop_waiters > 0 and not self._stop_expired()
         if left:
             if going_on:
                 detail = "; another stop() with a later deadline is still writing them"

@@ -244,6 +244,8 @@ def snapshot_of(
                 error_type = attributes.get("error.type")
                 if isinstance(error_type, str) and error_type:
                     error = error_type
+                    # An attribute: cut, if at all, to the span's own limit.
+                    error_cut = type(cut_at) is int and len(error_type) >= cut_at
     snapshot = (
         name,
         kind._value_,  # the enum's value, without the property call of .value

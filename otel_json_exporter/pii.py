@@ -216,10 +216,12 @@ _LOCAL_PART = rf"[\w.%+'\u2019{_INVISIBLE_CHARACTERS}-]"
 # that open the run (``'bob@x.io'`` in a repr) are matched apart, possessively, and
 # kept by the masking. The "@" may be percent-encoded ("%40"), as in a URL quoted in an
 # error message ("Not Found for url: https://api.example.com/users/ann%40example.com").
-_AT_SIGN = "(?:@|%40)"
+# Before an encoded "%40", the local part holds no other escape but "%2B" ("+"): in
+# "cc%20%40john.doe" the "%20" is a space, and "@john.doe" a mention, no address.
+_LOCAL_BEFORE_AT = rf"(?:{_LOCAL_PART}+@|(?:[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]|%2[Bb])+%40)"
 _EMAIL = (
-    rf"(?<!{_LOCAL_PART})(?P<quotes>['\u2019]*+){_LOCAL_PART}+"
-    rf"{_AT_SIGN}[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{{2,}}"
+    rf"(?<!{_LOCAL_PART})(?P<quotes>['\u2019]*+){_LOCAL_BEFORE_AT}"
+    r"[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"
 )
 # A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it;
 # or, when that finds none, a "user:password" whose password holds "/", "?" or "#"
@@ -237,10 +239,13 @@ _CREDENTIALS = (
 # local part and what is left of the domain, or the user and what is left of the
 # password, run to the end. A port is not taken for a password cut short, nor the
 # host after credentials masked already (``//REDACTED:REDACTED@db``) for an address.
+# A cut inside the escape itself ("jean.tremblay%4") counts too, when the local part
+# holds a letter: "50%" at the end of a cut value stays.
 _CUT_END = re.compile(
     r"(?P<credentials>//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z))(?:(?!//)[^\s@])*+\Z)"
-    rf"|(?<!{_LOCAL_PART})(?<!//REDACTED:)(?P<quotes>['\u2019]*+){_LOCAL_PART}+"
-    rf"{_AT_SIGN}[\w.-]*+\Z"
+    rf"|(?<!{_LOCAL_PART})(?<!//REDACTED:)(?P<quotes>['\u2019]*+)"
+    rf"(?:{_LOCAL_BEFORE_AT}[\w.-]*+"
+    rf"|(?=[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]*[^\W\d_])[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]+%4?)\Z"
 )
 # Credentials already masked are matched first and skipped, so that masking is
 # idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken
@@ -484,10 +489,16 @@ def mask_cut_end(text: str) -> tuple[str, int]:
     ('from [REDACTED] and [REDACTED]', 2)
     """
     text, count = mask_text(text)
-    if "@" not in text and "%40" not in text and "//" not in text:
+    if "@" not in text and "%" not in text and "//" not in text:
+        if not text.isascii() and any(_CUT_END.search(form) for form in _folds(text)):
+            # A full-width at sign (U+FF20) and the like, found only once folded: the
+            # positions do not map back, so it all goes, as mask_text does.
+            return REDACTED, count + 1
         return text, count
     match = _CUT_END.search(text)
     if match is None:
+        if not text.isascii() and any(_CUT_END.search(form) for form in _folds(text)):
+            return REDACTED, count + 1
         return text, count
     mask = _CREDENTIALS_MASK if match["credentials"] else match["quotes"] + REDACTED
     return text[: match.start()] + mask, count + 1
