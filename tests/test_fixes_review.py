@@ -1,8 +1,9 @@
 """Defects found reviewing c02eaca..8a5cc19 (cut values, "%40", stop/flush, lazy __init__).
 
 Each test failed on 8a5cc19, and passes since the fix. Real SDK pipelines
-(TracerProvider, SimpleSpanProcessor, OperationSpanExporter), real batch files, real subprocesses; the only fault injected
-is a failing ``os.fsync`` on the writer thread (``_faults.Fault``).
+(TracerProvider, SimpleSpanProcessor, OperationSpanExporter), real batch files, real
+subprocesses; the only fault injected is a failing ``os.fsync`` on the writer thread
+(``_faults.Fault``).
 """
 
 from __future__ import annotations
