@@ -22,27 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode, Tracer
 
-from otel_json_exporter import MetricsManager, OperationSpanExporter
+from otel_json_exporter import MetricsManager
 from otel_json_exporter._span_rows import plain_queued_row
 from otel_json_exporter.mapping import snapshot_of, span_to_row
 from otel_json_exporter.pii import DEFAULT_POLICY, mask_cut_end
+
+from ._spans import export_spans, records_in
 
 WRITERS = ["thread", "process"]
 LIMIT = 24
 
 
-def _records(directory: Path) -> list[dict[str, Any]]:
-    return [
-        record
-        for path in sorted(directory.glob("metrics_*.json"))
-        for record in json.loads(path.read_text(encoding="utf-8"))["records"]
-    ]
+_records = records_in
 
 
 def _export(
@@ -53,17 +49,9 @@ def _export(
     limits: SpanLimits | None = None,
     batch: bool = False,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Spans through a real SDK pipeline: the records written, and ``pii_redacted``."""
-    exporter = OperationSpanExporter(storage_path=directory, writer=writer)  # type: ignore[arg-type]
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": "shop"}),
-        span_limits=limits if limits is not None else SpanLimits(max_attribute_length=LIMIT),
-    )
-    processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    make_spans(provider.get_tracer("cut"))
-    provider.shutdown()
-    return _records(directory), exporter.manager.stats().pii_redacted
+    """:func:`export_spans`, with the attribute length limit of this file by default."""
+    limits = limits if limits is not None else SpanLimits(max_attribute_length=LIMIT)
+    return export_spans(directory, make_spans, writer=writer, limits=limits, batch=batch)
 
 
 def _with(attributes: dict[str, Any]) -> Callable[[Tracer], None]:

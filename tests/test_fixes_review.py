@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import subprocess
 import sys
 import textwrap
@@ -21,26 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import Status, StatusCode, Tracer
 
-from otel_json_exporter import MetricsManager, OperationSpanExporter
+from otel_json_exporter import MetricsManager
 from otel_json_exporter.pii import DEFAULT_POLICY
 
 from ._faults import WRITER_THREAD, Fault, on_regular_fd
+from ._spans import export_spans
 
 WRITERS = ["thread", "process"]
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _records(directory: Path) -> list[dict[str, Any]]:
-    return [
-        record
-        for path in sorted(directory.glob("metrics_*.json"))
-        for record in json.loads(path.read_text(encoding="utf-8"))["records"]
-    ]
 
 
 def _export(
@@ -51,15 +41,8 @@ def _export(
     limit: int | None = 24,
 ) -> list[dict[str, Any]]:
     """Spans through a real SDK pipeline; the records written."""
-    exporter = OperationSpanExporter(storage_path=directory, writer=writer)  # type: ignore[arg-type]
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": "shop"}),
-        span_limits=SpanLimits(max_attribute_length=limit) if limit else SpanLimits(),
-    )
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    make_spans(provider.get_tracer("review"))
-    provider.shutdown()
-    return _records(directory)
+    limits = SpanLimits(max_attribute_length=limit) if limit else SpanLimits()
+    return export_spans(directory, make_spans, writer=writer, limits=limits)[0]
 
 
 # -- cut values: what the SDK's length limit left is still personal data --------------
