@@ -16,6 +16,7 @@ Each test failed before the fix, on the leak it names. Real SDK, real files on d
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -41,17 +42,8 @@ LIMIT = 24
 _records = records_in
 
 
-def _export(
-    directory: Path,
-    make_spans: Callable[[Tracer], None],
-    *,
-    writer: str = "thread",
-    limits: SpanLimits | None = None,
-    batch: bool = False,
-) -> tuple[list[dict[str, Any]], int]:
-    """:func:`export_spans`, with the attribute length limit of this file by default."""
-    limits = limits if limits is not None else SpanLimits(max_attribute_length=LIMIT)
-    return export_spans(directory, make_spans, writer=writer, limits=limits, batch=batch)
+# Spans on a provider whose attribute length limit is LIMIT, unless a test gives its own.
+_export = functools.partial(export_spans, limits=SpanLimits(max_attribute_length=LIMIT))
 
 
 def _with(attributes: dict[str, Any]) -> Callable[[Tracer], None]:
