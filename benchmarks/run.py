@@ -76,6 +76,11 @@ def paired_ratio(ours: dict[str, Any], other: dict[str, Any], key: str) -> float
     return ratio
 
 
+def worst(result: dict[str, Any], key: str) -> float:
+    """The highest ``key`` over a result's runs (a latency: the worst round)."""
+    return float(max(run[key] for run in result.get("runs", [result])))
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One result whose numeric fields are the medians over ``runs``."""
     merged = dict(runs[0])
@@ -198,21 +203,23 @@ def direct_rows(label: str, ours: dict[str, Any], logging_: dict[str, Any]) -> l
             f"logger.info {micros(logging_['p50_us'])}",
             f"{ours['p50_us'] / logging_['p50_us']:.2f}x",
         ),
+        # The tail targets are judged on the worst round, not the median of the rounds'
+        # tails: two bad rounds of five would not move a median.
         Row(
-            f"record_operation latency p99, {label}",
-            micros(ours["p99_us"]),
-            f"logger.info {micros(logging_['p99_us'])}",
-            f"{ours['p99_us'] / logging_['p99_us']:.2f}x",
+            f"record_operation latency p99 (worst round), {label}",
+            micros(worst(ours, "p99_us")),
+            f"logger.info {micros(worst(logging_, 'p99_us'))}",
+            f"{worst(ours, 'p99_us') / worst(logging_, 'p99_us'):.2f}x",
             "≤ 25 µs",
-            ours["p99_us"] <= 25,
+            worst(ours, "p99_us") <= 25,
         ),
         Row(
-            f"record_operation latency p99.9, {label}",
-            micros(ours["p999_us"]),
-            f"logger.info {micros(logging_['p999_us'])}",
-            f"{ours['p999_us'] / logging_['p999_us']:.2f}x",
+            f"record_operation latency p99.9 (worst round), {label}",
+            micros(worst(ours, "p999_us")),
+            f"logger.info {micros(worst(logging_, 'p999_us'))}",
+            f"{worst(ours, 'p999_us') / worst(logging_, 'p999_us'):.2f}x",
             "< 1 ms",
-            ours["p999_us"] < 1000,
+            worst(ours, "p999_us") < 1000,
         ),
     ]
     producer, background = ours["producer_cpu_us"], ours["background_cpu_us"]
@@ -373,7 +380,10 @@ def render_settings(results: dict[str, Any], sizes: dict[str, Any]) -> str:
 
 
 def check_complete(results: dict[str, Any]) -> list[str]:
-    """Scenarios whose output lost records: a benchmark that drops data proves nothing."""
+    """Runs whose output lost records: a benchmark that drops data proves nothing.
+
+    Every run, not the medians: one lossy run of five would leave them as they are.
+    """
     problems = []
     for name in (
         "direct_ours",
@@ -382,13 +392,18 @@ def check_complete(results: dict[str, Any]) -> list[str]:
         "memory_queued",
         "memory_overload",
     ):
-        result = results[name]
-        expected = result.get("records", result.get("queued", result.get("produced")))
-        if result["on_disk"] != expected:
-            problems.append(f"{name}: {result['on_disk']} on disk, {expected} expected")
+        for index, run in enumerate(results[name].get("runs", [results[name]]), 1):
+            expected = run.get("records", run.get("queued", run.get("produced")))
+            if run["on_disk"] != expected:
+                problems.append(
+                    f"{name}, run {index}: {run['on_disk']} on disk, {expected} expected"
+                )
     for name, result in results["spans"].items():
-        if result["on_disk"] != result["spans"]:
-            problems.append(f"spans {name}: {result['on_disk']} on disk of {result['spans']}")
+        for index, run in enumerate(result.get("runs", [result]), 1):
+            if run["on_disk"] != run["spans"]:
+                problems.append(
+                    f"spans {name}, run {index}: {run['on_disk']} on disk of {run['spans']}"
+                )
     return problems
 
 

@@ -144,8 +144,9 @@ class TestQuickRun:
             ('writer="process"', "direct_ours_process"),
         ):
             ours = results[name]
-            assert met(writer, "≤ 25 µs") == (ours["p99_us"] <= 25)
-            assert met(writer, "< 1 ms") == (ours["p999_us"] < 1000)
+            # The tail targets are judged on the worst round.
+            assert met(writer, "≤ 25 µs") == (max(r["p99_us"] for r in ours["runs"]) <= 25)
+            assert met(writer, "< 1 ms") == (max(r["p999_us"] for r in ours["runs"]) < 1000)
             assert met(writer, "≥ 100,000 records/s") == (ours["end_to_end_per_second"] >= 100_000)
             assert met(writer, "≥ 5x logging") == (ratio(ours, results["direct_logging"]) >= 5)
             assert ours["settings"]["writer"] == writer.split('"')[1]
@@ -199,3 +200,27 @@ class TestQuickRun:
             len(bench.report["results"][name]["runs"]) == 2
             for name in ("direct_ours", "memory_queued")
         )
+
+
+def _run_module() -> Any:
+    """benchmarks/run.py as a module (it is a script, outside the package)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run
+
+        return run
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_one_lossy_run_of_several_is_reported(bench: QuickRun) -> None:
+    """check_complete compared the medians: one run of five that lost records passed."""
+    run = _run_module()
+    results = json.loads(json.dumps(bench.report["results"]))
+    assert run.check_complete(results) == []
+    results["direct_ours"]["runs"][0]["on_disk"] -= 1
+    results["spans"]["ours"]["runs"][1]["on_disk"] = 0
+    problems = run.check_complete(results)
+    assert len(problems) == 2
+    assert problems[0].startswith("direct_ours, run 1: ")
+    assert problems[1].startswith("spans ours, run 2: 0 on disk")
