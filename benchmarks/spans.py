@@ -32,7 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from _common import POOL_SIZE, count_batch_records, emit, remove_tree, scratch_dir, span_pool
+from _common import (
+    SPAN_POOL_SIZE,
+    count_batch_records,
+    emit,
+    remove_tree,
+    scratch_dir,
+    span_pool,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -174,7 +181,7 @@ def run(kind: str, spans: int, directory: Path) -> dict[str, Any]:
     )
     tracer = provider.get_tracer("bench.http.server")
     error = Status(StatusCode.ERROR)
-    mask = POOL_SIZE - 1
+    mask = SPAN_POOL_SIZE - 1
     started = time.perf_counter()
     for index in range(spans):
         name, attributes, failed = pool[index & mask]
