@@ -72,9 +72,7 @@ async def run_queued(queue_size: int, directory: Path) -> dict[str, Any]:
         kind, name, duration, success, error, metadata = pool[index & mask]
         # A duration of its own per call, as an application measures one; the names are
         # the pool's, as an application passes constants.
-        await manager.record_operation(
-            kind, name, duration + 0.0, success, error, dict(metadata)
-        )
+        await manager.record_operation(kind, name, duration + 0.0, success, error, dict(metadata))
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     del spare_rows
