@@ -897,7 +897,12 @@ class PiiPolicy:
     def _masked(
         self, operation: str, text: str, mask: Callable[[str], tuple[str, int]]
     ) -> tuple[str, int]:
-        """``mask(text)``, remembered when it changed nothing, and never leaving PII."""
+        """``mask(text)``, remembered when it changed nothing, and never leaving PII.
+
+        ``mask`` must run the structured pass over every ``&``-separated pair of the
+        text (``_mask_query`` and ``_mask_url`` do): for a text of such pairs only, the
+        last check is then skipped, as :func:`_only_parameters` explains.
+        """
         text = text_of(text)
         if (operation, text) in self._unchanged:
             return text, 0
