@@ -15,9 +15,10 @@ Scenarios (see each module's docstring for what exactly is timed):
 
 With ``--repeat`` above 1 every scenario runs that many times, in rounds (each
 scenario once per round, in reverse order every second round), and each figure
-is the median; a throughput ratio is the median of the rounds' ratios, each
-taken within its round. Nothing is hard-coded: every number in the table comes
-from this run, and a target is MET only if this run's figure meets it. Exit
+is the median (p99 and p99.9: the worst round's); a throughput ratio is the median
+of the rounds' ratios, each taken within its round. Nothing is hard-coded: every
+number in the table comes from this run, and a target is MET only if this run's
+figure meets it. Exit
 status is 0 even when a target is not met (the table is the result); it is 1
 when a scenario fails or loses records.
 """
@@ -375,7 +376,9 @@ def render_settings(results: dict[str, Any], sizes: dict[str, Any]) -> str:
         f"- memory: {results['memory_queued']['queued']:,} records queued; overload "
         + ", ".join(f"{key}={value!r}" for key, value in overload.items())
     )
-    lines.append(f"- each figure is the median of {sizes['repeat']} run(s)")
+    lines.append(
+        f"- each figure is the median of {sizes['repeat']} run(s), but p99 and p99.9: the worst"
+    )
     return "\n".join(lines)
 
 
