@@ -218,7 +218,8 @@ _LOCAL_PART = rf"[\w.%+'\u2019{_INVISIBLE_CHARACTERS}-]"
 # error message ("Not Found for url: https://api.example.com/users/ann%40example.com").
 # Before an encoded "%40", the local part holds no other escape but "%2B" ("+"): in
 # "cc%20%40john.doe" the "%20" is a space, and "@john.doe" a mention, no address.
-_LOCAL_BEFORE_AT = rf"(?:{_LOCAL_PART}+@|(?:[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]|%2[Bb])+%40)"
+_UNESCAPED_LOCAL_PART = rf"[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]"  # _LOCAL_PART but "%"
+_LOCAL_BEFORE_AT = rf"(?:{_LOCAL_PART}+@|(?:{_UNESCAPED_LOCAL_PART}|%2[Bb])+%40)"
 _EMAIL = (
     rf"(?<!{_LOCAL_PART})(?P<quotes>['\u2019]*+){_LOCAL_BEFORE_AT}"
     r"[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"
@@ -245,7 +246,7 @@ _CUT_END = re.compile(
     r"(?P<credentials>//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z))(?:(?!//)[^\s@])*+\Z)"
     rf"|(?<!{_LOCAL_PART})(?<!//REDACTED:)(?P<quotes>['\u2019]*+)"
     rf"(?:{_LOCAL_BEFORE_AT}[\w.-]*+"
-    rf"|(?=[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]*[^\W\d_])[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]+%4?)\Z"
+    rf"|(?={_UNESCAPED_LOCAL_PART}*[^\W\d_]){_UNESCAPED_LOCAL_PART}+%4?)\Z"
 )
 # Credentials already masked are matched first and skipped, so that masking is
 # idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken
@@ -490,19 +491,15 @@ def mask_cut_end(text: str) -> tuple[str, int]:
     ('from [REDACTED] and [REDACTED]', 2)
     """
     text, count = mask_text(text)
-    if "@" not in text and "%" not in text and "//" not in text:
-        if not text.isascii() and any(_CUT_END.search(form) for form in _folds(text)):
-            # A full-width at sign (U+FF20) and the like, found only once folded: the
-            # positions do not map back, so it all goes, as mask_text does.
-            return REDACTED, count + 1
-        return text, count
-    match = _CUT_END.search(text)
-    if match is None:
-        if not text.isascii() and any(_CUT_END.search(form) for form in _folds(text)):
-            return REDACTED, count + 1
-        return text, count
-    mask = _CREDENTIALS_MASK if match["credentials"] else match["quotes"] + REDACTED
-    return text[: match.start()] + mask, count + 1
+    match = _CUT_END.search(text) if "@" in text or "%" in text or "//" in text else None
+    if match is not None:
+        mask = _CREDENTIALS_MASK if match["credentials"] else match["quotes"] + REDACTED
+        return text[: match.start()] + mask, count + 1
+    if not text.isascii() and any(_CUT_END.search(form) for form in _folds(text)):
+        # A full-width at sign (U+FF20) and the like, found only once folded: the
+        # positions do not map back, so it all goes, as mask_text does.
+        return REDACTED, count + 1
+    return text, count
 
 
 def _describe_key(key: str, policy: PiiPolicy | None = None) -> str:
