@@ -7,7 +7,7 @@ that the second can run where the application's GIL is not: with
 ``writer="process"`` the span exporter hands snapshots to the writer process,
 which maps them (:func:`rows_of`) before it encodes. With the thread writer
 both halves run in ``export()``, one after the other
-(:func:`~otel_json_exporter.mapping.span_to_row`). In both places the common
+(:func:`~otel_json_exporter.mapping.map_spans`). In both places the common
 span, with nothing to mask, drop or refuse, takes a shortcut first
 (:func:`plain_queued_row`) that makes the same queued row in one pass.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,15 +28,18 @@ from pydantic_core import to_json
 
 from otel_json_exporter.pii import REDACTED, PiiPolicy, mask_cut_end
 from otel_json_exporter.records import (
+    INTEGER_LIMIT,
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_INTEGER_DIGITS,
     MAX_METADATA_DEPTH,
     MAX_MICROSECONDS,
     MIN_MICROSECONDS,
+    NEGATIVE_INTEGER_LIMIT,
     QueuedRow,
     RecordRow,
     build_row,
     text_of,
+    valid_unicode,
 )
 
 __all__ = [
@@ -51,7 +53,6 @@ __all__ = [
     "plain_queued_row",
     "rows_of",
     "snapshot_to_row",
-    "valid_unicode",
 ]
 
 SpanSnapshot = tuple[
@@ -99,9 +100,6 @@ _QUERY_ATTRIBUTE = "url.query"
 _URL_LIKE = URL_ATTRIBUTES | {_QUERY_ATTRIBUTE}
 _HTTP_METHOD = ("http.request.method", "http.method")
 _HTTP_STATUS = ("http.response.status_code", "http.status_code")
-_INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_REPLACEMENT_CHARACTER = "\ufffd"
 _AT = ord("@")
 _EQUALS = ord("=")
 _PERCENT = ord("%")
@@ -194,7 +192,7 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
 
     metadata, masked = _clean_attributes(attributes, policy)
     redacted += masked
-    added = metadata if policy.plain_keys >= _ADDED_KEYS and _plain(service) else {}
+    added = metadata if policy.plain_keys >= _ADDED_KEYS and _plain_service(service) else {}
     if trace_id is not None:
         added["trace_id"] = format(trace_id, "032x")
         added["span_id"] = format(span_id, "016x")
@@ -509,7 +507,7 @@ def _clean_attributes(
                 )
             else:
                 clean[key], masked = _clean_text(value, policy)
-        elif kind is bool or (kind is int and -_INTEGER_LIMIT < value < _INTEGER_LIMIT):
+        elif kind is bool or (kind is int and NEGATIVE_INTEGER_LIMIT < value < INTEGER_LIMIT):
             clean[key] = value
             continue
         else:
@@ -538,7 +536,7 @@ def _clean_value(
         # A subclass (an IntEnum member) as the plain number it holds: rows hold
         # builtins only, as validation would make them.
         number = value if type(value) is int else int.__int__(value)
-        if -_INTEGER_LIMIT < number < _INTEGER_LIMIT:
+        if NEGATIVE_INTEGER_LIMIT < number < INTEGER_LIMIT:
             return number, 0
         raise _Unwritable
     if isinstance(value, str):
@@ -599,8 +597,7 @@ def _bytes_hold_pii(data: bytes, policy: PiiPolicy) -> bool:
 def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     """``text`` ready for a record: valid Unicode, PII masked; and the count masked."""
     text = text_of(text)
-    if not text.isascii():
-        text = _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
+    text = valid_unicode(text)
     if "=" in text and ("?" in text or "#" in text or ";" in text):
         return policy.mask_url(text)  # it masks addresses, credentials, parameters too
     if "@" in text or "=" in text or "%" in text or not text.isascii():
@@ -608,8 +605,8 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     return text, 0
 
 
-def _plain(service: Any) -> bool:
-    """Whether a service name needs no cleaning: none, or ASCII text without ``@`` or ``=``."""
+def _plain_service(service: Any) -> bool:
+    """Whether a service name needs no cleaning: none, or ASCII text without ``@``, ``=``, ``%``."""
     return service is None or (
         type(service) is str
         and "@" not in service
@@ -617,8 +614,3 @@ def _plain(service: Any) -> bool:
         and "%" not in service
         and service.isascii()
     )
-
-
-def valid_unicode(text: str) -> str:
-    """``text`` with each lone surrogate, which UTF-8 cannot encode, replaced by U+FFFD."""
-    return text if text.isascii() else _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)

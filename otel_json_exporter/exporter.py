@@ -1,10 +1,9 @@
 """``OperationSpanExporter``: every finished span becomes an operation record.
 
-A thin adapter: :func:`~otel_json_exporter.mapping.span_to_row` maps a span to
+A thin adapter: :func:`~otel_json_exporter.mapping.map_spans` maps each span to
 the row of a validated, PII-masked record (no model is built on this path), and
 :class:`~otel_json_exporter.manager.MetricsManager` checks it against the PII rule
-once more, queues and writes it. Use it with
-either span processor::
+once more, queues and writes it. Use it with either span processor::
 
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -21,10 +20,10 @@ python app.py`` (entry point ``operation_json`` in ``opentelemetry_traces_export
 Two modes:
 
 * **standalone**, ``OperationSpanExporter(storage_path=None, flush_interval_seconds=None,
-  max_batch_size=None, max_queue_size=None, retention_days=None)``: the exporter owns a
-  MetricsManager, configured by :mod:`otel_json_exporter.config` (code, then the
-  ``OTEL_EXPORTER_OPERATION_JSON_*`` variables, then defaults), and started in the
-  constructor, so a storage problem raises
+  max_batch_size=None, max_queue_size=None, *, retention_days=None, writer=None)``: the
+  exporter owns a MetricsManager, configured by :mod:`otel_json_exporter.config` (code,
+  then the ``OTEL_EXPORTER_OPERATION_JSON_*`` variables, then defaults), and started in
+  the constructor, so a storage problem raises
   :class:`~otel_json_exporter.writer.StorageError` there, naming where the path came from.
   ``shutdown()`` stops that manager, which writes everything it holds.
 * **attached**, ``OperationSpanExporter(manager=...)``: records go to a manager the
@@ -67,23 +66,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from pydantic import ValidationError
 
-from otel_json_exporter._span_rows import SpanSnapshot, plain_queued_row, snapshot_to_row
 from otel_json_exporter.config import resolve_settings
 from otel_json_exporter.manager import MetricsManager, WriterKind, bounded_timeout
 from otel_json_exporter.mapping import (
-    ASGI_EVENT_KEY,
     OperationTypeFunction,
     SpanFilter,
-    SpanNotMappable,
     default_operation_type,
     default_span_filter,
-    snapshot_of,
-    with_operation_type,
+    map_spans,
 )
-from otel_json_exporter.pii import PiiPolicy, safe_validation_message
-from otel_json_exporter.records import QueuedRow, RecordRow
+from otel_json_exporter.pii import PiiPolicy
 from otel_json_exporter.writer import StorageError
 
 if TYPE_CHECKING:
@@ -221,40 +214,10 @@ class OperationSpanExporter(SpanExporter):
         if self._shutdown:
             logger.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
-        in_process = self._manager.writer != "process"
-        custom_filter = self._span_filter is not default_span_filter
-        custom_type = self._operation_type is not default_operation_type
-        rows: list[RecordRow | QueuedRow] = []
-        snapshots: list[SpanSnapshot] = []
-        redacted = 0
-        failed = 0
-        problem = ""
-        for span in spans:
-            try:
-                if custom_filter and not self._span_filter(span):
-                    continue
-                snapshot = snapshot_of(span)
-                if not custom_filter and ASGI_EVENT_KEY in snapshot[6]:
-                    continue  # default_span_filter, on the copy already made
-                if custom_type:
-                    snapshot = with_operation_type(snapshot, span, self._operation_type)
-                if in_process:
-                    queued = plain_queued_row(snapshot, self._policy)
-                    if queued is not None:
-                        rows.append(queued)  # checked and encoded: nothing to mask
-                        continue
-                    row, masked = snapshot_to_row(snapshot, self._policy)
-                    rows.append(row)
-                    redacted += masked
-                else:
-                    snapshots.append(snapshot)
-            except ValidationError as exc:
-                failed, problem = failed + 1, safe_validation_message(exc, policy=self._policy)
-            except SpanNotMappable as exc:
-                failed, problem = failed + 1, str(exc)
-            except Exception as exc:  # a user's function, or a malformed span
-                # The type only: a message could carry a value from the span.
-                failed, problem = failed + 1, type(exc).__name__
+        in_child = self._manager.writer == "process"  # the writer process maps the snapshots
+        rows, snapshots, redacted, failed, problem = map_spans(
+            spans, self._policy, self._span_filter, self._operation_type, snapshots_only=in_child
+        )
         count = len(rows) + len(snapshots)
         if failed:
             logger.warning("export: %d spans could not become records (%s)", failed, problem)
@@ -262,7 +225,7 @@ class OperationSpanExporter(SpanExporter):
             return SpanExportResult.SUCCESS
         timeout = self._export_timeout
         try:
-            if in_process:
+            if not in_child:
                 accepted = self._manager._submit_rows(
                     rows, timeout=timeout, redacted=redacted, rejected=failed
                 )

@@ -1,8 +1,9 @@
 """A finished OpenTelemetry span -> one operation record, PII-filtered.
 
-:func:`span_to_row` is the whole mapping step of the span exporter (it builds
-the row the manager queues; :func:`span_to_record` gives the same as a model); it
-does no I/O and can be tested alone. It runs in two halves: :func:`snapshot_of`
+:func:`map_spans` is the whole mapping step of the span exporter: it builds the
+rows the manager queues (:func:`span_to_row` does it for one span,
+:func:`span_to_record` gives the same as a model); it does no I/O and can be
+tested alone. It runs in two halves: :func:`snapshot_of`
 reads from the span what the record is made of (cheap, and the only part that
 needs the span), and :func:`~otel_json_exporter._span_rows.snapshot_to_row` does
 the rest, the PII filter included. With ``writer="process"`` the exporter runs
@@ -58,36 +59,46 @@ in the name, the status description, an exception message, an attribute key or
 value, or ``service.name`` becomes U+FFFD, the replacement character. An
 attribute that no batch file can hold, an integer of more than 4,300 digits or
 nesting deeper than 32 levels anywhere in it, is dropped and counted with the
-redactions (the one count this function returns).
+redactions (the count :func:`span_to_row` returns beside its row).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from pydantic import ValidationError
 
 from otel_json_exporter._span_rows import (
     URL_ATTRIBUTES,
     SpanSnapshot,
     http_status_of,
     operation_type_of,
+    plain_queued_row,
     snapshot_to_row,
 )
-from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy
-from otel_json_exporter.records import OperationRecord, RecordRow, record_from_row, text_of
+from otel_json_exporter.pii import DEFAULT_POLICY, PiiPolicy, safe_validation_message
+from otel_json_exporter.records import (
+    OperationRecord,
+    QueuedRow,
+    RecordRow,
+    record_from_row,
+    text_of,
+)
 
 __all__ = [
     "URL_ATTRIBUTES",
+    "MappedSpans",
     "OperationTypeFunction",
     "SpanFilter",
     "SpanNotMappable",
     "default_operation_type",
     "default_span_filter",
+    "map_spans",
     "snapshot_of",
     "span_to_record",
     "span_to_row",
@@ -177,6 +188,73 @@ def default_span_filter(span: ReadableSpan) -> bool:
     """
     attributes = span.attributes
     return attributes is None or ASGI_EVENT_KEY not in attributes
+
+
+class MappedSpans(NamedTuple):
+    """What :func:`map_spans` made of a batch of spans."""
+
+    rows: list[RecordRow | QueuedRow]
+    """The rows to queue, mapped here (empty when only snapshots were asked for)."""
+    snapshots: list[SpanSnapshot]
+    """The snapshots a writer process maps (empty unless asked for)."""
+    redacted: int
+    """Values masked and keys dropped by the PII filter."""
+    failed: int
+    """Spans that could not become records, left out."""
+    problem: str
+    """Why the last of those failed: ours or a type's name, never a value."""
+
+
+def map_spans(
+    spans: Iterable[ReadableSpan],
+    policy: PiiPolicy,
+    span_filter: SpanFilter = default_span_filter,
+    operation_type: OperationTypeFunction = default_operation_type,
+    *,
+    snapshots_only: bool = False,
+) -> MappedSpans:
+    """The spans ``span_filter`` keeps, mapped as the span exporter queues them.
+
+    Each span becomes a row (:func:`~otel_json_exporter._span_rows.plain_queued_row`'s
+    one pass for a span with nothing to mask, else the full
+    :func:`~otel_json_exporter._span_rows.snapshot_to_row`), or with
+    ``snapshots_only`` only its snapshot, the cheap half that needs the span: the
+    writer process maps those, off the application's GIL. A span that cannot
+    become a record is left out and counted: one bad span never loses the others.
+    """
+    custom_filter = span_filter is not default_span_filter
+    custom_type = operation_type is not default_operation_type
+    rows: list[RecordRow | QueuedRow] = []
+    snapshots: list[SpanSnapshot] = []
+    redacted = failed = 0
+    problem = ""
+    for span in spans:
+        try:
+            if custom_filter and not span_filter(span):
+                continue
+            snapshot = snapshot_of(span)
+            if not custom_filter and ASGI_EVENT_KEY in snapshot[6]:
+                continue  # default_span_filter, on the copy already made
+            if custom_type:
+                snapshot = with_operation_type(snapshot, span, operation_type)
+            if snapshots_only:
+                snapshots.append(snapshot)
+                continue
+            queued = plain_queued_row(snapshot, policy)
+            if queued is not None:
+                rows.append(queued)  # checked and encoded: nothing to mask
+                continue
+            row, masked = snapshot_to_row(snapshot, policy)
+            rows.append(row)
+            redacted += masked
+        except ValidationError as exc:
+            failed, problem = failed + 1, safe_validation_message(exc, policy=policy)
+        except SpanNotMappable as exc:
+            failed, problem = failed + 1, str(exc)
+        except Exception as exc:  # a user's function, or a malformed span
+            # The type only: a message could carry a value from the span.
+            failed, problem = failed + 1, type(exc).__name__
+    return MappedSpans(rows, snapshots, redacted, failed, problem)
 
 
 def span_to_record(

@@ -59,6 +59,7 @@ __all__ = [
     "record_lines",
     "row_of",
     "text_of",
+    "valid_unicode",
 ]
 
 MAX_ERROR_MESSAGE_LENGTH = 1000
@@ -70,7 +71,13 @@ MAX_METADATA_DEPTH = 32
 MAX_INTEGER_DIGITS = 4300
 """Most digits of an integer in ``metadata``: JSON readers (pydantic, Python's
 ``json``) refuse longer ones, and with them the whole batch file."""
-_INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
+INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
+"""An integer in ``metadata`` must lie strictly between this and its negative."""
+NEGATIVE_INTEGER_LIMIT = -INTEGER_LIMIT
+"""Negated once here: ``-INTEGER_LIMIT`` in a check makes a 4,300-digit copy per value."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT_CHARACTER = "\ufffd"
 
 # [0-9], not \d: in Python \d also matches other scripts' digits (Arabic-Indic, full
 # width). Matched with fullmatch: "$" alone also matches before a final newline.
@@ -137,6 +144,11 @@ def text_of(value: Any) -> Any:
     return str.__str__(value) if isinstance(value, str) and type(value) is not str else value
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate, which UTF-8 cannot encode, replaced by U+FFFD."""
+    return text if text.isascii() else _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
+
+
 def _check_unicode(text: str, path: str) -> None:
     # Lone surrogates cannot be written as UTF-8: refuse them rather than mangle them.
     if not text.isascii():
@@ -161,7 +173,7 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
             # An int subclass (an IntEnum...) is copied as the plain int it holds: rows
             # hold builtins only, which any writer (a writer process too) can take.
             value = int.__int__(value)
-        if -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
+        if NEGATIVE_INTEGER_LIMIT < value < INTEGER_LIMIT:
             return value
         raise ValueError(f"metadata {path}: integer has more than {MAX_INTEGER_DIGITS} digits")
     if isinstance(value, str):
@@ -215,7 +227,7 @@ def _flat_copy(mapping: dict[Any, Any]) -> dict[str, Any] | None:
             if not item.isascii():
                 return None
         elif kind is int:
-            if not -_INTEGER_LIMIT < item < _INTEGER_LIMIT:
+            if not NEGATIVE_INTEGER_LIMIT < item < INTEGER_LIMIT:
                 return None
         elif kind is float:
             if not math.isfinite(item):

@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from otel_json_exporter._span_rows import valid_unicode
 from otel_json_exporter.manager import MetricsManager
+from otel_json_exporter.records import valid_unicode
 
 __all__ = ["track_operation"]
 
