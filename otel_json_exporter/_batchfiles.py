@@ -27,8 +27,9 @@ from otel_json_exporter.records import (
     MetricsBatch,
     parse_batch_id,
 )
+from otel_json_exporter.writer import iter_batch_files
 
-__all__ = ["BatchFileGone", "InvalidBatchFile", "other_metrics_names", "read"]
+__all__ = ["BatchFileGone", "InvalidBatchFile", "other_metrics_names", "read", "read_all"]
 
 _MAX_ERRORS_SHOWN = 3
 
@@ -69,6 +70,21 @@ def read(path: Path, batch_id: str) -> MetricsBatch:
             path, f"the file holds batch_id {batch.batch_id}, its name says {batch_id}"
         )
     return batch
+
+
+def read_all(directory: str | os.PathLike[str]) -> Iterator[MetricsBatch | InvalidBatchFile]:
+    """Every batch file of ``directory``, oldest first: each batch, or why its file is bad.
+
+    A file deleted since the listing (retention, ``cleanup``) is skipped: it is not a
+    file of the directory any more. One file is read at a time.
+    """
+    for path, batch_id in iter_batch_files(directory):
+        try:
+            yield read(path, batch_id)
+        except BatchFileGone:
+            continue
+        except InvalidBatchFile as bad:
+            yield bad
 
 
 def other_metrics_names(directory: str | os.PathLike[str]) -> Iterator[str]:

@@ -261,7 +261,9 @@ class _PlainUnpickler(pickle.Unpickler):
 def _receive(fd: int, deadline: float | None = None) -> Any:
     """The next message; None when the other side has closed the pipe, or at ``deadline``.
 
-    Raises OSError (EPROTO) when what arrives is not a message of ours.
+    Raises OSError when what arrives is not a message of ours: EBADMSG for a frame
+    longer than any we send (the pipe is out of step), EPROTO for a payload that
+    cannot be decoded.
     """
     header = _read_exactly(fd, _HEADER.size, deadline)
     if header is None:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-
-from opentelemetry import trace
 
 __all__ = ["install"]
 
@@ -59,7 +58,14 @@ def install(flush_managers: Callable[[], None]) -> None:
 
 
 def _flush_tracer_provider() -> None:
-    """Have the global tracer provider's span processors export what they hold."""
+    """Have the global tracer provider's span processors export what they hold.
+
+    Looked up, not imported: a process that never imported OpenTelemetry's trace
+    API has no tracer provider, and a manager used alone imports no OpenTelemetry.
+    """
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return
     flush = getattr(trace.get_tracer_provider(), "force_flush", None)
     if callable(flush):
         flush(_FLUSH_MILLIS)

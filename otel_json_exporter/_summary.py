@@ -21,7 +21,6 @@ from otel_json_exporter import _batchfiles
 from otel_json_exporter._sketch import DEFAULT_RELATIVE_ACCURACY, LogHistogram
 from otel_json_exporter.pii import DEFAULT_POLICY
 from otel_json_exporter.records import OperationRecord, format_timestamp
-from otel_json_exporter.writer import iter_batch_files
 
 __all__ = ["PERCENTILES", "GroupBy", "GroupStats", "Summary", "summarize"]
 
@@ -148,15 +147,11 @@ def summarize(
     ``on_invalid`` as they are met.
     """
     summary = Summary(group_by, since, until)
-    for path, batch_id in iter_batch_files(directory):
-        try:
-            batch = _batchfiles.read(path, batch_id)
-        except _batchfiles.BatchFileGone:
-            continue  # deleted since the listing: not a file of this directory any more
-        except _batchfiles.InvalidBatchFile as bad:
-            summary.invalid_files.append(bad)
+    for batch in _batchfiles.read_all(directory):
+        if isinstance(batch, _batchfiles.InvalidBatchFile):
+            summary.invalid_files.append(batch)
             if on_invalid is not None:
-                on_invalid(bad)
+                on_invalid(batch)
             continue
         summary.files_read += 1
         for record in batch.records:

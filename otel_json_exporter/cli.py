@@ -32,7 +32,7 @@ from otel_json_exporter import _batchfiles
 from otel_json_exporter._sketch import DEFAULT_RELATIVE_ACCURACY
 from otel_json_exporter._summary import PERCENTILES, GroupStats, Summary, summarize
 from otel_json_exporter.records import MetricsBatch, format_timestamp
-from otel_json_exporter.writer import delete_expired_batches, iter_batch_files
+from otel_json_exporter.writer import delete_expired_batches
 
 __all__ = ["main"]
 
@@ -373,13 +373,9 @@ def _footer(summary: Summary) -> str:
 
 def _validate(args: argparse.Namespace) -> int:
     valid = invalid = records = 0
-    for path, batch_id in iter_batch_files(args.directory):
-        try:
-            batch = _batchfiles.read(path, batch_id)
-        except _batchfiles.BatchFileGone:
-            continue  # deleted since the listing (retention, cleanup): nothing to check
-        except _batchfiles.InvalidBatchFile as bad:
-            print(f"{bad.path}: {bad.reason}")
+    for batch in _batchfiles.read_all(args.directory):
+        if isinstance(batch, _batchfiles.InvalidBatchFile):
+            print(f"{batch.path}: {batch.reason}")
             invalid += 1
             continue
         valid += 1

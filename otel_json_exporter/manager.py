@@ -196,7 +196,7 @@ class MetricsManager:
         self.pii_policy = pii_policy or DEFAULT_POLICY
         self.retention_days = retention_days
         self.writer: WriterKind = writer
-        self._writer: BatchWriter | ProcessBatchWriter = (
+        self._batch_writer: BatchWriter | ProcessBatchWriter = (
             BatchWriter(self.storage_path)
             if writer == "thread"
             else ProcessBatchWriter(self.storage_path, self._following, self.pii_policy)
@@ -263,7 +263,7 @@ class MetricsManager:
         """Blocking :meth:`start`, for code that runs on no event loop."""
         with self._lock:
             self._check_startable()
-        self._writer.prepare()
+        self._batch_writer.prepare()
         try:
             for path in remove_stale_temp_files(self.storage_path):
                 logger.info("removed stale temporary file %s", path.name)
@@ -272,7 +272,7 @@ class MetricsManager:
             with self._lock:
                 idle = not self._worker_alive
             if idle:  # a process writer's child, started for nothing: end it
-                self._writer.close()
+                self._batch_writer.close()
             raise
         with self._lock:
             self._check_startable()  # again: another thread may have started it meanwhile
@@ -535,8 +535,6 @@ class MetricsManager:
         records: Iterable[OperationRecord],
         *,
         timeout: float = 0.0,
-        redacted: int = 0,
-        rejected: int = 0,
     ) -> int:
         """Queue validated records from any thread, without an event loop.
 
@@ -545,11 +543,9 @@ class MetricsManager:
         value) and none is queued. Waits at most ``timeout`` seconds for room;
         records that still do not fit, or that were still waiting when the
         manager stopped, are dropped and counted in ``total_dropped``. Returns
-        how many were accepted. ``redacted`` and ``rejected`` add to the
-        ``pii_redacted`` and ``total_rejected`` counts (values the caller
-        masked, items it could not turn into records). Raises RuntimeError
-        when the manager is not running. The span exporter, which masks PII
-        rather than refusing it, hands records over the same way, as rows.
+        how many were accepted. Raises RuntimeError when the manager is not
+        running. The span exporter, which masks PII rather than refusing it,
+        hands records over the same way, as rows.
         """
         pending = list(records)
         rows: list[RecordRow] = []
@@ -564,8 +560,8 @@ class MetricsManager:
             except Exception as exc:
                 problem = f"not a valid OperationRecord ({type(exc).__name__})"
             if problem is not None:
-                self._refuse(len(pending), redacted, rejected, f"record {index}: {problem}")
-        return self._submit_rows(rows, timeout=timeout, redacted=redacted, rejected=rejected)
+                self._refuse(len(pending), 0, 0, f"record {index}: {problem}")
+        return self._submit_rows(rows, timeout=timeout, redacted=0, rejected=0)
 
     def _refuse(self, count: int, redacted: int, rejected: int, problem: str) -> NoReturn:
         """Count ``count`` items refused (and the caller's counts), then raise ValueError."""
@@ -770,7 +766,7 @@ class MetricsManager:
             return self._cond.wait_for(predicate, bounded_timeout(timeout))
 
     def _wake_waiters(self) -> None:
-        """Wake every waiter so it re-checks its condition (called by the writer thread)."""
+        """Wake every waiter so it re-checks its condition; from any thread."""
         with self._lock:
             self._cond.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
@@ -806,7 +802,7 @@ class MetricsManager:
                 # records stay queued; a later stop() tries to write them once more.
                 logger.exception("the metrics writer stopped; records stay queued")
                 with contextlib.suppress(Exception):
-                    self._writer.close()  # a writer process's child and pipes go with it
+                    self._batch_writer.close()  # a writer process's child and pipes go with it
                 with self._lock:
                     self._worker_errors += 1
                     self._worker_alive = False
@@ -818,7 +814,7 @@ class MetricsManager:
         """Wait for work and do it once; False when the writer should exit."""
         with self._cond:
             batch = self._next_batch()
-            exiting = batch is None and self._writer.closed
+            exiting = batch is None and self._batch_writer.closed
             if exiting:
                 self._worker_alive = False
         if exiting:
@@ -829,7 +825,7 @@ class MetricsManager:
             # so that a stop() that returns in time finds it exited; outside the lock,
             # since a stuck child takes seconds. Then decide again: start() may have
             # come meanwhile.
-            self._writer.close()
+            self._batch_writer.close()
             return True
         if not batch:
             self._apply_retention()
@@ -860,7 +856,7 @@ class MetricsManager:
                 self._next_timed = now + self.flush_interval_seconds
             stopping = not self._accepting
             # Rows the process writer sent ahead head the queue: their answer is next.
-            in_flight = self._writer.in_flight > 0
+            in_flight = self._batch_writer.in_flight > 0
             # A stop writes whatever is queued, counted or not: a signal handler's
             # stop_sync() may land between a record's append and its count.
             ready = in_flight or (
@@ -914,7 +910,7 @@ class MetricsManager:
 
     def _write(self, batch: list[QueuedItem]) -> bool:
         try:
-            written = self._writer.write_rows(batch)  # type: ignore[arg-type]  # spans reach only a ProcessBatchWriter
+            written = self._batch_writer.write_rows(batch)  # type: ignore[arg-type]  # spans reach only a ProcessBatchWriter
         except OSError as exc:
             with self._lock:
                 self._write_errors += 1
@@ -966,7 +962,7 @@ class MetricsManager:
         # Judged without the lock: a span's values may run the application's code
         # (their __str__...), which may call this manager. Only this thread takes
         # items from the head of the queue, so the head stays as it was.
-        kept = [self._writer.accepts(item) for item in head]
+        kept = [self._batch_writer.accepts(item) for item in head]
         with self._lock:
             for _ in head:
                 self._buffer.popleft()
@@ -1028,7 +1024,7 @@ class MetricsManager:
         # The parent's queued records are the parent's to write; the child starts
         # empty, with fresh locks, and its own writer if the parent's was running.
         was_running = self._accepting
-        self._writer.after_fork()
+        self._batch_writer.after_fork()
         self._buffer.clear()
         self._reset_state()
         if was_running:

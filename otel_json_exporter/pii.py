@@ -756,7 +756,7 @@ class PiiPolicy:
         ``;jsessionid=s``, ``password=p`` in a message) becomes ``REDACTED``.
         Free text (a name, an error message, a span attribute value) is masked
         rather than refused. Dropping PII keys from structured values is the
-        span mapping's walk (:mod:`otel_json_exporter.mapping`), which also
+        span mapping's walk (``_span_rows._clean_attributes``), which also
         makes the values JSON-ready.
         """
         text, masked = mask_text(text)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from otel_json_exporter import MetricsManager, cli
+from otel_json_exporter import MetricsManager, _batchfiles
 from otel_json_exporter.cli import main
 from otel_json_exporter.records import OperationRecord, batch_id_for, parse_batch_id
 from otel_json_exporter.writer import BatchWriter, iter_batch_files
@@ -186,7 +186,7 @@ def test_a_batch_file_deleted_concurrently_is_not_reported_invalid(
         old.unlink()  # retention runs right after the listing
         yield from listing
 
-    monkeypatch.setattr(cli, "iter_batch_files", listed_then_deleted)
+    monkeypatch.setattr(_batchfiles, "iter_batch_files", listed_then_deleted)
     code = main(["validate", str(tmp_path)])
     out, _ = capsys.readouterr()
     assert "cannot read" not in out, out

@@ -49,10 +49,11 @@ def _imported_by(statement: str) -> list[str]:
     return eval(result.stdout)  # type: ignore[no-any-return]  # a list of names we printed
 
 
-def test_the_writer_process_and_the_command_line_import_no_opentelemetry() -> None:
+def test_the_writer_process_the_command_line_and_the_manager_import_no_opentelemetry() -> None:
     for statement in (
         "import otel_json_exporter._process_writer",  # what the writer process runs
         "import otel_json_exporter.cli",
+        "from otel_json_exporter import MetricsManager",  # metrics without tracing
     ):
         assert "opentelemetry" not in _imported_by(statement), statement
 

@@ -894,7 +894,7 @@ class TestWriterProcess:
         assert results == [False]
         assert "the metrics writer stopped; records stay queued" in caplog.text
         assert exporter.manager.stats().queue_size == 1
-        assert exporter.manager._writer.closed  # its child and pipes went with it
+        assert exporter.manager._batch_writer.closed  # its child and pipes went with it
         assert not exporter.manager.is_running  # nothing more goes into a queue none drains
         assert exporter.export([hand_built("b")]) is SpanExportResult.FAILURE
         exporter.shutdown()

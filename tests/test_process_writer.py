@@ -40,7 +40,7 @@ def make(storage: Path, **options: object) -> MetricsManager:
 
 
 def child_pid(manager: MetricsManager) -> int:
-    process = manager._writer._process  # type: ignore[union-attr]
+    process = manager._batch_writer._process  # type: ignore[union-attr]
     assert process is not None, "no writer process"
     pid: int = process.pid
     return pid
@@ -188,7 +188,7 @@ class TestFaults:
                 for rid in range(12):
                     await manager.record_operation("job", "step", 1.0, metadata={{"rid": rid}})
                 await manager.flush()
-                print(manager._writer._process.pid, flush=True)
+                print(manager._batch_writer._process.pid, flush=True)
                 os._exit(0)  # no stop(), no exit hooks: the parent is simply gone
 
             asyncio.run(main())
@@ -386,7 +386,7 @@ async def record(tag):
     for rid in range(1500):
         await manager.record_operation("job", tag, float(rid), metadata={"rid": rid})
     await manager.flush()
-    print(tag, manager._writer._process.pid, manager.stats().write_errors, flush=True)
+    print(tag, manager._batch_writer._process.pid, manager.stats().write_errors, flush=True)
     await manager.stop()
 
 
@@ -460,7 +460,7 @@ class TestReviewFindings:
         with pytest.raises(WriterProcessError, match="did not start"):
             await manager.start()
         assert time.monotonic() - started < 5
-        assert manager._writer.closed  # nothing left running
+        assert manager._batch_writer.closed  # nothing left running
         assert not manager.is_running
 
     async def test_an_executable_that_cannot_run_fails_start_and_leaks_no_descriptor(
@@ -492,7 +492,7 @@ class TestReviewFindings:
         manager = make(storage)
         with pytest.raises(PermissionError):
             await manager.start()
-        assert manager._writer.closed  # the child started by prepare() was ended
+        assert manager._batch_writer.closed  # the child started by prepare() was ended
         assert not _process_writer._PIPE_ENDS
 
     async def test_an_idle_child_that_died_is_replaced_without_a_failed_write(
@@ -501,7 +501,7 @@ class TestReviewFindings:
         manager = make(storage, flush_interval_seconds=0.05)
         await manager.start()
         first = child_pid(manager)
-        child = manager._writer._process  # type: ignore[union-attr]
+        child = manager._batch_writer._process  # type: ignore[union-attr]
         assert child is not None
         os.kill(first, signal.SIGKILL)
         await eventually(lambda: child.poll() is not None)  # dead before the next write
@@ -557,7 +557,7 @@ class TestReviewFindings:
             os.close(2)
             manager = MetricsManager({str(storage)!r}, writer="process")
             manager.start_sync()
-            pid = manager._writer._process.pid
+            pid = manager._batch_writer._process.pid
             print(os.readlink(f"/proc/{{pid}}/fd/1"), os.readlink(f"/proc/{{pid}}/fd/2"))
             manager.stop_sync()
             """
@@ -579,7 +579,7 @@ class TestReviewFindings:
             held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
             manager = MetricsManager({str(storage)!r}, writer="process", max_batch_size=10)
             manager.start_sync()
-            pipe = manager._writer._from_child
+            pipe = manager._batch_writer._from_child
 
             async def record():
                 for rid in range(100):
@@ -606,7 +606,7 @@ from otel_json_exporter import MetricsManager
 
 manager = MetricsManager(sys.argv[1], writer="process")
 manager.start_sync()
-writer = manager._writer
+writer = manager._batch_writer
 ends = {os.readlink(f"/proc/self/fd/{fd}") for fd in (writer._to_child, writer._from_child)}
 pid = os.fork()
 if pid == 0:
