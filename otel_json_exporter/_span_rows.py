@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -104,6 +105,10 @@ _AT = ord("@")
 _EQUALS = ord("=")
 _PERCENT = ord("%")
 _URL_KEYS = tuple(sorted(_URL_LIKE))
+# A text that is a URL or a request target and nothing else: a scheme and "//", or a
+# leading "/", and no white space after; and such a URL among words, holding a "=".
+_WHOLE_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*://|/)\S*\Z")
+_URL_IN_TEXT = re.compile(r"(?<!\S)(?:[A-Za-z][A-Za-z0-9+.\-]*://|/)[^\s=]*=\S*")
 _MAX_SPAN_NANOSECONDS = 10**300  # far beyond any span, far inside what a float holds
 _KIND_BYTES = {name: name.encode("ascii") for name in KIND_NAMES.values()}
 
@@ -599,7 +604,22 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     text = text_of(text)
     text = valid_unicode(text)
     if "=" in text and ("?" in text or "#" in text or ";" in text):
-        return policy.mask_url(text)  # it masks addresses, credentials, parameters too
+        if _WHOLE_URL.match(text):
+            return policy.mask_url(text)  # it masks addresses, credentials, parameters too
+        # Free text holding a URL: each URL in it is masked as a URL (a parameter's
+        # value that is itself an encoded URL is looked into), then the whole text as
+        # record_operation masks it. Read whole as a URL, "Error: ... token=t (retry)"
+        # would lose its case (a scheme) and its end.
+        masked = 0
+
+        def mask(url: re.Match[str]) -> str:
+            nonlocal masked
+            text, count = policy.mask_url(url[0])
+            masked += count
+            return text
+
+        text, count = policy.redact(_URL_IN_TEXT.sub(mask, text))
+        return text, masked + count
     if "@" in text or "=" in text or "%" in text or not text.isascii():
         return policy.redact(text)
     return text, 0
