@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from otel_json_exporter.exporter import OperationSpanExporter
-    from otel_json_exporter.manager import MetricsManager, QueueFullPolicy
+    from otel_json_exporter.manager import MetricsManager, QueueFullPolicy, flush_on_sigterm
     from otel_json_exporter.mapping import (
         default_operation_type,
         default_span_filter,
@@ -39,6 +39,7 @@ __all__ = [
     "default_operation_type",
     "default_span_filter",
     "delete_expired_batches",
+    "flush_on_sigterm",
     "span_to_record",
     "track_operation",
 ]
@@ -55,6 +56,7 @@ _HOMES = {
     "default_operation_type": "mapping",
     "default_span_filter": "mapping",
     "delete_expired_batches": "writer",
+    "flush_on_sigterm": "manager",
     "span_to_record": "mapping",
     "track_operation": "tracking",
 }

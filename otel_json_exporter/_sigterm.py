@@ -7,23 +7,30 @@ uvicorn, after its graceful shutdown, restores the handlers it found and raises 
 signal again, and Docker and Kubernetes stop a container with SIGTERM.
 
 So the first manager started on the main thread, while SIGTERM still has its default
-action, installs :func:`_flush_then_die`: it flushes the global tracer provider (what
-the SDK's span processors hold reaches the exporters), then the managers, as the exit
-hook would, and then restores the default action and raises the signal again, so the
-process ends as it would have, killed by SIGTERM. A handler the application installed,
-before or after, is never replaced: that handler decides.
+action, installs the handler made by :func:`_flush_then`: it flushes the global tracer
+provider (what the SDK's span processors hold reaches the exporters), then the
+managers, as the exit hook would, and then restores the default action and raises the
+signal again, so the process ends as it would have, killed by SIGTERM. A handler the
+application installed, before or after, is never replaced: that handler decides.
+
+A server that sets up its signals after the application is imported (gunicorn's
+workers reset SIGTERM after the fork) leaves that handler out; :func:`install_now`,
+called from the server's hook (gunicorn's ``post_worker_init``), puts it back, and
+hands the signal on to the handler it found there, if any, once everything is written.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
-__all__ = ["install"]
+__all__ = ["install", "install_now"]
 
 logger = logging.getLogger("otel_json_exporter")
 
@@ -42,19 +49,46 @@ def install(flush_managers: Callable[[], None]) -> None:
         return
     if not hasattr(signal, "SIGTERM") or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
+    signal.signal(signal.SIGTERM, _flush_then(flush_managers, signal.SIG_DFL))
+    _installed = True
 
-    def _flush_then_die(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+
+def install_now(flush_managers: Callable[[], None]) -> None:
+    """Handle SIGTERM now, whatever handles it: what is held is written first.
+
+    The handler found is kept and called afterwards (the default action, or none if
+    it was ignored). ValueError when not called from the main thread, as
+    ``signal.signal`` says.
+    """
+    global _installed  # noqa: PLW0603  # one handler per process
+    if threading.current_thread() is not threading.main_thread():
+        raise ValueError("the SIGTERM handler can only be installed from the main thread")
+    found = signal.getsignal(signal.SIGTERM)
+    if getattr(found, "_otel_json_exporter", False):
+        return  # ours already: wrapping it again would flush twice
+    signal.signal(signal.SIGTERM, _flush_then(flush_managers, found))
+    _installed = True
+
+
+def _flush_then(flush_managers: Callable[[], None], then: Any) -> Callable[..., None]:
+    """A SIGTERM handler: flush the tracer provider and the managers, then ``then``."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if then is signal.SIG_DFL or then is None:
+            signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
         try:
             _flush_tracer_provider()
             flush_managers()
-        except Exception:  # the process ends anyway: say so, then end it
+        except Exception:  # the process goes on to end: say so
             logger.exception("SIGTERM: writing what was held failed")
         finally:
-            signal.raise_signal(signum)
+            if callable(then):
+                then(signum, frame)
+            elif then is signal.SIG_DFL or then is None:
+                signal.raise_signal(signum)
 
-    signal.signal(signal.SIGTERM, _flush_then_die)
-    _installed = True
+    handler._otel_json_exporter = True  # type: ignore[attr-defined]  # see install_now
+    return handler
 
 
 def _flush_tracer_provider() -> None:
@@ -69,3 +103,15 @@ def _flush_tracer_provider() -> None:
     flush = getattr(trace.get_tracer_provider(), "force_flush", None)
     if callable(flush):
         flush(_FLUSH_MILLIS)
+
+
+def _forget_after_fork() -> None:
+    # The child's server may set up its signals afresh (gunicorn's workers do): the
+    # parent's installation says nothing about the child's, so the first manager
+    # started on the child's main thread may install it again.
+    global _installed  # noqa: PLW0603
+    _installed = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

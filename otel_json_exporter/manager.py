@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
 import logging
 import math
 import multiprocessing.util
@@ -66,7 +67,7 @@ from otel_json_exporter.writer import (
     remove_stale_temp_files,
 )
 
-__all__ = ["MetricsManager", "QueueFullPolicy", "WriterKind"]
+__all__ = ["MetricsManager", "QueueFullPolicy", "WriterKind", "flush_on_sigterm"]
 
 logger = logging.getLogger("otel_json_exporter")
 
@@ -914,14 +915,17 @@ class MetricsManager:
         except OSError as exc:
             with self._lock:
                 self._write_errors += 1
+            if isinstance(exc, WriterProcessError):
+                reason = exc.strerror  # says what happened to the writer process
+            elif exc.errno == errno.ENOENT and not os.path.isdir(self.storage_path):
+                reason = "the directory no longer exists; it is not created again"
+            else:
+                reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
             logger.warning(
-                "batch write of %d records failed (%s); they stay queued and will be retried",
+                "batch write of %d records to %s failed (%s); they stay queued and will be retried",
                 len(batch),
-                exc.strerror  # says what happened to the writer process
-                if isinstance(exc, WriterProcessError)
-                else os.strerror(exc.errno)
-                if exc.errno
-                else type(exc).__name__,
+                self.storage_path,
+                reason,
             )
             return False
         except Exception:
@@ -1035,6 +1039,20 @@ class MetricsManager:
 def _after_fork_in_child() -> None:
     for manager in list(_MANAGERS):
         manager._after_fork_in_child()
+
+
+def flush_on_sigterm() -> None:
+    """On SIGTERM, write what is held, then let the signal do what it did before.
+
+    ``start()`` installs this by itself when SIGTERM has its default action. Call it
+    for a server that sets up its own signals after the application is imported:
+    gunicorn's workers do, so call it from gunicorn's ``post_worker_init`` hook. The
+    handler flushes the global tracer provider (the spans its processors hold) and
+    every running manager (10 s at most each), then calls the handler it replaced,
+    or ends the process by SIGTERM if that was the default action. From the main
+    thread only (ValueError otherwise); a second call changes nothing.
+    """
+    _sigterm.install_now(_flush_at_exit)
 
 
 def _flush_at_exit() -> None:

@@ -108,3 +108,105 @@ signal.pause()
     assert done.stdout == "the application's handler\n"
     # It exited the ordinary way: the exit hook wrote the records.
     assert len(load_records(tmp_path / "metrics")) == 25
+
+
+# gunicorn's way, by hand: the exporter is made in the master (opentelemetry-instrument's
+# sitecustomize), each worker is a fork that sets SIGTERM back to its default action
+# (UvicornWorker.init_signals), then serves as uvicorn does. Without a hook in the
+# worker, the spans its processor holds die with it; flush_on_sigterm() is that hook.
+_FORKED_WORKER = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from otel_json_exporter import flush_on_sigterm
+
+exporter = OperationSpanExporter(storage, flush_interval_seconds=3600)
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=3_600_000))
+trace.set_tracer_provider(provider)
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the master's own handler
+
+pid = os.fork()
+if pid == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the worker's init_signals
+    HOOK
+    found = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # uvicorn serving
+    tracer = trace.get_tracer("worker")
+    for index in range(25):
+        with tracer.start_as_current_span(f"request-{index}"):
+            pass
+    signal.signal(signal.SIGTERM, found)  # uvicorn's graceful shutdown is over
+    signal.raise_signal(signal.SIGTERM)
+    os._exit(3)  # not reached when the signal ends the worker
+_, status = os.waitpid(pid, 0)
+print("worker", os.waitstatus_to_exitcode(status), flush=True)
+os._exit(0)  # the master leaves the worker's records alone
+"""
+
+
+def test_a_forked_worker_that_resets_sigterm_writes_its_spans_with_the_hook(
+    tmp_path: Path,
+) -> None:
+    done = _run(tmp_path, _FORKED_WORKER.replace("HOOK", "flush_on_sigterm()"))
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout == f"worker {-signal.SIGTERM}\n", done.stderr[-800:]
+    assert len(load_records(tmp_path / "metrics")) == 25, done.stderr[-800:]
+
+
+def test_without_the_hook_such_a_worker_loses_its_spans(tmp_path: Path) -> None:
+    """Why the hook exists: the case README tells gunicorn users about."""
+    done = _run(tmp_path, _FORKED_WORKER.replace("HOOK", "pass"))
+    assert done.stdout == f"worker {-signal.SIGTERM}\n", done.stderr[-800:]
+    assert load_records(tmp_path / "metrics") == []
+
+
+def test_the_hook_writes_first_then_calls_the_handler_it_found(tmp_path: Path) -> None:
+    done = _run(
+        tmp_path,
+        """
+from otel_json_exporter import flush_on_sigterm
+from pathlib import Path
+
+def mine(signum, frame):
+    on_disk = sum(1 for _ in Path(storage).glob("metrics_*.json"))
+    print("the application's handler, batch files on disk:", on_disk, flush=True)
+    os._exit(0)  # no exit hook: only what the SIGTERM handler wrote is there
+
+signal.signal(signal.SIGTERM, mine)
+manager = MetricsManager(storage, flush_interval_seconds=3600)
+manager.start_sync()
+assert signal.getsignal(signal.SIGTERM) is mine  # start() leaves it alone
+flush_on_sigterm()
+flush_on_sigterm()  # a second call wraps nothing twice
+asyncio.run(record(manager, 25))
+os.kill(os.getpid(), signal.SIGTERM)
+signal.pause()
+""",
+    )
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout == "the application's handler, batch files on disk: 1\n"
+    assert len(load_records(tmp_path / "metrics")) == 25
+
+
+def test_the_hook_is_refused_off_the_main_thread(tmp_path: Path) -> None:
+    done = _run(
+        tmp_path,
+        """
+import threading
+from otel_json_exporter import flush_on_sigterm
+
+errors = []
+def install():
+    try:
+        flush_on_sigterm()
+    except ValueError as exc:
+        errors.append(str(exc))
+thread = threading.Thread(target=install)
+thread.start()
+thread.join()
+print(errors, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+""",
+    )
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "can only be installed from the main thread" in done.stdout
+    assert done.stdout.endswith("True\n")
