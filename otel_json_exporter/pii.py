@@ -120,12 +120,15 @@ _FORBIDDEN_SUFFIXES = (
     "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
     "_authorization", "_cookie", "_set_cookie", "_jsessionid", "_phpsessid",
 )  # fmt: skip
+# Credentials beyond the specification's words: an "X-Auth" header's, a JSON Web Token,
+# a one-time password.
+_CREDENTIAL_KEYS = ("auth", "jwt", "otp")
 # As endings too, save after "is_" or "has_", which make a yes or no of them (is_phone).
-_IDENTIFIER_SUFFIXES = tuple("_" + key for key in _IDENTIFIER_KEYS)
+_IDENTIFIER_SUFFIXES = tuple("_" + key for key in (*_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS))
 _FLAG_PREFIXES = ("is_", "has_")
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
-    "jsessionid", "phpsessid", *_IDENTIFIER_KEYS,
+    "jsessionid", "phpsessid", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS,
 }  # fmt: skip
 _ALWAYS_PII_TOKENS = frozenset({"email", "username", "password", "surname"})
 _NAME_OWNERS = frozenset(

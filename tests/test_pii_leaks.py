@@ -531,10 +531,45 @@ def test_masking_keeps_the_text_around_an_address() -> None:
         "num_secrets",
         "num_credit_cards",
         "pending_authorizations",
+        # Beside the credential words auth, jwt and otp (a user's trial, below).
+        "oauth",
+        "oauth_scope",
+        "author",
+        "authority",
+        "auth_method",
+        "jwt_algorithm",
+        "otp_length",
+        "is_otp",
+        "has_auth",
     ],
 )
 def test_key_is_not_pii(key: str) -> None:
     assert not PiiPolicy().is_pii_key(key)
+
+
+# A new user's trial captured every request header: X-JWT, X-Auth and X-OTP reached the
+# disk. Credential words beyond the specification's, exact or as whole-word endings.
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "auth",
+        "jwt",
+        "otp",
+        "x-auth",
+        "X-JWT",
+        "x_otp",
+        "basic_auth",
+        "proxyAuth",
+        "jwts",
+        "http.request.header.x-auth",
+        "http.request.header.x_jwt",
+        "user.otp2",
+    ],
+)
+def test_credential_words_are_pii(key: str) -> None:
+    assert PiiPolicy().is_pii_key(key)
 
 
 # -- an invisible character inside a local part (README review, c02eaca) ---------------

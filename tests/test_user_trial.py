@@ -192,3 +192,37 @@ def test_a_storage_directory_removed_while_running_is_named_in_the_warning(
         asyncio.run(scenario())
     assert f"to {storage} failed (the directory no longer exists" in caplog.text
     assert [record["operation_name"] for record in _records(storage)] == ["step"]
+
+
+def test_credential_headers_captured_by_the_fastapi_instrumentation_are_dropped(
+    tmp_path: Path,
+) -> None:
+    """Every request header captured (``http_capture_headers_server_request=[".*"]``):
+    X-JWT, X-Auth and X-OTP values reached the disk; the rule now blocks those keys."""
+    exporter = OperationSpanExporter(tmp_path / "spans")
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    app = FastAPI()
+
+    @app.get("/me")
+    async def me() -> dict[str, bool]:
+        return {"ok": True}
+
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=provider, http_capture_headers_server_request=[".*"]
+    )
+    secrets = {"x-jwt": "eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl", "x-auth": "k-8731", "x-otp": "902114"}
+
+    async def drive() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/me", headers={**secrets, "x-request-id": "r-1"})
+            return response.status_code
+
+    assert asyncio.run(drive()) == 200
+    provider.shutdown()
+    raw = "".join(path.read_text() for path in (tmp_path / "spans").glob("metrics_*.json"))
+    (record,) = [r for r in _records(tmp_path / "spans") if r["operation_type"] == "api_request"]
+    assert record["metadata"]["http.request.header.x_request_id"] == ["r-1"]  # captured
+    for header, value in secrets.items():
+        assert value not in raw, header
