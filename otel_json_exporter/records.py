@@ -8,7 +8,7 @@ These models are the single definition of the format. The manager validates with
 them at record time (through :func:`build_row`, proven equal to ``model_validate``,
 or for the plain common case ``_plain.plain_row``, proven equal to ``build_row``),
 the writer encodes each record exactly as ``model_dump_json`` would (from rows,
-:func:`record_lines`, without a model per record), and the command line reads
+:func:`encode_lines`, without a model per record), and the command line reads
 files back through them.
 """
 
@@ -324,7 +324,7 @@ The timestamp is an ``int``, microseconds since the Unix epoch (UTC), the
 cheapest clock to read and to format. A tuple costs about a third of a model
 instance with its field dict, and the queue holds up to ``max_queue_size``
 records, each as a row with its metadata encoded (:data:`QueuedRow`). The
-writer encodes rows directly (:func:`record_lines`); :func:`record_from_row` turns
+writer encodes rows directly (:func:`encode_lines`); :func:`record_from_row` turns
 one back into an :class:`OperationRecord`.
 """
 
@@ -337,7 +337,7 @@ stops tracking the first time it looks at it. A queued row holding a dict stayed
 tracked while it waited: the collector went over the whole queue again and
 again, and its pauses were most of the calls slower than a millisecond
 (``benchmarks/HISTORY.md``). The writer puts the text in as it is, as the last key
-(:func:`record_lines`).
+(:func:`encode_lines`).
 """
 
 EMPTY_METADATA = b"{}"

@@ -3,7 +3,7 @@
 Everything here is synchronous and uses plain ``os`` calls, so it works on any
 thread, including during interpreter shutdown when thread pools refuse new work.
 
-How one batch is written (:meth:`BatchWriter.write`):
+How one batch is written (:meth:`BatchWriter.write_rows`):
 
 1. encode the batch (its ``batch_id`` comes from its ``batch_timestamp``);
 2. write it to ``.metrics_<pid>_<random>.tmp`` in the storage directory,
@@ -79,7 +79,7 @@ class StorageError(OSError):
 
 @dataclass(frozen=True)
 class WrittenBatch:
-    """What one successful :meth:`BatchWriter.write` put on disk.
+    """What one successful :meth:`BatchWriter.write_rows` put on disk.
 
     A batch handed to the writer process may also hold spans still to be mapped:
     ``rejected`` counts those that could not become records (left out, so the
