@@ -94,6 +94,7 @@ _INITIAL_BACKOFF = 0.1
 _MAX_BACKOFF = 30.0
 _MAX_DOUBLINGS = 16  # 0.1 * 2**16 is well past the cap, and 2**n never overflows
 _URGENT_RETRY = 0.05  # flush() and stop() retry at once, but never spin on a dead disk
+_FAILURE_LOG_EVERY = 30.0  # a failing disk's warning, repeated at most this often
 _POISON_AFTER = 3  # unexpected failures of one batch in a row before records are checked alone
 _RETENTION_EVERY = 3600.0
 _EXIT_FLUSH_TIMEOUT = 10.0
@@ -784,6 +785,8 @@ class MetricsManager:
         self._next_retention = now + _RETENTION_EVERY
         self._retry_at = 0.0
         self._failures = 0
+        self._unlogged_failures = 0  # failed writes since the last warning said so
+        self._failure_logged = ("", 0.0)  # that warning's reason, and when
         self._unexpected_in_row = 0
         while True:
             try:
@@ -837,6 +840,13 @@ class MetricsManager:
             if not self._accepting and self._taken_for_stop == self._stop_generation:
                 self._stop_tried = True
         if written:
+            if self._failures:
+                logger.info(
+                    "batch writes to %s succeed again, after %d failed attempts",
+                    self.storage_path,
+                    self._failures,
+                )
+                self._unlogged_failures = 0
             self._failures = 0
             self._retry_at = 0.0
         else:
@@ -906,6 +916,33 @@ class MetricsManager:
                 return None  # a partial batch that nothing asks to write yet
             return list(islice(self._buffer, taken, taken + self.max_batch_size))
 
+    def _log_failure(self, records: int, reason: str) -> None:
+        """Warn of a failed write: the first of a run, a new reason, then every 30 s at most.
+
+        A dead disk is retried every 50 ms while flush() or stop() waits: a line per
+        attempt would flood the log. The next line counts those left out (and
+        ``write_errors`` counts them all).
+        """
+        now = time.monotonic()
+        reason_logged, logged_at = self._failure_logged
+        if (
+            self._unlogged_failures
+            and reason == reason_logged
+            and now < logged_at + _FAILURE_LOG_EVERY
+        ):
+            self._unlogged_failures += 1
+            return
+        left_out = max(self._unlogged_failures - 1, 0)
+        logger.warning(
+            "batch write of %d records to %s failed (%s); they stay queued and will be retried%s",
+            records,
+            self.storage_path,
+            reason,
+            f" ({left_out} failed attempts since the last warning)" if left_out else "",
+        )
+        self._unlogged_failures = 1
+        self._failure_logged = (reason, now)
+
     def _stop_expired(self) -> bool:
         return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
 
@@ -916,17 +953,12 @@ class MetricsManager:
             with self._lock:
                 self._write_errors += 1
             if isinstance(exc, WriterProcessError):
-                reason = exc.strerror  # says what happened to the writer process
+                reason = exc.strerror or type(exc).__name__  # what befell the process
             elif exc.errno == errno.ENOENT and not os.path.isdir(self.storage_path):
                 reason = "the directory no longer exists; it is not created again"
             else:
                 reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
-            logger.warning(
-                "batch write of %d records to %s failed (%s); they stay queued and will be retried",
-                len(batch),
-                self.storage_path,
-                reason,
-            )
+            self._log_failure(len(batch), reason)
             return False
         except Exception:
             with self._lock:

@@ -83,6 +83,7 @@ class TestWriteFaults:
         fault: tuple[str, int, Any],
     ) -> None:
         name, error, match = fault
+        caplog.set_level("INFO", logger="otel_json_exporter")
         manager = make(storage)
         await manager.start()
         injected = Fault(monkeypatch, name, error, failures=3, match=match)
@@ -93,10 +94,44 @@ class TestWriteFaults:
         stats = manager.stats()
         assert stats.write_errors == 3
         assert (stats.total_persisted, stats.queue_size, stats.worker_errors) == (12, 0, 0)
-        assert caplog.text.count("they stay queued and will be retried") == 3
+        # One warning for the run of three alike failures, then the recovery.
+        assert caplog.text.count("they stay queued and will be retried") == 1
         assert os.strerror(error) in caplog.text
+        assert "succeed again, after 3 failed attempts" in caplog.text
         await asyncio.wait_for(manager.stop(), CAP)
         assert temp_files(storage) == []
+
+    async def test_a_disk_that_stays_down_is_warned_of_at_intervals_not_per_attempt(
+        self,
+        storage: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        # flush() retries every 50 ms: a line per attempt flooded the log (a user's
+        # trial saw 44 in two seconds). The interval is shortened here from 30 s.
+        monkeypatch.setattr(manager_module, "_FAILURE_LOG_EVERY", 0.5)
+        caplog.set_level("INFO", logger="otel_json_exporter")
+        manager = make(storage)
+        await manager.start()
+        full = Fault(monkeypatch, "open", errno.ENOSPC, match=on_temp_file)
+        await record(manager, range(5))
+        with pytest.raises(asyncio.TimeoutError):
+            await manager.flush(timeout=1.6)
+        full.armed = False
+        denied = Fault(monkeypatch, "open", errno.EACCES, failures=2, match=on_temp_file)
+        await asyncio.wait_for(manager.flush(), CAP)
+        await asyncio.wait_for(manager.stop(), CAP)
+        attempts = full.failed + denied.failed
+        assert manager.stats().write_errors == attempts > 20
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        no_space = [line for line in warnings if os.strerror(errno.ENOSPC) in line]
+        # The first failure, then one line per interval counting those left out.
+        assert 3 <= len(no_space) <= 5, no_space
+        assert "failed attempts since the last warning" in no_space[-1]
+        # A new reason is told at once, and the recovery counts every attempt.
+        assert sum(os.strerror(errno.EACCES) in line for line in warnings) == 1
+        assert f"succeed again, after {attempts} failed attempts" in caplog.text
+        assert rids_on_disk(storage) == list(range(5))
 
     async def test_a_temporary_file_that_cannot_be_removed_does_not_fail_its_batch(
         self, storage: Path, monkeypatch: pytest.MonkeyPatch
