@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic_core import to_json
 
@@ -108,7 +109,12 @@ _URL_KEYS = tuple(sorted(_URL_LIKE))
 # A text that is a URL or a request target and nothing else: a scheme and "//", or a
 # leading "/", and no white space after; and such a URL among words, holding a "=".
 _WHOLE_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*://|/)\S*\Z")
-_URL_IN_TEXT = re.compile(r"(?<!\S)(?:[A-Za-z][A-Za-z0-9+.\-]*://|/)[^\s=]*=\S*")
+# A URL among words: a scheme and "//" where a word starts, or a "/" after white space, a
+# quote, a bracket, "=" or ","; up to white space, a quote or a closing bracket. With "=".
+_URL_IN_TEXT = re.compile(
+    r"(?:(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://|(?<![^\s'\"`(\[<{=,])/)"
+    r"[^\s'\"`<>)\]}=]*=[^\s'\"`<>)\]}]*"
+)
 _MAX_SPAN_NANOSECONDS = 10**300  # far beyond any span, far inside what a float holds
 _KIND_BYTES = {name: name.encode("ascii") for name in KIND_NAMES.values()}
 
@@ -619,10 +625,27 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
             return text
 
         text, count = policy.redact(_URL_IN_TEXT.sub(mask, text))
+        if "%" in text and policy.contains_pii(_percent_decoded(text)):
+            # PII percent-encoded outside the URLs found (a quoted URL the search
+            # missed, an encoded value beside no URL), which neither redact() nor the
+            # manager's check decodes: the whole text is read as a URL, as before,
+            # whose masking looks into each value. Its words may suffer; PII may not.
+            whole, more = policy.mask_url(text)
+            return whole, masked + count + more
         return text, masked + count
     if "@" in text or "=" in text or "%" in text or not text.isascii():
         return policy.redact(text)
     return text, 0
+
+
+def _percent_decoded(text: str) -> str:
+    """``text`` percent-decoded through up to three layers, as URL masking reads values."""
+    for _ in range(3):
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
 
 
 def _plain_service(service: Any) -> bool:
