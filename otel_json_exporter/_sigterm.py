@@ -74,8 +74,28 @@ def _flush_then(flush_managers: Callable[[], None], then: Any) -> Callable[..., 
     """A SIGTERM handler: flush the tracer provider and the managers, then ``then``."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if then is signal.SIG_DFL or then is None:
+        ends = then is signal.SIG_DFL or then is None
+        if ends:
             signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        if _exporting(frame):
+            # The signal came while this thread was exporting in a span processor (a
+            # force_flush() at the end of a job), whose export lock it holds below this
+            # frame: flushing the provider here would wait for that lock forever.
+            if ends:
+                # Let that export finish: a thread flushes once it can, then ends the
+                # process as the signal would have.
+                threading.Thread(
+                    target=_flush_then_end,
+                    args=(flush_managers, signum),
+                    name="otel-json-exporter-sigterm",
+                    daemon=True,
+                ).start()
+                return
+            # Another handler decides what happens next: what the managers hold is written.
+            _flush_managers(flush_managers)
+            if callable(then):
+                then(signum, frame)
+            return
         try:
             _flush_tracer_provider()
             flush_managers()
@@ -89,6 +109,38 @@ def _flush_then(flush_managers: Callable[[], None], then: Any) -> Callable[..., 
 
     handler._otel_json_exporter = True  # type: ignore[attr-defined]  # see install_now
     return handler
+
+
+def _flush_then_end(flush_managers: Callable[[], None], signum: int) -> None:
+    """Flush the provider (once the export under way lets it), the managers, then end."""
+    try:
+        provider = threading.Thread(target=_flush_tracer_provider, daemon=True)
+        provider.start()
+        provider.join(_FLUSH_MILLIS / 1000)  # a stuck export must not keep the process up
+        _flush_managers(flush_managers)
+    finally:
+        os.kill(os.getpid(), signum)  # its default action again: the process ends
+
+
+def _flush_managers(flush_managers: Callable[[], None]) -> None:
+    try:
+        flush_managers()
+    except Exception:  # the process goes on to end: say so
+        logger.exception("SIGTERM: writing what was held failed")
+
+
+def _exporting(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside a span processor's export (the SDK's ``_export``)."""
+    sdk = sys.modules.get("opentelemetry.sdk")
+    places = getattr(sdk, "__path__", None)
+    if not places:
+        return False
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_export" and code.co_filename.startswith(tuple(places)):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _flush_tracer_provider() -> None:

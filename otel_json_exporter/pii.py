@@ -120,15 +120,20 @@ _FORBIDDEN_SUFFIXES = (
     "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
     "_authorization", "_cookie", "_set_cookie", "_jsessionid", "_phpsessid",
 )  # fmt: skip
-# Credentials beyond the specification's words: an "X-Auth" header's, a JSON Web Token,
-# a one-time password.
-_CREDENTIAL_KEYS = ("auth", "jwt", "otp")
+# Credentials beyond the specification's words: a JSON Web Token (whose payload holds the
+# user's address, in base64), one-time passwords, OAuth authorization codes, the X-Auth
+# and X-OTP headers. "otp" only whole, and "auth" only as X-Auth: requires_auth and
+# send_otp are yes-or-no flags, {"auth": "oauth2"} a method.
+_CREDENTIAL_KEYS = (
+    "jwt", "jwt_assertion", "totp", "otp_code", "auth_code", "authorization_code", "x_auth",
+    "x_otp", "basic_auth",
+)  # fmt: skip
 # As endings too, save after "is_" or "has_", which make a yes or no of them (is_phone).
 _IDENTIFIER_SUFFIXES = tuple("_" + key for key in (*_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS))
 _FLAG_PREFIXES = ("is_", "has_")
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
-    "jsessionid", "phpsessid", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS,
+    "jsessionid", "phpsessid", "otp", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS,
 }  # fmt: skip
 _ALWAYS_PII_TOKENS = frozenset({"email", "username", "password", "surname"})
 _NAME_OWNERS = frozenset(

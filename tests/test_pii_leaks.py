@@ -531,16 +531,22 @@ def test_masking_keeps_the_text_around_an_address() -> None:
         "num_secrets",
         "num_credit_cards",
         "pending_authorizations",
-        # Beside the credential words auth, jwt and otp (a user's trial, below).
+        # Beside the credential words (a user's trial, below): flags and methods.
         "oauth",
         "oauth_scope",
         "author",
         "authority",
+        "auth",
         "auth_method",
         "jwt_algorithm",
         "otp_length",
         "is_otp",
         "has_auth",
+        "requires_auth",
+        "skip_auth",
+        "use_auth",
+        "send_otp",
+        "is_jwt",
     ],
 )
 def test_key_is_not_pii(key: str) -> None:
@@ -548,24 +554,32 @@ def test_key_is_not_pii(key: str) -> None:
 
 
 # A new user's trial captured every request header: X-JWT, X-Auth and X-OTP reached the
-# disk. Credential words beyond the specification's, exact or as whole-word endings.
+# disk; its review, the headers that carry a JWT in production (Google IAP, Cloudflare
+# Access, WSO2) and OTP or OAuth codes. Exact, or as whole-word endings.
 
 
 @pytest.mark.parametrize(
     "key",
     [
-        "auth",
         "jwt",
         "otp",
+        "otp2",
+        "totp",
         "x-auth",
         "X-JWT",
         "x_otp",
         "basic_auth",
-        "proxyAuth",
         "jwts",
+        "user_jwt",
         "http.request.header.x-auth",
         "http.request.header.x_jwt",
-        "user.otp2",
+        "x-goog-iap-jwt-assertion",
+        "cf-access-jwt-assertion",
+        "x-jwt-assertion",
+        "x-otp-code",
+        "otpCode",
+        "auth_code",
+        "authorization_code",
     ],
 )
 def test_credential_words_are_pii(key: str) -> None:

@@ -210,3 +210,50 @@ print(errors, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
     assert done.returncode == 0, done.stderr[-800:]
     assert "can only be installed from the main thread" in done.stdout
     assert done.stdout.endswith("True\n")
+
+
+def test_a_handler_found_is_called_when_sigterm_comes_during_an_export(tmp_path: Path) -> None:
+    """As the review's deadlock case (tests/test_review_today.py), with the application's
+    handler behind ours: no wait for the export lock the main thread holds, what the
+    manager holds is written, and the application's handler decides."""
+    done = _run(
+        tmp_path,
+        """
+import threading, time
+from pathlib import Path
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from otel_json_exporter import flush_on_sigterm
+
+real_fsync = os.fsync
+
+def slow_fsync(fd):  # a slow disk
+    time.sleep(0.2)
+    return real_fsync(fd)
+
+def mine(signum, frame):
+    print("the application's handler", flush=True)
+    os._exit(0)
+
+os.fsync = slow_fsync
+signal.signal(signal.SIGTERM, mine)
+manager = MetricsManager(storage, flush_interval_seconds=3600, max_queue_size=10)
+manager.start_sync()
+flush_on_sigterm()
+exporter = OperationSpanExporter(manager=manager, export_timeout_seconds=30)
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=3_600_000))
+tracer = provider.get_tracer("job")
+for index in range(50):
+    with tracer.start_as_current_span(f"step-{index}"):
+        pass
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+provider.force_flush()  # on the main thread: its export lock is held when SIGTERM comes
+print("force_flush returned", flush=True)
+""",
+    )
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout == "the application's handler\n", done.stderr[-800:]
+    written = len(load_records(tmp_path / "metrics"))
+    assert 0 < written < 50  # the manager's queue was written; the rest was not exported
