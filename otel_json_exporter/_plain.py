@@ -66,7 +66,11 @@ def plain_row(
     # character beyond ASCII is in the whole exactly when it is in one of them.
     if error_message is None:
         text = operation_type + operation_name
-    elif type(error_message) is not str or len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
+    elif (
+        type(error_message) is not str
+        or len(error_message) > MAX_ERROR_MESSAGE_LENGTH
+        or "[parameters: " in error_message  # a database error's values: masked
+    ):
         return None
     else:
         text = operation_type + operation_name + error_message

@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 from pydantic_core import to_json
 
-from otel_json_exporter.pii import REDACTED, PiiPolicy, mask_cut_end
+from otel_json_exporter.pii import REDACTED, PiiPolicy, mask_cut_end, mask_database_values
 from otel_json_exporter.records import (
     INTEGER_LIMIT,
     MAX_ERROR_MESSAGE_LENGTH,
@@ -198,6 +198,8 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
     error_message = error
     if error_message:
         error_message, masked = _clean_text(error_message, policy)
+        redacted += masked
+        error_message, masked = mask_database_values(error_message)
         error_message = policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
         redacted += masked
 
@@ -281,7 +283,14 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         and type(kind) is int
         and type(start) is int
         and (end is None or type(end) is int)
-        and (error is None or (type(error) is str and len(error) <= MAX_ERROR_MESSAGE_LENGTH))
+        and (
+            error is None
+            or (
+                type(error) is str
+                and len(error) <= MAX_ERROR_MESSAGE_LENGTH
+                and "[parameters: " not in error  # a database error's values: masked
+            )
+        )
         and (service is None or type(service) is str)
         and (trace_id is None or (type(trace_id) is int and type(span_id) is int))
         and (parent_id is None or type(parent_id) is int)

@@ -47,6 +47,7 @@ from otel_json_exporter._span_rows import SpanSnapshot
 from otel_json_exporter.pii import (
     DEFAULT_POLICY,
     PiiPolicy,
+    mask_database_values,
     safe_validation_message,
 )
 from otel_json_exporter.records import (
@@ -478,13 +479,9 @@ class MetricsManager:
         error_message: str | None,
         metadata: Mapping[str, Any] | None,
     ) -> QueuedRow:
-        operation_type, in_type = self._mask_emails(operation_type)
-        operation_name, in_name = self._mask_emails(operation_name)
-        error_message, in_error = self._mask_emails(error_message)
-        if isinstance(error_message, str) and len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
-            # Cut here, so that the cut never leaves what the PII check refuses.
-            error_message = self.pii_policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
-        redacted = in_type + in_name + in_error
+        operation_type, operation_name, error_message, redacted = self._mask_texts(
+            operation_type, operation_name, error_message
+        )
         problem = None
         try:
             row = build_row(
@@ -516,6 +513,25 @@ class MetricsManager:
                 self._redacted += redacted
         return queued
 
+    def _mask_texts(
+        self, operation_type: Any, operation_name: Any, error_message: Any
+    ) -> tuple[Any, Any, Any, int]:
+        """The free texts of a record with their PII masked, not refused; and the count.
+
+        The error message also loses the row values a database error quotes, and is
+        cut to its length after masking, so that a cut never leaves half of what the
+        check refuses.
+        """
+        operation_type, in_type = self._mask_emails(operation_type)
+        operation_name, in_name = self._mask_emails(operation_name)
+        error_message, in_error = self._mask_emails(error_message)
+        if isinstance(error_message, str):
+            error_message, in_values = mask_database_values(error_message)
+            in_error += in_values
+            if len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
+                error_message = self.pii_policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
+        return operation_type, operation_name, error_message, in_type + in_name + in_error
+
     def _mask_emails(self, text: Any) -> tuple[Any, int]:
         # Names and error messages are free text: an address there is masked, not refused.
         if isinstance(text, str):
@@ -540,9 +556,10 @@ class MetricsManager:
     ) -> int:
         """Queue validated records from any thread, without an event loop.
 
-        The records are checked against the PII rule first: if any holds a PII
-        key, an e-mail address or credentials, ValueError says where (never the
-        value) and none is queued. Waits at most ``timeout`` seconds for room;
+        PII in their names and error messages is masked, as ``record_operation``
+        masks it. Their metadata is checked against the PII rule: if any holds a
+        PII key, an e-mail address or credentials, ValueError says where (never
+        the value) and none is queued. Waits at most ``timeout`` seconds for room;
         records that still do not fit, or that were still waiting when the
         manager stopped, are dropped and counted in ``total_dropped``. Returns
         how many were accepted. Raises RuntimeError when the manager is not
@@ -551,19 +568,23 @@ class MetricsManager:
         """
         pending = list(records)
         rows: list[RecordRow] = []
+        redacted = 0
         for index, record in enumerate(pending):
             # Validated again: a record built with model_construct, or changed since,
             # may hold anything. This also copies its metadata.
             problem = None
             try:
-                rows.append(build_row(*row_of(record)))
+                kind, name, duration, timestamp, success, error, metadata = row_of(record)
+                kind, name, error, masked = self._mask_texts(kind, name, error)
+                rows.append(build_row(kind, name, duration, timestamp, success, error, metadata))
+                redacted += masked
             except ValidationError as exc:
                 problem = safe_validation_message(exc, policy=self.pii_policy)
             except Exception as exc:
                 problem = f"not a valid OperationRecord ({type(exc).__name__})"
             if problem is not None:
                 self._refuse(len(pending), 0, 0, f"record {index}: {problem}")
-        return self._submit_rows(rows, timeout=timeout, redacted=0, rejected=0)
+        return self._submit_rows(rows, timeout=timeout, redacted=redacted, rejected=0)
 
     def _refuse(self, count: int, redacted: int, rejected: int, problem: str) -> NoReturn:
         """Count ``count`` items refused (and the caller's counts), then raise ValueError."""

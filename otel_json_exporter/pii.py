@@ -86,6 +86,7 @@ __all__ = [
     "PiiPolicy",
     "contains_pii_text",
     "mask_cut_end",
+    "mask_database_values",
     "mask_quoted_keys",
     "mask_text",
     "normalize_key",
@@ -464,6 +465,31 @@ def _mask_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
         return match["quotes"] + REDACTED  # an address: the quotes before it stay
 
     return pattern.sub(mask, text), count
+
+
+# SQLAlchemy's line of a failed statement's bound values ("[parameters: ('Jean', ...)]"),
+# and PostgreSQL's detail of a violated key ("Key (phone)=(514-555-0199) already exists").
+_BOUND_PARAMETERS = re.compile(r"\[parameters: (?!REDACTED\]$)[^\n]*", re.MULTILINE)
+_KEY_VALUES = re.compile(
+    r"(\bKey \([^\n]*?\)=\()(?!REDACTED\))([^\n]*?)"
+    r"(\)(?= already exists| is not present| is still referenced|\.?\s*$))",
+    re.MULTILINE,
+)
+
+
+def mask_database_values(text: str) -> tuple[str, int]:
+    """The row values a database error quotes, masked; and how many were.
+
+    An ORM's or a driver's error carries the values of the failed statement: the
+    user's name, phone number, password, unlabelled, so that no key rule can tell
+    them. SQLAlchemy's ``[parameters: ...]`` line becomes ``[parameters: REDACTED]``
+    and PostgreSQL's ``Key (email)=(...)`` detail ``Key (email)=(REDACTED)``.
+    """
+    if "[parameters: " not in text and ")=(" not in text:
+        return text, 0
+    text, in_parameters = _BOUND_PARAMETERS.subn("[parameters: REDACTED]", text)
+    text, in_keys = _KEY_VALUES.subn(r"\1REDACTED\3", text)
+    return text, in_parameters + in_keys
 
 
 def mask_text(text: str) -> tuple[str, int]:

@@ -6,7 +6,7 @@ thread, including during interpreter shutdown when thread pools refuse new work.
 How one batch is written (:meth:`BatchWriter.write_rows`):
 
 1. encode the batch (its ``batch_id`` comes from its ``batch_timestamp``);
-2. write it to ``.metrics_<pid>_<random>.tmp`` in the storage directory,
+2. write it to ``.metrics_<pid>_n<pid namespace>_<random>.tmp`` in the storage directory,
    created with ``O_EXCL``, then ``fsync`` it;
 3. ``os.link`` it to ``metrics_<batch_id>.json``: a hard link never replaces an
    existing file, so when the name is taken (same microsecond, another process)
@@ -68,7 +68,8 @@ MAX_RETENTION_DAYS = 36_500
 STALE_TEMP_SECONDS = 600.0
 """A temporary file older than this is stale even if its writer's PID is alive."""
 
-_TEMP_PATTERN = re.compile(r"^\.metrics_([0-9]+)_[0-9a-f]+\.tmp$")  # with fullmatch
+# .metrics_<pid>_n<PID namespace>_<random>.tmp; before, .metrics_<pid>_<random>.tmp
+_TEMP_PATTERN = re.compile(r"^\.metrics_([0-9]+)_(?:n([0-9]+)_)?[0-9a-f]+\.tmp$")  # fullmatch
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -267,7 +268,8 @@ class BatchWriter:
         return True
 
     def _temp_path(self) -> Path:
-        return self.directory / f".metrics_{os.getpid()}_{secrets.token_hex(6)}.tmp"
+        name = f".metrics_{os.getpid()}_n{_PID_NAMESPACE}_{secrets.token_hex(6)}.tmp"
+        return self.directory / name
 
     @staticmethod
     def _write_durably(path: Path, data: bytes) -> None:
@@ -284,6 +286,21 @@ class BatchWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _pid_namespace() -> int:
+    """This process's PID namespace (its inode, on Linux); 0 where there is none to read.
+
+    Two containers sharing a volume (a rolling restart) number their processes each
+    in its own namespace: a PID is judged only by a process of the same namespace.
+    """
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+_PID_NAMESPACE = _pid_namespace()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -303,7 +320,8 @@ def remove_stale_temp_files(
 
     A temporary file is removed when the process named in it is gone, or when
     it is older than ``max_age_seconds`` (a live writer's file is that old only
-    when one write took ten minutes; that write then fails and is retried). One
+    when one write took ten minutes; that write then fails and is retried). A
+    file of another PID namespace (another container's) is judged by its age only. One
     that cannot be removed (another user's, in a shared directory; a directory
     by that name) is left, with a warning: it must not keep a manager from starting.
     """
@@ -321,7 +339,9 @@ def remove_stale_temp_files(
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:
             continue
-        if age > max_age_seconds or not _pid_alive(int(match.group(1))):
+        namespace = match.group(2)  # None in a name from before namespaces were named
+        judged = namespace is None or int(namespace) == _PID_NAMESPACE
+        if age > max_age_seconds or (judged and not _pid_alive(int(match.group(1)))):
             try:
                 os.unlink(entry.path)
             except FileNotFoundError:
