@@ -128,6 +128,9 @@ _FORBIDDEN_SUFFIXES = (
 _CREDENTIAL_KEYS = (
     "jwt", "jwt_assertion", "totp", "otp_code", "auth_code", "authorization_code", "x_auth",
     "x_otp", "basic_auth",
+    # What a signed URL grants access with: the query parameters the semantic
+    # conventions tell HTTP instrumentations to redact, and their kin.
+    "signature", "sig", "aws_access_key_id", "x_amz_credential",
 )  # fmt: skip
 # As endings too, save after "is_" or "has_", which make a yes or no of them (is_phone).
 _IDENTIFIER_SUFFIXES = tuple("_" + key for key in (*_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS))

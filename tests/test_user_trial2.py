@@ -215,3 +215,31 @@ def test_the_values_a_database_error_quotes_are_masked_on_every_path(
     for where in ("direct", "spans"):
         (record,) = _records(tmp_path / where)
         assert record["error_message"] == expected, where
+
+
+SIGNED_URLS = [
+    "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=AKIAZQ3DSECRET%2F20261207%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Signature=5e1b0c0ffee5ecret&X-Amz-Expires=60",
+    "https://storage.googleapis.com/b/o?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+    "&X-Goog-Signature=5e1b0c0ffee5ecret",
+    "https://acct.blob.core.windows.net/c/b?sv=2024-05-04&se=2026-12-08&sig=5e1b0c0ffee5ecret",
+    "https://b.s3.amazonaws.com/k?AWSAccessKeyId=AKIAZQ3DSECRET&Signature=5e1b0c0ffee5ecret",
+]
+
+
+@pytest.mark.parametrize("url", SIGNED_URLS)
+def test_a_signed_url_keeps_nothing_it_grants_access_with(tmp_path: Path, url: str) -> None:
+    exporter = OperationSpanExporter(storage_path=tmp_path / "spans")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    target = url.split(".com", 1)[1] if ".com" in url else url
+    attributes = {"url.full": url, "http.target": target, "http.request.method": "GET"}
+    with provider.get_tracer("client").start_as_current_span("GET", attributes=attributes):
+        pass
+    provider.shutdown()
+    text = _disk_text(tmp_path / "spans")
+    assert "5e1b0c0ffee5ecret" not in text
+    assert "AKIAZQ3DSECRET" not in text
+    (record,) = _records(tmp_path / "spans")
+    assert "REDACTED" in record["metadata"]["url.full"]
