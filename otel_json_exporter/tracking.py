@@ -10,6 +10,12 @@ As a decorator of a coroutine function (each call is timed on its own)::
     @track_operation(manager, "computation", "process_user_data")
     async def process_user_data() -> None: ...
 
+And the same in synchronous code (a Flask view, a Celery task, a thread), as
+``with track_operation(...)`` or on a plain function: the record goes through the
+thread-safe :meth:`~otel_json_exporter.manager.MetricsManager.submit_records`,
+and a full queue is handled by the manager's ``queue_full_policy`` as
+``record_operation`` handles it (``"block"`` waits for room).
+
 The duration is measured with ``time.perf_counter``. When the block raises, the
 record has ``success=False`` and ``error_message`` ``"Type: message"``, and the
 exception propagates unchanged; cancellation counts as a failure too
@@ -22,16 +28,19 @@ by type, when the block raised, so that it never hides the original exception.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from otel_json_exporter.manager import MetricsManager
-from otel_json_exporter.records import valid_unicode
+from otel_json_exporter.records import OperationRecord, valid_unicode
 
 __all__ = ["track_operation"]
 
@@ -80,9 +89,7 @@ class track_operation:
         self._started: float | None = None
 
     async def __aenter__(self) -> None:
-        if self._started is not None:
-            raise RuntimeError("this track_operation is already timing a block")
-        self._started = time.perf_counter()
+        self._start()
 
     async def __aexit__(
         self,
@@ -90,12 +97,7 @@ class track_operation:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._started is None:
-            raise RuntimeError("track_operation: __aexit__ without __aenter__")
-        duration_ms = (time.perf_counter() - self._started) * 1000
-        self._started = None
-        failed = exc_type is not None and not issubclass(exc_type, GeneratorExit)
-        error_message = _describe(exc_type, exc) if failed and exc_type is not None else None
+        duration_ms, failed, error_message = self._stop(exc_type, exc)
         try:
             await self.manager.record_operation(
                 operation_type=self.operation_type,
@@ -106,27 +108,94 @@ class track_operation:
                 metadata=self.metadata,
             )
         except Exception as recording_error:
-            if exc_type is None:
-                raise  # nothing of the application's to hide
-            logger.warning(
-                "track_operation could not record a failed operation: %s",
-                type(recording_error).__name__,
-            )
+            _unless_hiding(exc_type, recording_error)
 
-    def __call__(self, func: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-        """Decorate a coroutine function so that every call is tracked."""
-        if not inspect.iscoroutinefunction(func):
-            raise TypeError(
-                "track_operation decorates coroutine functions (async def) only; "
-                "use it as 'async with track_operation(...)' elsewhere"
+    def __enter__(self) -> None:
+        self._start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        duration_ms, failed, error_message = self._stop(exc_type, exc)
+        try:
+            record = OperationRecord(
+                operation_type=self.operation_type,
+                operation_name=self.operation_name,
+                duration_ms=duration_ms,
+                timestamp=datetime.now(timezone.utc),  # the end, as record_operation's
+                success=not failed,
+                error_message=error_message,
+                metadata=dict(self.metadata) if self.metadata is not None else {},
             )
+            policy = self.manager.queue_full_policy
+            wait = math.inf if policy == "block" else 0.0
+            if not self.manager.submit_records([record], timeout=wait) and policy == "raise":
+                # submit_records counted it as dropped: record_operation's "raise" does not.
+                raise asyncio.QueueFull(
+                    f"metrics queue is full ({self.manager.max_queue_size} records)"
+                )
+        except Exception as recording_error:
+            _unless_hiding(exc_type, recording_error)
+
+    def _start(self) -> None:
+        if self._started is not None:
+            raise RuntimeError("this track_operation is already timing a block")
+        self._started = time.perf_counter()
+
+    def _stop(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None
+    ) -> tuple[float, bool, str | None]:
+        """The block's duration in milliseconds, whether it failed, and its error message."""
+        if self._started is None:
+            raise RuntimeError("track_operation: exit without enter")
+        duration_ms = (time.perf_counter() - self._started) * 1000
+        self._started = None
+        failed = exc_type is not None and not issubclass(exc_type, GeneratorExit)
+        error_message = _describe(exc_type, exc) if failed and exc_type is not None else None
+        return duration_ms, failed, error_message
+
+    @overload
+    def __call__(  # a coroutine function is a callable too: this one is tried first
+        self, func: Callable[_P, Awaitable[_R]]
+    ) -> Callable[_P, Coroutine[Any, Any, _R]]: ...
+
+    @overload
+    def __call__(self, func: Callable[_P, _R]) -> Callable[_P, _R]: ...
+
+    def __call__(self, func: Callable[_P, Any]) -> Callable[_P, Any]:
+        """Decorate a function, a coroutine function or not, so that every call is tracked."""
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def tracked(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+                async with self._fresh():
+                    return await func(*args, **kwargs)
+
+            return tracked
 
         @functools.wraps(func)
-        async def tracked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            timer = track_operation(
-                self.manager, self.operation_type, self.operation_name, self.metadata
-            )
-            async with timer:
-                return await func(*args, **kwargs)
+        def tracked_sync(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+            with self._fresh():
+                return func(*args, **kwargs)
 
-        return tracked
+        return tracked_sync
+
+    def _fresh(self) -> track_operation:
+        """A timer of its own for one call: calls may overlap."""
+        return track_operation(
+            self.manager, self.operation_type, self.operation_name, self.metadata
+        )
+
+
+def _unless_hiding(exc_type: type[BaseException] | None, recording_error: Exception) -> None:
+    """Raise ``recording_error`` after a block that succeeded; after one that raised,
+    only log its type, so that it never hides the application's exception."""
+    if exc_type is None:
+        raise recording_error
+    logger.warning(
+        "track_operation could not record a failed operation: %s",
+        type(recording_error).__name__,
+    )

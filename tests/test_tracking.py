@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -135,9 +137,81 @@ class TestDecorator:
         (failed,) = [record for record in records if not record.success]
         assert failed.error_message == "ValueError: limit must not be negative"
 
-    def test_only_coroutine_functions_can_be_decorated(self, storage: Path) -> None:
-        def not_async() -> None:
+
+class TestSynchronous:
+    """A Flask view, a Celery task, a thread: no event loop (a user's trial found none)."""
+
+    def test_a_block_and_a_plain_function_are_timed_from_threads(self, storage: Path) -> None:
+        manager = MetricsManager(storage, flush_interval_seconds=0.05)
+        manager.start_sync()
+
+        @track_operation(manager, "task", "resize_image", metadata={"queue": "media"})
+        def resize(size: int) -> int:
+            if size < 0:
+                raise ValueError("size must not be negative")
+            return size * 2
+
+        def work(index: int) -> None:
+            with track_operation(manager, "task", "thumbnail"):
+                assert resize(index) == index * 2
+            with pytest.raises(ValueError, match="negative"):
+                resize(-1)
+
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert resize.__name__ == "resize"
+        manager.stop_sync()
+        records = load_records(storage)
+        assert Counter((r.operation_name, r.success) for r in records) == {
+            ("thumbnail", True): 8,
+            ("resize_image", True): 8,
+            ("resize_image", False): 8,
+        }
+        failed = [r for r in records if not r.success]
+        assert {r.error_message for r in failed} == {"ValueError: size must not be negative"}
+        assert all(
+            r.metadata == {"queue": "media"}
+            for r in records
+            if r.operation_type == "task" and r.operation_name == "resize_image"
+        )
+
+    def test_recording_problems_are_raised_after_success_and_logged_after_failure(
+        self, storage: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        manager = MetricsManager(storage)
+        manager.start_sync()
+        with (
+            pytest.raises(ValueError, match="PII"),
+            track_operation(manager, "task", "t", metadata={"email": "x"}),
+        ):
+            pass
+        with (
+            pytest.raises(KeyError),
+            track_operation(manager, "task", "t", metadata={"email": "x"}),
+        ):  # the application's own exception wins
+            raise KeyError("k")
+        assert "could not record a failed operation: ValueError" in caplog.text
+        manager.stop_sync()
+        with (
+            pytest.raises(RuntimeError, match="not running"),
+            track_operation(manager, "task", "after stop"),
+        ):
             pass
 
-        with pytest.raises(TypeError, match="coroutine functions"):
-            track_operation(MetricsManager(storage), "computation", "sync")(not_async)  # type: ignore[arg-type]
+    def test_a_full_queue_follows_the_managers_policy(self, storage: Path) -> None:
+        manager = MetricsManager(
+            storage, flush_interval_seconds=3600, max_queue_size=1, queue_full_policy="raise"
+        )
+        manager.start_sync()
+        with track_operation(manager, "task", "first"):
+            pass
+        with (
+            pytest.raises(asyncio.QueueFull, match="full"),
+            track_operation(manager, "task", "second"),
+        ):
+            pass
+        manager.stop_sync()
+        assert [r.operation_name for r in load_records(storage)] == ["first"]
