@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
+from otel_json_exporter.pii import holds_database_values
 from otel_json_exporter.records import (
     EMPTY_METADATA,
     INTEGER_LIMIT,
@@ -69,7 +70,7 @@ def plain_row(
     elif (
         type(error_message) is not str
         or len(error_message) > MAX_ERROR_MESSAGE_LENGTH
-        or "[parameters: " in error_message  # a database error's values: masked
+        or holds_database_values(error_message)  # a database error's values: masked
     ):
         return None
     else:

@@ -38,7 +38,7 @@ _FLUSH_MILLIS = 10_000
 _installed = False
 
 
-def install(flush_managers: Callable[[], None]) -> None:
+def install(flush_managers: Callable[[], None], stop_managers: Callable[[], None]) -> None:
     """Handle SIGTERM as the module docstring says, if nothing else handles it.
 
     Only from the main thread (no other may install a handler), only once, and only
@@ -49,11 +49,11 @@ def install(flush_managers: Callable[[], None]) -> None:
         return
     if not hasattr(signal, "SIGTERM") or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
-    signal.signal(signal.SIGTERM, _flush_then(flush_managers, signal.SIG_DFL))
+    signal.signal(signal.SIGTERM, _flush_then(flush_managers, stop_managers, signal.SIG_DFL))
     _installed = True
 
 
-def install_now(flush_managers: Callable[[], None]) -> None:
+def install_now(flush_managers: Callable[[], None], stop_managers: Callable[[], None]) -> None:
     """Handle SIGTERM now, whatever handles it: what is held is written first.
 
     The handler found is kept and called afterwards (the default action, or none if
@@ -66,11 +66,13 @@ def install_now(flush_managers: Callable[[], None]) -> None:
     found = signal.getsignal(signal.SIGTERM)
     if getattr(found, "_otel_json_exporter", False):
         return  # ours already: wrapping it again would flush twice
-    signal.signal(signal.SIGTERM, _flush_then(flush_managers, found))
+    signal.signal(signal.SIGTERM, _flush_then(flush_managers, stop_managers, found))
     _installed = True
 
 
-def _flush_then(flush_managers: Callable[[], None], then: Any) -> Callable[..., None]:
+def _flush_then(
+    flush_managers: Callable[[], None], stop_managers: Callable[[], None], then: Any
+) -> Callable[..., None]:
     """A SIGTERM handler: flush the tracer provider and the managers, then ``then``."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -82,11 +84,13 @@ def _flush_then(flush_managers: Callable[[], None], then: Any) -> Callable[..., 
             # force_flush() at the end of a job), whose export lock it holds below this
             # frame: flushing the provider here would wait for that lock forever.
             if ends:
-                # Let that export finish: a thread flushes once it can, then ends the
+                # Let that export finish: a thread flushes the provider once it can,
+                # stops the managers (what they accepted is written, later records are
+                # refused: none is accepted that the end would lose), then ends the
                 # process as the signal would have.
                 threading.Thread(
                     target=_flush_then_end,
-                    args=(flush_managers, signum),
+                    args=(stop_managers, signum),
                     name="otel-json-exporter-sigterm",
                     daemon=True,
                 ).start()
@@ -111,13 +115,13 @@ def _flush_then(flush_managers: Callable[[], None], then: Any) -> Callable[..., 
     return handler
 
 
-def _flush_then_end(flush_managers: Callable[[], None], signum: int) -> None:
-    """Flush the provider (once the export under way lets it), the managers, then end."""
+def _flush_then_end(stop_managers: Callable[[], None], signum: int) -> None:
+    """Flush the provider (once the export under way lets it), stop the managers, end."""
     try:
         provider = threading.Thread(target=_flush_tracer_provider, daemon=True)
         provider.start()
         provider.join(_FLUSH_MILLIS / 1000)  # a stuck export must not keep the process up
-        _flush_managers(flush_managers)
+        _flush_managers(stop_managers)
     finally:
         os.kill(os.getpid(), signum)  # its default action again: the process ends
 

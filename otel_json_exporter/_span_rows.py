@@ -28,7 +28,13 @@ from urllib.parse import unquote
 
 from pydantic_core import to_json
 
-from otel_json_exporter.pii import REDACTED, PiiPolicy, mask_cut_end, mask_database_values
+from otel_json_exporter.pii import (
+    REDACTED,
+    PiiPolicy,
+    holds_database_values,
+    mask_cut_end,
+    mask_database_values,
+)
 from otel_json_exporter.records import (
     INTEGER_LIMIT,
     MAX_ERROR_MESSAGE_LENGTH,
@@ -197,9 +203,11 @@ def snapshot_to_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> tuple[RecordRo
     # never leaves half an address behind; PiiPolicy.fit makes the cut itself safe.
     error_message = error
     if error_message:
-        error_message, masked = _clean_text(error_message, policy)
+        # The row values a database error quotes first: the other masking would take
+        # "(name)=(Jean" for a name=value.
+        error_message, masked = mask_database_values(text_of(error_message))
         redacted += masked
-        error_message, masked = mask_database_values(error_message)
+        error_message, masked = _clean_text(error_message, policy)
         error_message = policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
         redacted += masked
 
@@ -288,7 +296,7 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
             or (
                 type(error) is str
                 and len(error) <= MAX_ERROR_MESSAGE_LENGTH
-                and "[parameters: " not in error  # a database error's values: masked
+                and not holds_database_values(error)  # its row values: masked
             )
         )
         and (service is None or type(service) is str)

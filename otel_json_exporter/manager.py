@@ -289,7 +289,7 @@ class MetricsManager:
             else:
                 self._start_worker()
         self._wake_waiters()
-        _sigterm.install(_flush_at_exit)
+        _sigterm.install(_flush_at_exit, _stop_at_exit)
 
     def _check_startable(self) -> None:
         if self._accepting:
@@ -524,12 +524,14 @@ class MetricsManager:
         """
         operation_type, in_type = self._mask_emails(operation_type)
         operation_name, in_name = self._mask_emails(operation_name)
-        error_message, in_error = self._mask_emails(error_message)
+        in_values = 0
         if isinstance(error_message, str):
-            error_message, in_values = mask_database_values(error_message)
-            in_error += in_values
-            if len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
-                error_message = self.pii_policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
+            # First: the other masking would take "(name)=(Jean" for a name=value.
+            error_message, in_values = mask_database_values(text_of(error_message))
+        error_message, in_error = self._mask_emails(error_message)
+        in_error += in_values
+        if isinstance(error_message, str) and len(error_message) > MAX_ERROR_MESSAGE_LENGTH:
+            error_message = self.pii_policy.fit(error_message, MAX_ERROR_MESSAGE_LENGTH)
         return operation_type, operation_name, error_message, in_type + in_name + in_error
 
     def _mask_emails(self, text: Any) -> tuple[Any, int]:
@@ -584,7 +586,11 @@ class MetricsManager:
                 problem = f"not a valid OperationRecord ({type(exc).__name__})"
             if problem is not None:
                 self._refuse(len(pending), 0, 0, f"record {index}: {problem}")
-        return self._submit_rows(rows, timeout=timeout, redacted=redacted, rejected=0)
+        accepted = self._submit_rows(rows, timeout=timeout, redacted=0, rejected=0)
+        if redacted:  # counted once queued: a refused batch wrote nothing it masked
+            with self._lock:
+                self._redacted += redacted
+        return accepted
 
     def _refuse(self, count: int, redacted: int, rejected: int, problem: str) -> NoReturn:
         """Count ``count`` items refused (and the caller's counts), then raise ValueError."""
@@ -1105,7 +1111,22 @@ def flush_on_sigterm() -> None:
     or ends the process by SIGTERM if that was the default action. From the main
     thread only (ValueError otherwise); a second call changes nothing.
     """
-    _sigterm.install_now(_flush_at_exit)
+    _sigterm.install_now(_flush_at_exit, _stop_at_exit)
+
+
+def _stop_at_exit() -> None:
+    """Stop every running manager, writing what each accepted (10 s at most each).
+
+    For a SIGTERM that ends the process from another thread (see ``_sigterm``): a
+    stopped manager refuses later records rather than accepting records the end
+    would lose.
+    """
+    for manager in list(_MANAGERS):
+        if manager.is_running:
+            try:
+                manager.stop_sync(_EXIT_FLUSH_TIMEOUT)
+            except (RuntimeError, asyncio.TimeoutError) as exc:
+                logger.error("SIGTERM: %s", exc)
 
 
 def _flush_at_exit() -> None:

@@ -85,6 +85,7 @@ __all__ = [
     "REDACTED",
     "PiiPolicy",
     "contains_pii_text",
+    "holds_database_values",
     "mask_cut_end",
     "mask_database_values",
     "mask_quoted_keys",
@@ -122,22 +123,25 @@ _FORBIDDEN_SUFFIXES = (
     "_authorization", "_cookie", "_set_cookie", "_jsessionid", "_phpsessid",
 )  # fmt: skip
 # Credentials beyond the specification's words: a JSON Web Token (whose payload holds the
-# user's address, in base64), one-time passwords, OAuth authorization codes, the X-Auth
-# and X-OTP headers. "otp" only whole, and "auth" only as X-Auth: requires_auth and
-# send_otp are yes-or-no flags, {"auth": "oauth2"} a method.
+# user's address, in base64), one-time passwords, OAuth authorization codes, HTTP basic
+# auth; and what a signed URL grants access with (the query parameters the semantic
+# conventions tell HTTP instrumentations to redact, and kin). These only whole: as
+# endings they would refuse flags and descriptions (uses_jwt, requires_basic_auth,
+# valid_signature, method_signature, kill_sig), nor are their plurals (signatures: a count).
+_CREDENTIAL_WHOLE = frozenset(
+    {"jwt", "otp", "totp", "basic_auth", "signature", "sig", "aws_access_key_id"}
+)
+# These whole or as endings: the headers that carry them (X-Goog-IAP-JWT-Assertion).
 _CREDENTIAL_KEYS = (
-    "jwt", "jwt_assertion", "totp", "otp_code", "auth_code", "authorization_code", "x_auth",
-    "x_otp", "basic_auth",
-    # What a signed URL grants access with: the query parameters the semantic
-    # conventions tell HTTP instrumentations to redact, and their kin.
-    "signature", "sig", "aws_access_key_id", "x_amz_credential",
+    "jwt_assertion", "otp_code", "auth_code", "authorization_code", "x_auth", "x_otp",
+    "x_jwt", "x_amz_signature", "x_goog_signature", "x_amz_credential",
 )  # fmt: skip
 # As endings too, save after "is_" or "has_", which make a yes or no of them (is_phone).
 _IDENTIFIER_SUFFIXES = tuple("_" + key for key in (*_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS))
 _FLAG_PREFIXES = ("is_", "has_")
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
-    "jsessionid", "phpsessid", "otp", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS,
+    "jsessionid", "phpsessid", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS,
 }  # fmt: skip
 _ALWAYS_PII_TOKENS = frozenset({"email", "username", "password", "surname"})
 _NAME_OWNERS = frozenset(
@@ -365,7 +369,11 @@ def _unnumbered(words: list[str]) -> list[str]:
 
 
 def _words_say_pii(normalized: str) -> bool:
-    if normalized in _FORBIDDEN_EXACT or normalized.endswith(_FORBIDDEN_SUFFIXES):
+    if (
+        normalized in _FORBIDDEN_EXACT
+        or normalized in _CREDENTIAL_WHOLE
+        or normalized.endswith(_FORBIDDEN_SUFFIXES)
+    ):
         return True
     if normalized.endswith(_IDENTIFIER_SUFFIXES) and not normalized.startswith(_FLAG_PREFIXES):
         return True
@@ -470,29 +478,54 @@ def _mask_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
     return pattern.sub(mask, text), count
 
 
-# SQLAlchemy's line of a failed statement's bound values ("[parameters: ('Jean', ...)]"),
-# and PostgreSQL's detail of a violated key ("Key (phone)=(514-555-0199) already exists").
-_BOUND_PARAMETERS = re.compile(r"\[parameters: (?!REDACTED\]$)[^\n]*", re.MULTILINE)
-_KEY_VALUES = re.compile(
-    r"(\bKey \([^\n]*?\)=\()(?!REDACTED\))([^\n]*?)"
-    r"(\)(?= already exists| is not present| is still referenced|\.?\s*$))",
-    re.MULTILINE,
+# The row values a database error quotes, each pattern linear (possessive runs, one match
+# per start, consumed to its end): SQLAlchemy's "[parameters: ...]" (to its
+# "(Background on this error" line: a value's repr may span lines); PostgreSQL's
+# "Key (cols)=(values) already exists" (a value may span lines), "Failing row contains
+# (...)" and 'invalid input syntax for type integer: "..."'; MySQL's "Duplicate entry
+# '...' for key" and "Incorrect integer value: '...'".
+_DATABASE_VALUES = re.compile(
+    r"(?P<parameters>\[parameters: )(?!REDACTED\])(?s:.)*?(?=\n\(Background on this error|\Z)"
+    r"|(?P<key>\bKey \([^()\n]*+\)=\()(?!REDACTED\))(?s:.)*?"
+    r"(?=\) (?:already exists|is not present|is still referenced|conflicts with)|\Z)"
+    r"|(?P<row>\bFailing row contains \()(?!REDACTED\))[^\n]*?(?=\)\.?[ \t]*(?:\n|\Z)|\n|\Z)"
+    r'|(?P<input>\binvalid input (?:syntax|value) for [\w ]++: ")(?!REDACTED")[^"\n]*+'
+    r"|(?P<entry>\bDuplicate entry ')(?!REDACTED')(?s:.)*?(?=' for key|\Z)"
+    r"|(?P<incorrect>\bIncorrect \w++ value: ')(?!REDACTED')[^'\n]*+"
 )
+_CLOSING = {"parameters": "]"}  # the other patterns stop before their closing mark
+
+
+def holds_database_values(text: str) -> bool:
+    """Whether ``text`` may quote row values the way a database error does (cheap)."""
+    return (
+        "[parameters: " in text
+        or ")=(" in text
+        or "Failing row contains" in text
+        or "invalid input " in text
+        or "Duplicate entry" in text
+        or "Incorrect " in text
+    )
 
 
 def mask_database_values(text: str) -> tuple[str, int]:
     """The row values a database error quotes, masked; and how many were.
 
-    An ORM's or a driver's error carries the values of the failed statement: the
-    user's name, phone number, password, unlabelled, so that no key rule can tell
-    them. SQLAlchemy's ``[parameters: ...]`` line becomes ``[parameters: REDACTED]``
-    and PostgreSQL's ``Key (email)=(...)`` detail ``Key (email)=(REDACTED)``.
+    An ORM's or a driver's error carries the values of the failed statement: a
+    name, a phone number, a password, unlabelled, so that no key rule can tell
+    them. SQLAlchemy's ``[parameters: ...]`` becomes ``[parameters: REDACTED]``,
+    PostgreSQL's ``Key (email)=(...)`` ``Key (email)=(REDACTED)``, and so on for
+    the formats listed above. Run before the other masking, which would take
+    ``(name)=(Jean`` for a ``name=value`` and break the pattern.
     """
-    if "[parameters: " not in text and ")=(" not in text:
+    if not holds_database_values(text):
         return text, 0
-    text, in_parameters = _BOUND_PARAMETERS.subn("[parameters: REDACTED]", text)
-    text, in_keys = _KEY_VALUES.subn(r"\1REDACTED\3", text)
-    return text, in_parameters + in_keys
+
+    def mask(match: re.Match[str]) -> str:
+        kind = match.lastgroup or ""
+        return match[kind] + "REDACTED" + _CLOSING.get(kind, "")
+
+    return _DATABASE_VALUES.subn(mask, text)
 
 
 def mask_text(text: str) -> tuple[str, int]:

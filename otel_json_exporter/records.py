@@ -304,17 +304,17 @@ def _cut_error_message(message: str) -> str:
     """``message`` cut to :data:`MAX_ERROR_MESSAGE_LENGTH`, never hiding PII by the cut.
 
     A cut through an address or credentials (``...alice@gmail``) leaves what no
-    check finds any more: when the whole holds PII that the cut would hide, it is
-    masked first, as ``record_operation`` does, and then cut safely. PII the cut
-    leaves whole stays, for the manager's check to refuse.
+    check finds any more: when the whole holds PII, it is masked first, as
+    ``record_operation`` does, and then cut safely (were only the PII the cut
+    would hide masked, another address before it would leave the cut one behind
+    when the manager masks the cut text).
     """
     from otel_json_exporter.pii import DEFAULT_POLICY  # noqa: PLC0415  # pii imports this module
 
-    cut = message[:MAX_ERROR_MESSAGE_LENGTH]
-    if DEFAULT_POLICY.contains_pii(message) and not DEFAULT_POLICY.contains_pii(cut):
+    if DEFAULT_POLICY.contains_pii(message):
         masked, _ = DEFAULT_POLICY.redact(text_of(message))
         return DEFAULT_POLICY.fit(masked, MAX_ERROR_MESSAGE_LENGTH)
-    return cut
+    return message[:MAX_ERROR_MESSAGE_LENGTH]
 
 
 RecordRow = tuple[str, str, float, int, bool, "str | None", dict[str, Any]]

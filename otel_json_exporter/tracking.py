@@ -34,10 +34,10 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast
 
 from otel_json_exporter.manager import MetricsManager
 from otel_json_exporter.records import OperationRecord, valid_unicode
@@ -121,14 +121,16 @@ class track_operation:
     ) -> None:
         duration_ms, failed, error_message = self._stop(exc_type, exc)
         try:
-            record = OperationRecord(
+            # Not validated here: submit_records validates it, after masking the message
+            # whole with the manager's own rule, then cutting it, as record_operation does.
+            record = OperationRecord.model_construct(
                 operation_type=self.operation_type,
                 operation_name=self.operation_name,
                 duration_ms=duration_ms,
                 timestamp=datetime.now(timezone.utc),  # the end, as record_operation's
                 success=not failed,
                 error_message=error_message,
-                metadata=dict(self.metadata) if self.metadata is not None else {},
+                metadata=self.metadata if self.metadata is not None else {},
             )
             policy = self.manager.queue_full_policy
             wait = math.inf if policy == "block" else 0.0
@@ -157,27 +159,31 @@ class track_operation:
         error_message = _describe(exc_type, exc) if failed and exc_type is not None else None
         return duration_ms, failed, error_message
 
-    @overload
-    def __call__(  # a coroutine function is a callable too: this one is tried first
-        self, func: Callable[_P, Awaitable[_R]]
-    ) -> Callable[_P, Coroutine[Any, Any, _R]]: ...
+    def __call__(self, func: Callable[_P, _R]) -> Callable[_P, _R]:
+        """Decorate a function, a coroutine function or not, so that every call is tracked.
 
-    @overload
-    def __call__(self, func: Callable[_P, _R]) -> Callable[_P, _R]: ...
-
-    def __call__(self, func: Callable[_P, Any]) -> Callable[_P, Any]:
-        """Decorate a function, a coroutine function or not, so that every call is tracked."""
-        if inspect.iscoroutinefunction(func):
+        A coroutine function's wrapper returns a coroutine, as the function did: one
+        signature serves both. TypeError for a generator function, sync or async,
+        whose body runs after the call returns: time the block around its loop.
+        """
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                "track_operation cannot time a generator function: its body runs as it "
+                "is iterated; use 'with' or 'async with' around the loop instead"
+            )
+        # Or an object whose __call__ is async (its class's, as a call looks it up).
+        call = inspect.getattr_static(type(func), "__call__", None)
+        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call):
 
             @functools.wraps(func)
             async def tracked(*args: _P.args, **kwargs: _P.kwargs) -> Any:
                 async with self._fresh():
-                    return await func(*args, **kwargs)
+                    return await func(*args, **kwargs)  # type: ignore[misc]  # a coroutine function
 
-            return tracked
+            return cast("Callable[_P, _R]", tracked)
 
         @functools.wraps(func)
-        def tracked_sync(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+        def tracked_sync(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             with self._fresh():
                 return func(*args, **kwargs)
 

@@ -6,7 +6,7 @@ thread, including during interpreter shutdown when thread pools refuse new work.
 How one batch is written (:meth:`BatchWriter.write_rows`):
 
 1. encode the batch (its ``batch_id`` comes from its ``batch_timestamp``);
-2. write it to ``.metrics_<pid>_n<pid namespace>_<random>.tmp`` in the storage directory,
+2. write it to ``.metrics_<pid>_n<process space>_<random>.tmp`` in the storage directory,
    created with ``O_EXCL``, then ``fsync`` it;
 3. ``os.link`` it to ``metrics_<batch_id>.json``: a hard link never replaces an
    existing file, so when the name is taken (same microsecond, another process)
@@ -68,8 +68,9 @@ MAX_RETENTION_DAYS = 36_500
 STALE_TEMP_SECONDS = 600.0
 """A temporary file older than this is stale even if its writer's PID is alive."""
 
-# .metrics_<pid>_n<PID namespace>_<random>.tmp; before, .metrics_<pid>_<random>.tmp
-_TEMP_PATTERN = re.compile(r"^\.metrics_([0-9]+)_(?:n([0-9]+)_)?[0-9a-f]+\.tmp$")  # fullmatch
+# .metrics_<pid>_n<process space>_<random>.tmp; a name without "n..." (before the
+# space was named) is judged by its age only
+_TEMP_PATTERN = re.compile(r"^\.metrics_([0-9]+)_(?:n([0-9a-f]+)_)?[0-9a-f]+\.tmp$")  # fullmatch
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -268,7 +269,7 @@ class BatchWriter:
         return True
 
     def _temp_path(self) -> Path:
-        name = f".metrics_{os.getpid()}_n{_PID_NAMESPACE}_{secrets.token_hex(6)}.tmp"
+        name = f".metrics_{os.getpid()}_n{_PROCESS_SPACE}_{secrets.token_hex(6)}.tmp"
         return self.directory / name
 
     @staticmethod
@@ -288,19 +289,27 @@ class BatchWriter:
             os.close(fd)
 
 
-def _pid_namespace() -> int:
-    """This process's PID namespace (its inode, on Linux); 0 where there is none to read.
+def _process_space() -> str:
+    """Where this process's PID names it: its PID namespace on this boot of this host.
 
     Two containers sharing a volume (a rolling restart) number their processes each
-    in its own namespace: a PID is judged only by a process of the same namespace.
+    in its own namespace, and two hosts sharing one each on its own; the initial
+    namespace's inode is the same on every Linux host, so the boot's id goes with
+    it. A PID is judged only by a process of the same space. "0" where neither can
+    be read (not Linux): every process there is taken to share one space.
     """
     try:
-        return os.stat("/proc/self/ns/pid").st_ino
+        namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        return 0
+        return "0"
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii")
+    except OSError:
+        boot = ""
+    return f"{namespace:x}" + "".join(c for c in boot.lower() if c in "0123456789abcdef")[:12]
 
 
-_PID_NAMESPACE = _pid_namespace()
+_PROCESS_SPACE = _process_space()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -321,7 +330,8 @@ def remove_stale_temp_files(
     A temporary file is removed when the process named in it is gone, or when
     it is older than ``max_age_seconds`` (a live writer's file is that old only
     when one write took ten minutes; that write then fails and is retried). A
-    file of another PID namespace (another container's) is judged by its age only. One
+    file of another process space (another container's, another host's), or
+    named before spaces were, is judged by its age only. One
     that cannot be removed (another user's, in a shared directory; a directory
     by that name) is left, with a warning: it must not keep a manager from starting.
     """
@@ -339,9 +349,8 @@ def remove_stale_temp_files(
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:
             continue
-        namespace = match.group(2)  # None in a name from before namespaces were named
-        judged = namespace is None or int(namespace) == _PID_NAMESPACE
-        if age > max_age_seconds or (judged and not _pid_alive(int(match.group(1)))):
+        ours = match.group(2) == _PROCESS_SPACE
+        if age > max_age_seconds or (ours and not _pid_alive(int(match.group(1)))):
             try:
                 os.unlink(entry.path)
             except FileNotFoundError:

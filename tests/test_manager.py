@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from otel_json_exporter import MetricsManager, OperationRecord, PiiPolicy, StorageError
+from otel_json_exporter import writer as writer_module
 from otel_json_exporter.records import MetricsBatch, RecordRow
 
 from ._tricky import disguised
@@ -913,7 +914,9 @@ class TestEdges:
         self, storage: Path
     ) -> None:
         storage.mkdir()
-        stray = storage / ".metrics_99999999999999999999_abcdef.tmp"
+        stray = (
+            storage / f".metrics_99999999999999999999_n{writer_module._PROCESS_SPACE}_abcdef.tmp"
+        )
         stray.write_text("")
         manager = make(storage)
         await manager.start()

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from otel_json_exporter import MetricsManager
+from otel_json_exporter import writer as writer_module
 
 from .conftest import load_batches
 
@@ -216,10 +217,16 @@ class TestTemporaryFileCleanUp:
         finished = subprocess.Popen([sys.executable, "-c", "pass"])
         finished.wait(timeout=CAP)
         try:
-            live = storage / f".metrics_{sleeper.pid}_0123456789ab.tmp"
-            stale = storage / f".metrics_{sleeper.pid}_ba9876543210.tmp"
-            dead = storage / f".metrics_{finished.pid}_00aa11bb22cc.tmp"
-            own = storage / f".metrics_{os.getpid()}_ffffffffffff.tmp"
+            space = f"n{writer_module._PROCESS_SPACE}"  # as this machine's writers name it
+            live = storage / f".metrics_{sleeper.pid}_{space}_0123456789ab.tmp"
+            stale = storage / f".metrics_{sleeper.pid}_{space}_ba9876543210.tmp"
+            dead = storage / f".metrics_{finished.pid}_{space}_00aa11bb22cc.tmp"
+            own = storage / f".metrics_{os.getpid()}_{space}_ffffffffffff.tmp"
+            # A name of another space, or from before spaces were named: by age only.
+            unjudged = [
+                storage / f".metrics_{finished.pid}_n0123abc_00aa11bb22cc.tmp",
+                storage / f".metrics_{finished.pid}_00aa11bb22cc.tmp",
+            ]
             # The dead writer's pid again, in names that are not a writer's temporary file
             arabic_indic = str(finished.pid).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
             lookalikes = (
@@ -228,7 +235,7 @@ class TestTemporaryFileCleanUp:
             )
             names = (".metrics_x_1.tmp", "notes.tmp", "metrics_a.tmp", *lookalikes)
             others = [storage / name for name in names]
-            for path in [live, stale, dead, own, *others]:
+            for path in [live, stale, dead, own, *others, *unjudged]:
                 path.write_text("{")
             old = time.time() - 601
             os.utime(stale, (old, old))
@@ -240,6 +247,7 @@ class TestTemporaryFileCleanUp:
             assert not stale.exists()
             assert not dead.exists()
             assert all(path.exists() for path in others)
+            assert all(path.exists() for path in unjudged)
         finally:
             sleeper.kill()
             sleeper.wait(timeout=CAP)
