@@ -44,3 +44,21 @@ def export_spans(
     make_spans(provider.get_tracer("tests"))
     provider.shutdown()
     return records_in(directory), exporter.manager.stats().pii_redacted
+
+
+def header_capturing_app(provider: TracerProvider) -> Any:
+    """A FastAPI app with one route, ``/me``, whose instrumentation captures every
+    request header (``http_capture_headers_server_request=[".*"]``)."""
+    from fastapi import FastAPI
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    app = FastAPI()
+
+    @app.get("/me")
+    async def me() -> dict[str, bool]:
+        return {"ok": True}
+
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=provider, http_capture_headers_server_request=[".*"]
+    )
+    return app

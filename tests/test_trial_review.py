@@ -17,14 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 
 from otel_json_exporter import MetricsManager, OperationSpanExporter
 
+from ._spans import header_capturing_app
 from .conftest import load_records
 
 
@@ -135,15 +134,7 @@ def test_credential_headers_beyond_the_bare_words_are_dropped(tmp_path: Path, he
     exporter = OperationSpanExporter(storage)
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    app = FastAPI()
-
-    @app.get("/me")
-    async def me() -> dict[str, bool]:
-        return {"ok": True}
-
-    FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, http_capture_headers_server_request=[".*"]
-    )
+    app = header_capturing_app(provider)
     value = "902114" if "otp" in header else _JWT
 
     async def drive() -> int:

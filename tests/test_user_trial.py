@@ -24,6 +24,8 @@ from opentelemetry.trace import SpanKind
 
 from otel_json_exporter import MetricsManager, OperationSpanExporter
 
+from ._spans import header_capturing_app
+
 
 def _records(directory: Path) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
@@ -202,15 +204,7 @@ def test_credential_headers_captured_by_the_fastapi_instrumentation_are_dropped(
     exporter = OperationSpanExporter(tmp_path / "spans")
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    app = FastAPI()
-
-    @app.get("/me")
-    async def me() -> dict[str, bool]:
-        return {"ok": True}
-
-    FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, http_capture_headers_server_request=[".*"]
-    )
+    app = header_capturing_app(provider)
     secrets = {"x-jwt": "eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl", "x-auth": "k-8731", "x-otp": "902114"}
 
     async def drive() -> int:

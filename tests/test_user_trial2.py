@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +17,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from otel_json_exporter import MetricsManager, OperationRecord, OperationSpanExporter
 from otel_json_exporter.writer import BatchWriter
+
+from ._namespaces import needs_unshare, start_in_another_pid_namespace
 
 PASSWORD = "Hunter2Pass!"
 
@@ -139,10 +136,7 @@ def test_flask_style_server_span_with_sqlalchemy_integrity_error_leaks_password(
 # -- 3. start() in another PID namespace removes a live writer's temporary file
 
 
-@pytest.mark.skipif(
-    shutil.which("unshare") is None or os.geteuid() != 0,
-    reason="needs unshare and root (a new PID namespace, as a second container has)",
-)
+@needs_unshare
 def test_start_in_another_pid_namespace_keeps_a_live_writers_temp_file(tmp_path: Path) -> None:
     """README: only temporary files whose process is gone, or older than 10 minutes, are
     removed. Two containers sharing a volume (a rolling restart) see different PIDs:
@@ -152,17 +146,7 @@ def test_start_in_another_pid_namespace_keeps_a_live_writers_temp_file(tmp_path:
     directory.mkdir()
     live = BatchWriter(directory)._temp_path()  # named as this live writer names it
     live.write_bytes(b"half a batch")
-    code = textwrap.dedent(
-        f"""
-        from otel_json_exporter import MetricsManager
-        m = MetricsManager({str(directory)!r}); m.start_sync(); m.stop_sync()
-        """
-    )
-    subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
-        check=True,
-        timeout=60,
-    )
+    start_in_another_pid_namespace(directory)
     assert live.exists()
 
 
