@@ -294,6 +294,8 @@ class MetricsManager:
     def _check_startable(self) -> None:
         if self._accepting:
             raise RuntimeError("MetricsManager is already running")
+        if _ending.is_set():
+            raise RuntimeError("the process is ending (SIGTERM): no manager starts any more")
 
     def _start_worker(self) -> None:
         self._worker_alive = True
@@ -1114,15 +1116,22 @@ def flush_on_sigterm() -> None:
     _sigterm.install_now(_flush_at_exit, _stop_at_exit)
 
 
+_ending = threading.Event()  # set when a SIGTERM ends the process from another thread
+
+
 def _stop_at_exit() -> None:
     """Stop every running manager, writing what each accepted (10 s at most each).
 
     For a SIGTERM that ends the process from another thread (see ``_sigterm``): a
     stopped manager refuses later records rather than accepting records the end
-    would lose.
+    would lose, and no manager starts any more (one started meanwhile is stopped too).
     """
-    for manager in list(_MANAGERS):
-        if manager.is_running:
+    _ending.set()
+    for _ in range(3):  # a start_sync() past its check as the flag was set: once more
+        running = [manager for manager in list(_MANAGERS) if manager.is_running]
+        if not running:
+            return
+        for manager in running:
             try:
                 manager.stop_sync(_EXIT_FLUSH_TIMEOUT)
             except (RuntimeError, asyncio.TimeoutError) as exc:

@@ -484,14 +484,21 @@ def _mask_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
 # "Key (cols)=(values) already exists" (a value may span lines), "Failing row contains
 # (...)" and 'invalid input syntax for type integer: "..."'; MySQL's "Duplicate entry
 # '...' for key" and "Incorrect integer value: '...'".
+_KEY_ENDINGS = r"already exists|is not present|is still referenced|is duplicated|conflicts with"
 _DATABASE_VALUES = re.compile(
-    r"(?P<parameters>\[parameters: )(?!REDACTED\])(?s:.)*?(?=\n\(Background on this error|\Z)"
-    r"|(?P<key>\bKey \([^()\n]*+\)=\()(?!REDACTED\))(?s:.)*?"
-    r"(?=\) (?:already exists|is not present|is still referenced|conflicts with)|\Z)"
-    r"|(?P<row>\bFailing row contains \()(?!REDACTED\))[^\n]*?(?=\)\.?[ \t]*(?:\n|\Z)|\n|\Z)"
-    r'|(?P<input>\binvalid input (?:syntax|value) for [\w ]++: ")(?!REDACTED")[^"\n]*+'
-    r"|(?P<entry>\bDuplicate entry ')(?!REDACTED')(?s:.)*?(?=' for key|\Z)"
-    r"|(?P<incorrect>\bIncorrect \w++ value: ')(?!REDACTED')[^'\n]*+"
+    r"(?P<parameters>\[parameters: )(?!REDACTED)(?s:.)*?(?=\n\(Background on this error|\Z)"
+    # Columns may be an expression, "lower(full_name::text)": one level of parentheses.
+    # A value runs to its known ending, even over lines, or else to the end of its line.
+    r"|(?P<key>\b[Kk]ey \((?:[^()\n]|\([^()\n]*+\))*+\)=\()(?!REDACTED)"
+    rf"(?:(?s:.){{0,4000}}?(?=\) (?:{_KEY_ENDINGS}))|[^\n]*)"
+    r"|(?P<row>\bFailing row contains \()(?!REDACTED)"
+    r"(?:(?s:.){0,4000}?(?=\)\.?[ \t]*(?:\n|\Z))|[^\n]*)"
+    # PostgreSQL does not escape quotes inside the value: it ends at the line's last one.
+    r'|(?P<input>\binvalid input (?:syntax|value) for [\w ]{1,64}+: ")(?!REDACTED)'
+    r'[^\n]*?(?="[ \t]*(?:\n|\Z)|\n|\Z)'
+    r"|(?P<entry>\bDuplicate entry ')(?!REDACTED)(?s:.)*?(?=' for key|\Z)"
+    r"|(?P<incorrect>\b[Ii]ncorrect \w{1,32}+ value: ')(?!REDACTED)"
+    r"(?:[^\n]{0,4000}?(?=' for column)|[^\n]*?(?='[ \t]*(?:\n|\Z)|\n|\Z))"
 )
 _CLOSING = {"parameters": "]"}  # the other patterns stop before their closing mark
 
@@ -504,7 +511,7 @@ def holds_database_values(text: str) -> bool:
         or "Failing row contains" in text
         or "invalid input " in text
         or "Duplicate entry" in text
-        or "Incorrect " in text
+        or "ncorrect " in text
     )
 
 

@@ -34,7 +34,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
@@ -166,6 +166,10 @@ class track_operation:
         signature serves both. TypeError for a generator function, sync or async,
         whose body runs after the call returns: time the block around its loop.
         """
+        if isinstance(func, (staticmethod, classmethod)):
+            # Above @staticmethod or @classmethod: the function inside is tracked, and
+            # wrapped again as it was, so that it binds as it did.
+            return cast("Callable[_P, _R]", type(func)(self(func.__func__)))
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError(
                 "track_operation cannot time a generator function: its body runs as it "
@@ -183,11 +187,32 @@ class track_operation:
             return cast("Callable[_P, _R]", tracked)
 
         @functools.wraps(func)
-        def tracked_sync(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            with self._fresh():
-                return func(*args, **kwargs)
+        def tracked_sync(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+            timer = self._fresh()
+            timer._start()
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                timer.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            if inspect.isawaitable(result):
+                # A coroutine (or future) made by a plain function, a partial: timed until
+                # it is awaited to its end, as a coroutine function's call is.
+                return timer._until_done(result)
+            timer.__exit__(None, None, None)
+            return result
 
-        return tracked_sync
+        return cast("Callable[_P, _R]", tracked_sync)
+
+    async def _until_done(self, awaitable: Awaitable[Any]) -> Any:
+        """Await ``awaitable``, then record the block begun by :meth:`_start`."""
+        try:
+            value = await awaitable
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        await self.__aexit__(None, None, None)
+        return value
 
     def _fresh(self) -> track_operation:
         """A timer of its own for one call: calls may overlap."""
