@@ -108,7 +108,7 @@ def _flush_then(
         finally:
             if callable(then):
                 then(signum, frame)
-            elif then is signal.SIG_DFL or then is None:
+            elif ends:
                 signal.raise_signal(signum)
 
     handler._otel_json_exporter = True  # type: ignore[attr-defined]  # see install_now

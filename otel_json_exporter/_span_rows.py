@@ -24,7 +24,6 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote
 
 from pydantic_core import to_json
 
@@ -34,6 +33,7 @@ from otel_json_exporter.pii import (
     holds_database_values,
     mask_cut_end,
     mask_database_values,
+    percent_decoded,
 )
 from otel_json_exporter.records import (
     INTEGER_LIMIT,
@@ -642,7 +642,7 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
             return text
 
         text, count = policy.redact(_URL_IN_TEXT.sub(mask, text))
-        if "%" in text and policy.contains_pii(_percent_decoded(text)):
+        if "%" in text and policy.contains_pii(percent_decoded(text)):
             # PII percent-encoded outside the URLs found (a quoted URL the search
             # missed, an encoded value beside no URL), which neither redact() nor the
             # manager's check decodes: the whole text is read as a URL, as before,
@@ -653,16 +653,6 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     if "@" in text or "=" in text or "%" in text or not text.isascii():
         return policy.redact(text)
     return text, 0
-
-
-def _percent_decoded(text: str) -> str:
-    """``text`` percent-decoded through up to three layers, as URL masking reads values."""
-    for _ in range(3):
-        decoded = unquote(text)
-        if decoded == text:
-            break
-        text = decoded
-    return text
 
 
 def _plain_service(service: Any) -> bool:

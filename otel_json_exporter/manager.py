@@ -289,7 +289,7 @@ class MetricsManager:
             else:
                 self._start_worker()
         self._wake_waiters()
-        _sigterm.install(_flush_at_exit, _stop_at_exit)
+        _sigterm.install(_flush_at_exit, _stop_for_sigterm)
 
     def _check_startable(self) -> None:
         if self._accepting:
@@ -1113,13 +1113,13 @@ def flush_on_sigterm() -> None:
     or ends the process by SIGTERM if that was the default action. From the main
     thread only (ValueError otherwise); a second call changes nothing.
     """
-    _sigterm.install_now(_flush_at_exit, _stop_at_exit)
+    _sigterm.install_now(_flush_at_exit, _stop_for_sigterm)
 
 
 _ending = threading.Event()  # set when a SIGTERM ends the process from another thread
 
 
-def _stop_at_exit() -> None:
+def _stop_for_sigterm() -> None:
     """Stop every running manager, writing what each accepted (10 s at most each).
 
     For a SIGTERM that ends the process from another thread (see ``_sigterm``): a

@@ -91,6 +91,7 @@ __all__ = [
     "mask_quoted_keys",
     "mask_text",
     "normalize_key",
+    "percent_decoded",
     "safe_validation_message",
 ]
 
@@ -894,7 +895,7 @@ class PiiPolicy:
             after = start + len(_URL_MASK)
             if after == len(text) or _VALUE_END.match(text, after):
                 return False  # masked already
-        return self.is_pii_key(_decode(match["name"]))
+        return self.is_pii_key(percent_decoded(match["name"]))
 
     def _mask_segments(self, text: str) -> tuple[str, int]:
         """The value of every PII ``/name=value`` set to ``REDACTED``, even one that an
@@ -916,7 +917,9 @@ class PiiPolicy:
 
     def _is_pii_parameter(self, match: re.Match[str]) -> bool:
         value = match["value"]
-        return bool(value) and value != _URL_MASK and self.is_pii_key(_decode(match["name"]))
+        return (
+            bool(value) and value != _URL_MASK and self.is_pii_key(percent_decoded(match["name"]))
+        )
 
     def mask_parameters(self, text: str) -> tuple[str, int]:
         """Every ``name=value`` in ``text`` whose name is a PII key, valued ``REDACTED``."""
@@ -1045,7 +1048,7 @@ class PiiPolicy:
                     parts[index] = _URL_MASK
                     masked += 1
                 continue
-            key = _decode(name) if "%" in name or "+" in name else name
+            key = percent_decoded(name) if "%" in name or "+" in name else name
             if self.is_pii_key(key):
                 if contains_pii_text(key):
                     name = _URL_MASK
@@ -1062,7 +1065,7 @@ class PiiPolicy:
         """Whether a parameter's value, percent-decoded, holds PII: an address,
         credentials, or a PII ``name=value`` of a URL nested in it
         (``next=%2Freset%3Ftoken%3Ds3cr3t``)."""
-        decoded = _decode(value)
+        decoded = percent_decoded(value)
         return contains_pii_text(decoded) or (
             "=" in decoded and self._pii_parameter(decoded) is not None
         )
@@ -1091,7 +1094,7 @@ class PiiPolicy:
         return fragment, 0
 
 
-def _decode(text: str) -> str:
+def percent_decoded(text: str) -> str:
     """``text`` percent-decoded (``+`` as a space), through up to three layers."""
     for _ in range(_MAX_DECODINGS):
         if "%" not in text and "+" not in text:
@@ -1119,7 +1122,7 @@ def _only_parameters(text: str) -> bool:
 
 def _holds_pii_text(text: str) -> bool:
     """Whether a URL part, percent-decoded, holds an e-mail address or credentials."""
-    return contains_pii_text(_decode(text))
+    return contains_pii_text(percent_decoded(text))
 
 
 DEFAULT_POLICY = PiiPolicy()
