@@ -22,12 +22,13 @@ if TYPE_CHECKING:
         default_span_filter,
         span_to_record,
     )
-    from otel_json_exporter.pii import PiiPolicy
+    from otel_json_exporter.pii import CLIENT_ADDRESS_KEYS, PiiPolicy
     from otel_json_exporter.records import MetricsBatch, MetricsStats, OperationRecord
     from otel_json_exporter.tracking import track_operation
     from otel_json_exporter.writer import StorageError, delete_expired_batches
 
 __all__ = [
+    "CLIENT_ADDRESS_KEYS",
     "MetricsBatch",
     "MetricsManager",
     "MetricsStats",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "CLIENT_ADDRESS_KEYS": "pii",
     "MetricsBatch": "records",
     "MetricsManager": "manager",
     "MetricsStats": "records",

@@ -612,12 +612,17 @@ def _bytes_hold_pii(data: bytes, policy: PiiPolicy) -> bool:
     """Whether bytes read as text hold PII; base64 would hide it from every check.
 
     Read as UTF-8 (a stray byte replaced), as Latin-1, and with NUL bytes left
-    out (ASCII text in UTF-16 or UTF-32).
+    out (ASCII text in UTF-16 or UTF-32), without the byte-order mark that
+    Python's ``utf-16`` and ``utf-32`` codecs write first: glued to the text, its
+    ``ÿþ`` would hide the name of a ``password=`` pair.
     """
+    without_nul = data.replace(b"\x00", b"")
+    if without_nul[:2] in (b"\xff\xfe", b"\xfe\xff"):  # both marks, once NULs are gone
+        without_nul = without_nul[2:]
     readings = (
         data.decode("utf-8", "replace"),
         data.decode("latin-1"),
-        data.replace(b"\x00", b"").decode("latin-1"),
+        without_nul.decode("latin-1"),
     )
     return any(policy.contains_pii(text) for text in readings)
 

@@ -67,6 +67,7 @@ error message or a log line.
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -77,19 +78,23 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
+from otel_json_exporter._marks import MARK_RANGES
 from otel_json_exporter.records import RecordRow, text_of
 
 __all__ = [
+    "CLIENT_ADDRESS_KEYS",
     "DEFAULT_POLICY",
     "FORBIDDEN_KEYS",
     "REDACTED",
     "PiiPolicy",
     "contains_pii_text",
+    "describe_key",
     "holds_database_values",
     "mask_cut_end",
     "mask_database_values",
     "mask_quoted_keys",
     "mask_text",
+    "masked_key",
     "normalize_key",
     "percent_decoded",
     "safe_validation_message",
@@ -111,6 +116,24 @@ FORBIDDEN_KEYS = frozenset(
 )  # fmt: skip
 """The specification's forbidden metadata keys (rule a)."""
 
+CLIENT_ADDRESS_KEYS = frozenset(
+    {
+        # The semantic conventions' client address, stable and older, on server spans
+        # (network.peer.address is the server's on a client span: it goes too).
+        "client.address", "network.peer.address", "net.peer.ip", "net.sock.peer.addr",
+        # What proxies pass on: http.client_ip and the headers an instrumentation
+        # captures (http.request.header.x_forwarded_for), as endings.
+        "client_ip", "x_forwarded_for", "x_real_ip", "true_client_ip", "cf_connecting_ip",
+        "x_client_ip", "http.request.header.forwarded",
+    }
+)  # fmt: skip
+"""Keys that carry a client's IP address, for ``PiiPolicy(blocked_keys=...)``.
+
+IP addresses are personal data under the GDPR, but not in the default rule. A blocked
+key also blocks every key it ends as whole words, so ``x_forwarded_for`` blocks the
+captured header ``http.request.header.x-forwarded-for`` too.
+"""
+
 # Identifiers that name a person wherever they appear, beyond the specification's list:
 # phone numbers, national numbers (a US SSN, a Canadian SIN), payment cards and
 # accounts, birth dates, passports.
@@ -118,6 +141,13 @@ _IDENTIFIER_KEYS = (
     "phone", "phone_number", "telephone", "ssn", "social_security_number",
     "social_insurance_number", "credit_card", "credit_card_number", "card_number", "iban",
     "date_of_birth", "birth_date", "birthdate", "dob", "passport_number",
+    # Where a person lives, and what pays or identifies them (Loi 25, PIPEDA, GDPR).
+    "street_address", "home_address", "shipping_address", "billing_address",
+    "mailing_address", "postal_address", "postal_code", "zip_code", "postcode", "cvv", "cvc",
+    "card_security_code", "account_number", "bank_account", "routing_number",
+    "driver_license", "drivers_license", "driver_license_number", "driving_licence",
+    "health_card_number", "national_id", "tax_id", "security_answer", "mobile_number",
+    "phone_no", "pin_code",
 )  # fmt: skip
 _FORBIDDEN_SUFFIXES = (
     "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
@@ -129,8 +159,10 @@ _FORBIDDEN_SUFFIXES = (
 # conventions tell HTTP instrumentations to redact, and kin). These only whole: as
 # endings they would refuse flags and descriptions (uses_jwt, requires_basic_auth,
 # valid_signature, method_signature, kill_sig), nor are their plurals (signatures: a count).
+# "pin" and "mobile" (a phone number) likewise: as endings they name a device's pin
+# (gpio_pin) or a flag (browser.mobile, a semantic convention).
 _CREDENTIAL_WHOLE = frozenset(
-    {"jwt", "otp", "totp", "basic_auth", "signature", "sig", "aws_access_key_id"}
+    {"jwt", "otp", "totp", "basic_auth", "signature", "sig", "aws_access_key_id", "pin", "mobile"}
 )
 # These whole or as endings: the headers that carry them (X-Goog-IAP-JWT-Assertion).
 _CREDENTIAL_KEYS = (
@@ -221,12 +253,34 @@ _WORD_SPELLINGS = {
     "clientsecret": "client_secret",
     "secretkey": "secret_key",
     "privatekey": "private_key",
+    "zipcode": "zip_code",
+    "postalcode": "postal_code",
 }
+_ATOMIC_GROUPS = itertools.count()
+
+
+def _atomic(pattern: str) -> str:
+    """``pattern`` matched atomically: what it matches first is kept, never backtracked.
+
+    As ``*+`` and ``(?>...)`` do from Python 3.11; this package supports 3.10, whose
+    ``re`` has neither. A look-ahead is atomic in every version: it takes the match,
+    and a back-reference to it consumes exactly that. Each call names its own group.
+    """
+    name = f"_atomic{next(_ATOMIC_GROUPS)}"
+    return f"(?=(?P<{name}>{pattern}))(?P={name})"
+
+
+# The quotes that open a run of address characters ('bob@x.io' in a repr), and what a
+# password, or what is left of a domain, runs over: each taken whole, never backtracked.
+_OPENING_QUOTES = _atomic("['\u2019]*")
+_PASSWORD_RUN = _atomic(r"(?:(?!//)[^\s@])*")
+_DOMAIN_RUN = _atomic(r"[\w.-]*")
 # A local part's characters, with the apostrophe, straight or typographic (U+2019), so
 # that no part of ``mary.o'brien@...`` is left before the mask. (RFC 5322's other
 # symbols are left out: ``*@example.com`` is a pattern, ``ERROR|bob@x.io`` a log line.)
 # The invisible characters too, so that one inside a local part (``alice<U+200B>.smith@``)
-# does not leave what comes before it unmasked.
+# does not leave what comes before it unmasked. Combining marks, which \w does not take,
+# are read as letters (see _searchable).
 _LOCAL_PART = rf"[\w.%+'\u2019{_INVISIBLE_CHARACTERS}-]"
 # The look-behind makes a match start only where a run of address characters
 # starts; without it a long run before a lone "@" took quadratic time. The quotes
@@ -236,9 +290,17 @@ _LOCAL_PART = rf"[\w.%+'\u2019{_INVISIBLE_CHARACTERS}-]"
 # Before an encoded "%40", the local part holds no other escape but "%2B" ("+"): in
 # "cc%20%40john.doe" the "%20" is a space, and "@john.doe" a mention, no address.
 _UNESCAPED_LOCAL_PART = rf"[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]"  # _LOCAL_PART but "%"
-_LOCAL_BEFORE_AT = rf"(?:{_LOCAL_PART}+@|(?:{_UNESCAPED_LOCAL_PART}|%2[Bb])+%40)"
+# A backslash escape of a character, as json.dumps (\u00e9) and repr (\xe9, \udce9: a
+# file name's undecodable byte) write one inside an address. A match never starts
+# inside such an escape, so that a long run of them is read once; after any other
+# backslash it may (C:\Users\bob@x.io; "line1\nbob@x.io" loses the "n" to the mask).
+_ESCAPE = r"\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|U[0-9A-Fa-f]{8})"
+_NOT_AFTER_LOCAL_PART = rf"(?<!{_LOCAL_PART})(?!(?<=\\)[uxU][0-9A-Fa-f])"
+_LOCAL_BEFORE_AT = (
+    rf"(?:(?:{_LOCAL_PART}|{_ESCAPE})+@|(?:{_UNESCAPED_LOCAL_PART}|%2[Bb]|{_ESCAPE})+%40)"
+)
 _EMAIL = (
-    rf"(?<!{_LOCAL_PART})(?P<quotes>['\u2019]*+){_LOCAL_BEFORE_AT}"
+    rf"{_NOT_AFTER_LOCAL_PART}(?P<quotes>{_OPENING_QUOTES}){_LOCAL_BEFORE_AT}"
     r"[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"
 )
 # A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it;
@@ -250,7 +312,7 @@ _EMAIL = (
 # "//a:" and no "@" after them is read in linear time (a plain \S*@ is quadratic).
 _CREDENTIALS = (
     r"//(?:[^\s/?#]*@"
-    r"|[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|$))(?:(?:(?!//)[^\s@])*+@)++)"
+    r"|[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|$))" + _atomic(f"(?:{_PASSWORD_RUN}@)+") + ")"
 )
 # An address, or URL credentials, that the text's end cuts short: the SDK's attribute
 # length limit cuts a value without looking (``ann.lee@exa``, ``//admin:s3c``). The
@@ -259,10 +321,11 @@ _CREDENTIALS = (
 # host after credentials masked already (``//REDACTED:REDACTED@db``) for an address.
 # A cut inside the escape itself ("jean.tremblay%4") counts too, when the local part
 # holds a letter: "50%" at the end of a cut value stays.
+_CUT_CREDENTIALS = rf"//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z)){_PASSWORD_RUN}\Z"
 _CUT_END = re.compile(
-    r"(?P<credentials>//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z))(?:(?!//)[^\s@])*+\Z)"
-    rf"|(?<!{_LOCAL_PART})(?<!//REDACTED:)(?P<quotes>['\u2019]*+)"
-    rf"(?:{_LOCAL_BEFORE_AT}[\w.-]*+"
+    rf"(?P<credentials>{_CUT_CREDENTIALS})"
+    rf"|{_NOT_AFTER_LOCAL_PART}(?<!//REDACTED:)(?P<quotes>{_OPENING_QUOTES})"
+    rf"(?:{_LOCAL_BEFORE_AT}{_DOMAIN_RUN}"
     rf"|(?={_UNESCAPED_LOCAL_PART}*[^\W\d_]){_UNESCAPED_LOCAL_PART}+%4?)\Z"
 )
 # Credentials already masked are matched first and skipped, so that masking is
@@ -271,6 +334,12 @@ _CUT_END = re.compile(
 _PII_TEXT = re.compile(
     f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})|{_EMAIL}"
 )
+# Credentials cut short and percent-encoded, as in a URL's parameter
+# (?next=postgresql%3A%2F%2Fadmin%3As3cr): they start at the last "//" in any of its
+# forms, since the password cannot hold "//" (see _CUT_END); the possible starts are found
+# with a look-ahead, so that of "///" or "%2F%2F%2F" the last pair is among them.
+_CUT_CREDENTIALS_DECODED = re.compile(_CUT_CREDENTIALS)
+_SLASHES = re.compile(r"(?=(?:/|%(?:25){0,2}2[Ff]){2})")
 # Credentials alone, masked before urlsplit reads a URL (see PiiPolicy._mask_url).
 _CREDENTIALS_ONLY = re.compile(
     f"(?P<masked>{re.escape(_CREDENTIALS_MASK)})|(?P<credentials>{_CREDENTIALS})"
@@ -291,6 +360,8 @@ _SEGMENT_NAME = re.compile(r"[/,](?P<name>[^\s=?#;&/,]+)=")
 _VALUE_END = re.compile(r"[\s?#;&]")
 _IDEOGRAPHIC_DOT = re.compile("\u3002(?=[A-Za-z0-9])")
 _NOT_ONLY_PARAMETERS = re.compile(r"[@%/;?#,\s]")
+_WORD = re.compile(r"[^\W_]+")
+_NAME_END = re.compile(r"[\w.-]+\Z")
 _TURKISH_I = {ord("\u0130"): "I", ord("\u0131"): "i"}
 _CACHE_LIMIT = 4096
 _REMEMBERED_TEXT_LENGTH = 256
@@ -407,8 +478,24 @@ def _has_at_sign(text: str) -> bool:
     return "@" in text or "%40" in text
 
 
+# A combining mark (a decomposed accent, the vowel signs of Indic and Thai scripts) is
+# part of a word, yet not a word character to \w; nor is U+FFFD, what a lone surrogate
+# (an undecodable byte of a file name) becomes in a span's text. Inside an address both
+# must count, or what comes before them is left unmasked (andre + U+0301 + .dupont@...),
+# and an address ending its local part with one is not found at all. The patterns
+# search a copy with each read as a letter, of the same length, so that the positions
+# found are the text's own: a class of the 2,400 marks in the patterns cost 20 ms at import.
+_AS_LETTERS = {code: "a" for first, last in MARK_RANGES for code in range(first, last + 1)}
+_AS_LETTERS[0xFFFD] = "a"
+
+
+def _searchable(text: str) -> str:
+    """``text`` with combining marks and U+FFFD as letters, for the address patterns."""
+    return text if text.isascii() else text.translate(_AS_LETTERS)
+
+
 def _search(text: str) -> re.Match[str] | None:
-    for match in _PII_TEXT.finditer(text):
+    for match in _PII_TEXT.finditer(_searchable(text)):
         if not match["masked"]:
             return match
     return None
@@ -465,18 +552,19 @@ def contains_pii_text(text: str) -> bool:
 def _mask_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
     """Every match of ``pattern`` (:data:`_PII_TEXT` or ``_CREDENTIALS_ONLY``) in ``text``
     masked, those already masked kept; and how many were masked."""
-    count = 0
-
-    def mask(match: re.Match[str]) -> str:
-        nonlocal count
+    parts: list[str] = []
+    last = 0
+    for match in pattern.finditer(_searchable(text)):  # its positions are the text's
         if match["masked"]:
-            return match[0]
-        count += 1
-        if match["credentials"]:
-            return _CREDENTIALS_MASK
-        return match["quotes"] + REDACTED  # an address: the quotes before it stay
-
-    return pattern.sub(mask, text), count
+            continue
+        # An address's mask keeps the quotes before it.
+        mask = _CREDENTIALS_MASK if match["credentials"] else match["quotes"] + REDACTED
+        parts += (text[last : match.start()], mask)
+        last = match.end()
+    if not parts:
+        return text, 0
+    parts.append(text[last:])
+    return "".join(parts), len(parts) // 2
 
 
 # The row values a database error quotes, each pattern linear (possessive runs, one match
@@ -486,19 +574,22 @@ def _mask_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
 # (...)" and 'invalid input syntax for type integer: "..."'; MySQL's "Duplicate entry
 # '...' for key" and "Incorrect integer value: '...'".
 _KEY_ENDINGS = r"already exists|is not present|is still referenced|is duplicated|conflicts with"
+_COLUMNS = _atomic(r"(?:[^()\n]|\([^()\n]*\))*")
+_TYPE_NAME = _atomic(r"[\w ]{1,64}")
+_WORD_RUN = _atomic(r"\w{1,32}")
 _DATABASE_VALUES = re.compile(
     r"(?P<parameters>\[parameters: )(?!REDACTED)(?s:.)*?(?=\n\(Background on this error|\Z)"
     # Columns may be an expression, "lower(full_name::text)": one level of parentheses.
     # A value runs to its known ending, even over lines, or else to the end of its line.
-    r"|(?P<key>\b[Kk]ey \((?:[^()\n]|\([^()\n]*+\))*+\)=\()(?!REDACTED)"
+    rf"|(?P<key>\b[Kk]ey \({_COLUMNS}\)=\()(?!REDACTED)"
     rf"(?:(?s:.){{0,4000}}?(?=\) (?:{_KEY_ENDINGS}))|[^\n]*)"
     r"|(?P<row>\bFailing row contains \()(?!REDACTED)"
     r"(?:(?s:.){0,4000}?(?=\)\.?[ \t]*(?:\n|\Z))|[^\n]*)"
     # PostgreSQL does not escape quotes inside the value: it ends at the line's last one.
-    r'|(?P<input>\binvalid input (?:syntax|value) for [\w ]{1,64}+: ")(?!REDACTED)'
+    rf'|(?P<input>\binvalid input (?:syntax|value) for {_TYPE_NAME}: ")(?!REDACTED)'
     r'[^\n]*?(?="[ \t]*(?:\n|\Z)|\n|\Z)'
     r"|(?P<entry>\bDuplicate entry ')(?!REDACTED)(?s:.)*?(?=' for key|\Z)"
-    r"|(?P<incorrect>\b[Ii]ncorrect \w{1,32}+ value: ')(?!REDACTED)"
+    rf"|(?P<incorrect>\b[Ii]ncorrect {_WORD_RUN} value: ')(?!REDACTED)"
     r"(?:[^\n]{0,4000}?(?=' for column)|[^\n]*?(?='[ \t]*(?:\n|\Z)|\n|\Z))"
 )
 _CLOSING = {"parameters": "]"}  # the other patterns stop before their closing mark
@@ -569,10 +660,17 @@ def mask_cut_end(text: str) -> tuple[str, int]:
     ('from [REDACTED] and [REDACTED]', 2)
     """
     text, count = mask_text(text)
-    match = _CUT_END.search(text) if "@" in text or "%" in text or "//" in text else None
+    if "@" in text or "%" in text or "//" in text:
+        match = _CUT_END.search(_searchable(text))  # its positions are the text's
+    else:
+        match = None
     if match is not None:
         mask = _CREDENTIALS_MASK if match["credentials"] else match["quotes"] + REDACTED
         return text[: match.start()] + mask, count + 1
+    if "%" in text:
+        start = _encoded_cut_credentials(text)
+        if start is not None:
+            return text[:start] + _URL_MASK, count + 1
     if not text.isascii() and any(_CUT_END.search(form) for form in _folds(text)):
         # A full-width at sign (U+FF20) and the like, found only once folded: the
         # positions do not map back, so it all goes, as mask_text does.
@@ -580,14 +678,25 @@ def mask_cut_end(text: str) -> tuple[str, int]:
     return text, count
 
 
-def _describe_key(key: str, policy: PiiPolicy | None = None) -> str:
-    # An error names the offending key; a key that itself holds an address (even
-    # percent-encoded: bob%40example.com) is masked, and so is the value of a PII
-    # parameter in it (password=...).
-    return repr(_masked_key(key, policy))
+def _encoded_cut_credentials(text: str) -> int | None:
+    """Where percent-encoded URL credentials that the end of ``text`` cuts short start
+    (``?next=postgresql%3A%2F%2Fadmin%3As3cr``, at its ``%2F%2F``); None if none do."""
+    starts = [match.start() for match in _SLASHES.finditer(text)]
+    if not starts:
+        return None
+    start = starts[-1]
+    tail = percent_decoded(text[start:])
+    return start if _CUT_CREDENTIALS_DECODED.match(tail) else None
 
 
-def _masked_key(key: str, policy: PiiPolicy | None) -> str:
+def describe_key(key: str, policy: PiiPolicy | None = None) -> str:
+    """``key`` as an error names it: its ``repr``, with an address or credentials in it
+    masked (even percent-encoded: ``bob%40example.com``), and the value of a PII
+    ``name=value`` in it (``password=...``), by ``policy`` or the default rule."""
+    return repr(masked_key(key, policy))
+
+
+def masked_key(key: str, policy: PiiPolicy | None = None) -> str:
     """A key as a message may name it: an address or credentials in it masked (even
     percent-encoded: bob%40example.com), and the value of a PII ``name=value`` in it.
 
@@ -808,13 +917,12 @@ class PiiPolicy:
                 raise ValueError(f"metadata {path} contains {what} (PII)")
             parameter = self._pii_parameter(value) or self._folded_parameter(value)
             if parameter is not None:
-                raise ValueError(
-                    f"metadata {path} contains a value for the PII parameter "
-                    f"{_describe_key(parameter, self)}"
-                )
+                word = self._pii_ending(parameter)
+                named = f" {describe_key(word, self)}" if word is not None else ""
+                raise ValueError(f"metadata {path} contains a value for the PII parameter{named}")
         elif isinstance(value, Mapping):
             for key, item in value.items():
-                name = _describe_key(key, self)
+                name = describe_key(key, self)
                 where = f"{path}.{name}" if path else name
                 if self.is_pii_key(key):
                     raise ValueError(
@@ -825,6 +933,24 @@ class PiiPolicy:
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 self._check(item, f"{path}[{index}]")
+
+    def _pii_ending(self, name: str) -> str | None:
+        """What an error may name of a PII parameter: the longest ending of its name
+        made of words joined by ``_``, ``-`` or ``.`` that is PII, or None.
+
+        What comes before, glued to the name by a character that does not end a
+        parameter (``jean.tremblay:hunter2,token``, ``514-555-0199|password``),
+        may be a value.
+        """
+        name = percent_decoded(name)
+        run = _NAME_END.search(name)
+        if run is None:
+            return None
+        for word in _WORD.finditer(name, run.start()):
+            ending = name[word.start() :]
+            if self.is_pii_key(ending):
+                return ending
+        return None
 
     def redact(self, text: str) -> tuple[str, int]:
         """``text`` with PII masked, and how many parts were.
@@ -1132,7 +1258,14 @@ DEFAULT_POLICY = PiiPolicy()
 # A key as repr() quotes it in a message (``'a'``, ``"it's"``, with escapes inside).
 # Possessive, and ending at the end of the text if it must: an unclosed quote is one
 # literal (masked), not a new attempt from every later quote (quadratic).
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*+(?:'|\Z)" + r'|"(?:[^"\\]|\\.)*+(?:"|\Z)')
+_QUOTED = re.compile(
+    "'"
+    + _atomic(r"(?:[^'\\]|\\.)*")
+    + r"(?:'|\Z)|"
+    + '"'
+    + _atomic(r'(?:[^"\\]|\\.)*')
+    + r'(?:"|\Z)'
+)
 
 
 def mask_quoted_keys(message: str, policy: PiiPolicy | None = None) -> str:
@@ -1154,7 +1287,7 @@ def mask_quoted_keys(message: str, policy: PiiPolicy | None = None) -> str:
             text = ast.literal_eval(literal)
         except (ValueError, SyntaxError):
             return repr(REDACTED)
-        return _describe_key(text, policy) if isinstance(text, str) else repr(REDACTED)
+        return describe_key(text, policy) if isinstance(text, str) else repr(REDACTED)
 
     return _QUOTED.sub(mask, message)
 
@@ -1185,7 +1318,7 @@ def safe_validation_message(
         text = error["msg"].removeprefix("Value error, ")
         message = mask_text(mask_quoted_keys(text, policy))[0]
         # A location part names a key, which may be an address or a name=value pair.
-        where = [_masked_key(str(part), policy) for part in error["loc"]]
+        where = [masked_key(str(part), policy) for part in error["loc"]]
         if where and where[-1] == "metadata" and message.startswith("metadata"):
             where.pop()
         parts.append(f"{'.'.join(where)}: {message}" if where else message)

@@ -27,11 +27,13 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     model_validator,
 )
-from pydantic_core import to_json
+from pydantic_core import InitErrorDetails, to_json
 
 __all__ = [
     "AS_WRITTEN",
@@ -149,16 +151,37 @@ def valid_unicode(text: str) -> str:
     return text if text.isascii() else _SURROGATE.sub(_REPLACEMENT_CHARACTER, text)
 
 
-def _check_unicode(text: str, path: str) -> None:
+MetadataPath = tuple["str | int", ...]
+"""Where a value sits in metadata: the keys and list indexes that lead to it."""
+
+
+def _where(path: MetadataPath) -> str:
+    """``path`` as an error names it (``'a'.'b'[0]``), a key holding PII masked.
+
+    Built only for an error: a key may be an address, or ``password=...``.
+    """
+    from otel_json_exporter.pii import describe_key  # noqa: PLC0415  # pii imports this module
+
+    where = ""
+    for part in path:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        else:
+            where += f".{describe_key(part)}" if where else describe_key(part)
+    return where
+
+
+def _check_unicode(text: str, path: MetadataPath, what: str = "") -> None:
     # Lone surrogates cannot be written as UTF-8: refuse them rather than mangle them.
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"metadata {path}: string is not valid Unicode") from None
+            where = " ".join(part for part in (_where(path), what) if part)
+            raise ValueError(f"metadata {where}: string is not valid Unicode") from None
 
 
-def _json_copy(value: Any, path: str, depth: int) -> Any:
+def _json_copy(value: Any, path: MetadataPath, depth: int) -> Any:
     """A copy of ``value`` if JSON-ready; ValueError naming the path (never the value) if not.
 
     The copy means a caller who changes a dict after recording changes nothing on disk.
@@ -175,7 +198,9 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
             value = int.__int__(value)
         if NEGATIVE_INTEGER_LIMIT < value < INTEGER_LIMIT:
             return value
-        raise ValueError(f"metadata {path}: integer has more than {MAX_INTEGER_DIGITS} digits")
+        raise ValueError(
+            f"metadata {_where(path)}: integer has more than {MAX_INTEGER_DIGITS} digits"
+        )
     if isinstance(value, str):
         text = text_of(value)
         _check_unicode(text, path)
@@ -184,29 +209,29 @@ def _json_copy(value: Any, path: str, depth: int) -> Any:
         if type(value) is not float:
             value = float.__float__(value)  # the plain float it holds, as for int
         if not math.isfinite(value):
-            raise ValueError(f"metadata {path}: float must be finite (no NaN or infinity)")
+            raise ValueError(f"metadata {_where(path)}: float must be finite (no NaN or infinity)")
         return value
     if depth >= MAX_METADATA_DEPTH:
-        raise ValueError(f"metadata {path}: nested deeper than {MAX_METADATA_DEPTH} levels")
+        raise ValueError(f"metadata {_where(path)}: nested deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, Mapping):
         return _json_object_copy(value, path, depth + 1)
     if isinstance(value, list):
-        return [_json_copy(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
+        return [_json_copy(item, (*path, index), depth + 1) for index, item in enumerate(value)]
     raise ValueError(
-        f"metadata {path}: {type(value).__name__} is not allowed; use str, int, "
+        f"metadata {_where(path)}: {type(value).__name__} is not allowed; use str, int, "
         "finite float, bool, None, or lists and dicts of these"
     )
 
 
-def _json_object_copy(mapping: Mapping[Any, Any], path: str, depth: int) -> dict[str, Any]:
+def _json_object_copy(mapping: Mapping[Any, Any], path: MetadataPath, depth: int) -> dict[str, Any]:
     copy = {}
     for given, item in mapping.items():
         if not isinstance(given, str):
-            where = path or "keys"
+            where = _where(path) or "keys"
             raise ValueError(f"metadata {where}: keys must be strings, not {type(given).__name__}")
         key = text_of(given)  # its text, as for values
-        _check_unicode(key, f"{path} key" if path else "key")
-        copy[key] = _json_copy(item, f"{path}.{key!r}" if path else repr(key), depth)
+        _check_unicode(key, path, "key")
+        copy[key] = _json_copy(item, (*path, key), depth)
     return copy
 
 
@@ -246,7 +271,7 @@ def _validate_metadata(value: Any) -> dict[str, Any]:
             return copy
     if not isinstance(value, Mapping):
         raise ValueError(f"metadata must be a dict, got a {type(value).__name__}")
-    return _json_object_copy(value, "", 0)
+    return _json_object_copy(value, (), 0)
 
 
 Metadata = Annotated[
@@ -257,6 +282,34 @@ Metadata = Annotated[
     WithJsonSchema({"type": "object", "additionalProperties": True}),
 ]
 """JSON-ready metadata: str keys; str, int, finite float, bool, None, lists and dicts."""
+
+
+def _keys_masked(data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """``handler(data)``, its error's locations with PII in a key masked.
+
+    A location names keys (an unexpected one: ``records.0.password=hunter2``), and a
+    key may be an address or a ``name=value`` pair; ``hide_input_in_errors`` leaves
+    out only the input, so the models mask their locations themselves.
+    """
+    try:
+        return handler(data)
+    except ValidationError as exc:
+        from otel_json_exporter.pii import masked_key  # noqa: PLC0415  # pii imports this module
+
+        errors = exc.errors(include_url=False, include_input=False)
+        locations = [
+            tuple(part if isinstance(part, int) else masked_key(part) for part in error["loc"])
+            for error in errors
+        ]
+        if all(error["loc"] == where for error, where in zip(errors, locations, strict=True)):
+            raise
+        details: list[InitErrorDetails] = []
+        for error, where in zip(errors, locations, strict=True):
+            detail: InitErrorDetails = {"type": error["type"], "loc": where, "input": None}
+            if "ctx" in error:
+                detail["ctx"] = error["ctx"]
+            details.append(detail)
+        raise ValidationError.from_exception_data(exc.title, details, hide_input=True) from None
 
 
 class OperationRecord(BaseModel):
@@ -270,7 +323,12 @@ class OperationRecord(BaseModel):
     """
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", allow_inf_nan=False, hide_input_in_errors=True
+        frozen=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        hide_input_in_errors=True,
+        # A written record holds every field: the schema of a file says so.
+        json_schema_serialization_defaults_required=True,
     )
 
     operation_type: Annotated[str, Field(min_length=1, strict=True)]
@@ -283,11 +341,26 @@ class OperationRecord(BaseModel):
     ] = None
     metadata: Metadata = Field(default_factory=dict)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _mask_keys_in_errors(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _keys_masked(data, handler)
+
     @model_validator(mode="before")
     @classmethod
     def _truncate_error_message(cls, data: Any, info: ValidationInfo) -> Any:
         if info.context is AS_WRITTEN:
-            return data  # a file is checked as it is, not as it would be accepted
+            # A file is checked as it is, not as it would be accepted: it holds every
+            # field, the defaulted ones too, as the writer writes them.
+            if isinstance(data, dict):
+                missing: list[InitErrorDetails] = [
+                    {"type": "missing", "loc": (name,), "input": None}
+                    for name in cls.model_fields
+                    if name not in data
+                ]
+                if missing:
+                    raise ValidationError.from_exception_data(cls.__name__, missing)
+            return data
         if isinstance(data, dict) and "error_message" in data:
             message = data["error_message"]
             if isinstance(message, str) and len(message) > MAX_ERROR_MESSAGE_LENGTH:
@@ -297,7 +370,8 @@ class OperationRecord(BaseModel):
 
 AS_WRITTEN: dict[str, bool] = {"as_written": True}
 """Validation context for a record read back from a batch file: what the manager never
-writes (an ``error_message`` over 1,000 characters) is an error, not fixed up."""
+writes (an ``error_message`` over 1,000 characters, a field left out) is an error, not
+fixed up or defaulted."""
 
 
 def _cut_error_message(message: str) -> str:
@@ -647,6 +721,11 @@ class MetricsBatch(BaseModel):
     batch_timestamp: UtcTimestamp
     batch_id: Annotated[str, Field(pattern=BATCH_ID_PATTERN.pattern)]
     total_records: Annotated[int, Field(ge=0, strict=True)]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _mask_keys_in_errors(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _keys_masked(data, handler)
 
     @model_validator(mode="after")
     def _consistent(self) -> MetricsBatch:

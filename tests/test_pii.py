@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -14,11 +16,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from otel_json_exporter import MetricsManager
+from otel_json_exporter._marks import MARK_RANGES, UNICODE_VERSION
 from otel_json_exporter.pii import (
     DEFAULT_POLICY,
     REDACTED,
     PiiPolicy,
     contains_pii_text,
+    mask_cut_end,
     mask_quoted_keys,
     mask_text,
     normalize_key,
@@ -554,6 +558,89 @@ class TestUnicodeKeys:
     def test_caller_keys_are_compared_in_the_same_form(self) -> None:
         policy = PiiPolicy(blocked_keys={"\uff54\uff45\uff4e\uff41\uff4e\uff54"})  # "tenant"
         assert policy.is_pii_key("Tenant")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+class TestCombiningMarks:
+    """Combining marks and escapes inside an address: part of it, not its end."""
+
+    def test_the_written_out_marks_are_unicodes(self) -> None:
+        written = {code for first, last in MARK_RANGES for code in range(first, last + 1)}
+        here = {
+            code
+            for code in range(0x110000)
+            if unicodedata.category(chr(code)) in {"Mn", "Mc", "Me"}
+        }
+        # A code point of the table is a mark here, or not yet assigned (an older Unicode:
+        # Python 3.10 has 13.0); every mark here is in it, up to the table's version.
+        assert all(unicodedata.category(chr(code)) == "Cn" for code in written - here)
+        if _version(unicodedata.unidata_version) <= _version(UNICODE_VERSION):
+            assert here <= written
+        assert [first for first, _ in MARK_RANGES] == sorted(first for first, _ in MARK_RANGES)
+
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "andre\u0301.dupont@exemple.fr",  # decomposed, as macOS writes file names
+            "\u0905\u092e\u093f\u0924.\u0936\u0930\u094d\u092e\u093e@example.com",
+            "\u0e2a\u0e21\u0e28\u0e31\u0e01\u0e14\u0e34\u0e4c@example.co.th",
+            "jean@\u0909\u0926\u093e\u0939\u0930\u0923.\u092d\u093e\u0930\u0924",
+            "tremblay.j\\u00e9r\\u00f4me@example.com",  # json.dumps' escapes
+            "tremblay.j\\udce9r\\xf4me@example.com",  # repr's, of a file name
+            "tremblay.j\ufffdr\ufffdme@example.com",  # lone surrogates made valid
+        ],
+    )
+    def test_an_address_with_marks_or_escapes_is_masked_whole(self, address: str) -> None:
+        assert contains_pii_text(address)
+        assert mask_text(f"send failed for {address}; retry") == (
+            f"send failed for {REDACTED}; retry",
+            1,
+        )
+        assert mask_cut_end(f"to {address[:-4]}") == (f"to {REDACTED}", 1)
+
+    def test_a_backslash_before_an_address_is_not_part_of_it(self) -> None:
+        assert mask_text("line1\\nbob@example.com") == ("line1\\" + REDACTED, 1)
+        assert mask_text("C:\\Users\\bob@example.com") == ("C:\\Users\\" + REDACTED, 1)
+
+    def test_a_long_run_of_escapes_is_read_in_linear_time(self) -> None:
+        # Quadratic, 200,000 escapes with no "@" after them would take minutes.
+        started = time.perf_counter()
+        assert mask_text("x " + "\\u00e9" * 200_000 + " y") == (
+            "x " + "\\u00e9" * 200_000 + " y",
+            0,
+        )
+        assert time.perf_counter() - started < 60  # a hang guard, not a timing
+
+
+class TestCutEncodedCredentials:
+    @pytest.mark.parametrize(
+        ("text", "masked"),
+        [
+            (
+                "https://app.example.com/login?next=postgresql%3A%2F%2Fadmin%3As3cr3tP4ss",
+                "https://app.example.com/login?next=postgresql%3AREDACTED",
+            ),
+            ("?next=%2F%2Fadmin%3As3%4", "?next=REDACTED"),
+            ("?next=%252F%252Fadmin%253As3", "?next=REDACTED"),  # encoded twice
+            ("?next=postgresql%3A%2F%2Fadmin%3As3&page=2", "?next=postgresql%3AREDACTED"),
+        ],
+    )
+    def test_encoded_credentials_cut_short_are_masked(self, text: str, masked: str) -> None:
+        assert mask_cut_end(text) == (masked, 1)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "?next=%2F%2Fdb%3A5432%2F",  # a port, not a password
+            "https://a.example.com/p%2F%2Fq",  # no user and password
+            "50% off",
+        ],
+    )
+    def test_what_holds_no_credentials_stays(self, text: str) -> None:
+        assert mask_cut_end(text) == (text, 0)
 
 
 class TestUnicodeText:

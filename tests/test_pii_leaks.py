@@ -207,7 +207,7 @@ def test_f2_cli_prints_token_from_extra_batch_key(
 
 
 # == Finding 3: a PII name=value that shows only in NFKC form, as a metadata key ====
-# The key is (correctly) refused, but _describe_key redacts name=value only when an
+# The key is (correctly) refused, but describe_key redacts name=value only when an
 # ASCII "=" is present, so a full-width/small/superscript equals sign puts the value
 # verbatim into the ValueError (record_operation, submit_records) and into CLI output.
 
