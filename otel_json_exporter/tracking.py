@@ -24,6 +24,9 @@ consumer stopped early (``break``, ``aclose()``) is closed, as OpenTelemetry's
 ``use_span`` also sees it. If recording itself fails (manager stopped, PII in
 ``metadata``), that error is raised when the block succeeded, and only logged,
 by type, when the block raised, so that it never hides the original exception.
+Nor does a full queue hold up a cancellation, an interruption or an async block's
+exception: those are recorded at once if there is room, and an async block's failure
+otherwise waits for room in a task of its own (README, "Timing your own code").
 """
 
 from __future__ import annotations
@@ -98,6 +101,15 @@ class track_operation:
         traceback: TracebackType | None,
     ) -> None:
         duration_ms, failed, error_message = self._stop(exc_type, exc)
+        if exc_type is not None:
+            # The block raised, or was cancelled: that goes on at once, neither held up by
+            # a full queue nor replaced by a cancellation landing while this waits. Queued
+            # now if there is room; else, under "block", a task of its own waits for room
+            # (not for a cancelled or interrupted block: its loop is likely ending).
+            queued = self._submit(duration_ms, failed, error_message, exc_type, wait=False)
+            if not queued and not _ending(exc_type) and self.manager.queue_full_policy == "block":
+                self._record_later(duration_ms, error_message)
+            return
         try:
             await self.manager.record_operation(
                 operation_type=self.operation_type,
@@ -107,6 +119,12 @@ class track_operation:
                 error_message=error_message,
                 metadata=self.metadata,
             )
+        except asyncio.CancelledError:
+            # Cancelled while it waited for room, so not queued: recorded if there is
+            # room now. The cancellation goes on, as it would from any await in a
+            # clean-up; a block's own exception is then its __context__.
+            self._submit(duration_ms, failed, error_message, exc_type, wait=False)
+            raise
         except Exception as recording_error:
             _unless_hiding(exc_type, recording_error)
 
@@ -120,6 +138,21 @@ class track_operation:
         traceback: TracebackType | None,
     ) -> None:
         duration_ms, failed, error_message = self._stop(exc_type, exc)
+        # Interrupted (Ctrl-C, SystemExit): recorded only if there is room now.
+        self._submit(duration_ms, failed, error_message, exc_type, wait=not _ending(exc_type))
+
+    def _submit(
+        self,
+        duration_ms: float,
+        failed: bool,
+        error_message: str | None,
+        exc_type: type[BaseException] | None,
+        *,
+        wait: bool,
+    ) -> bool:
+        """Record through ``submit_records``, the manager's ``queue_full_policy`` applied
+        as ``record_operation`` applies it; without ``wait``, only if there is room now
+        (it says whether it was queued; a full queue then raises nothing)."""
         try:
             # Not validated here: submit_records validates it, after masking the message
             # whole with the manager's own rule, then cutting it, as record_operation does.
@@ -133,14 +166,41 @@ class track_operation:
                 metadata=self.metadata if self.metadata is not None else {},
             )
             policy = self.manager.queue_full_policy
-            wait = math.inf if policy == "block" else 0.0
-            if not self.manager.submit_records([record], timeout=wait) and policy == "raise":
+            timeout = math.inf if wait and policy == "block" else 0.0
+            if self.manager.submit_records([record], timeout=timeout):
+                return True
+            if not self.manager.is_running:
+                # It stopped while this waited for room: record_operation's error.
+                raise RuntimeError("MetricsManager is not running")
+            if wait and policy == "raise":
                 # submit_records counted it as dropped: record_operation's "raise" does not.
                 raise asyncio.QueueFull(
                     f"metrics queue is full ({self.manager.max_queue_size} records)"
                 )
         except Exception as recording_error:
             _unless_hiding(exc_type, recording_error)
+        return False
+
+    def _record_later(self, duration_ms: float, error_message: str | None) -> None:
+        """Record a failed block in a task of its own, which waits for room."""
+
+        async def record() -> None:
+            try:
+                await self.manager.record_operation(
+                    operation_type=self.operation_type,
+                    operation_name=self.operation_name,
+                    duration_ms=duration_ms,
+                    success=False,
+                    error_message=error_message,
+                    metadata=self.metadata,
+                )
+            except (Exception, asyncio.CancelledError) as recording_error:
+                logger.warning(
+                    "track_operation could not record a failed operation: %s",
+                    type(recording_error).__name__,
+                )
+
+        _keep_until_done(asyncio.get_running_loop().create_task(record()))
 
     def _start(self) -> None:
         if self._started is not None:
@@ -195,10 +255,18 @@ class track_operation:
             except BaseException as exc:
                 timer.__exit__(type(exc), exc, exc.__traceback__)
                 raise
-            if inspect.isawaitable(result):
-                # A coroutine (or future) made by a plain function, a partial: timed until
-                # it is awaited to its end, as a coroutine function's call is.
+            if inspect.iscoroutine(result):
+                # A coroutine made by a plain function (a partial...): timed until it is
+                # awaited to its end, as a coroutine function's call is. Still a coroutine.
                 return timer._until_done(result)
+            if asyncio.isfuture(result):
+                # A task or future: returned itself (its methods, cancel() and
+                # add_done_callback(), are the caller's), timed until it is done.
+                timer._when_done(result)
+                return result
+            # Anything else, another awaitable too (an object that is also an async context
+            # manager, as aiohttp's session.get() returns), is returned as it is, and the
+            # call is timed until it returns: time what it is used for with "async with".
             timer.__exit__(None, None, None)
             return result
 
@@ -214,11 +282,39 @@ class track_operation:
         await self.__aexit__(None, None, None)
         return value
 
+    def _when_done(self, future: asyncio.Future[Any]) -> None:
+        """Record the block begun by :meth:`_start` once ``future`` is done, on its loop."""
+
+        def record(done: asyncio.Future[Any]) -> None:
+            error: BaseException | None
+            error = asyncio.CancelledError() if done.cancelled() else done.exception()
+            exiting = self.__aexit__(type(error) if error is not None else None, error, None)
+            _keep_until_done(done.get_loop().create_task(exiting))
+
+        future.add_done_callback(record)
+
     def _fresh(self) -> track_operation:
         """A timer of its own for one call: calls may overlap."""
         return track_operation(
             self.manager, self.operation_type, self.operation_name, self.metadata
         )
+
+
+# The tasks that record an operation in the background: a failed block waiting for room,
+# a tracked function's task or future once it is done.
+_recording: set[asyncio.Task[None]] = set()
+
+
+def _keep_until_done(task: asyncio.Task[None]) -> None:
+    """Hold ``task`` until it is done: the loop holds its tasks only weakly."""
+    _recording.add(task)
+    task.add_done_callback(_recording.discard)
+
+
+def _ending(exc_type: type[BaseException] | None) -> bool:
+    """Whether a block ends by cancellation or interruption (CancelledError,
+    KeyboardInterrupt, SystemExit), which no full queue may hold up."""
+    return exc_type is not None and not issubclass(exc_type, Exception)
 
 
 def _unless_hiding(exc_type: type[BaseException] | None, recording_error: Exception) -> None:
