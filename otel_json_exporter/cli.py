@@ -232,6 +232,12 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code (argparse exits 2 on bad usage)."""
+    for stream in (sys.stdout, sys.stderr):
+        # A path that is not UTF-8 (a directory named in Latin-1) holds lone
+        # surrogates, which a strict stream refuses: they are shown escaped (\udce9).
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
@@ -240,15 +246,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
-        # The reader went away (| head): stop quietly, and keep Python's exit
-        # flush from raising again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        # The reader went away (| head): stop quietly.
+        _drop_standard_output()
         return EXIT_FINDINGS
-    except OSError as exc:  # the directory itself cannot be listed
-        print(f"{PROG} {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+    except OSError as exc:
+        if exc.filename is None:  # writing the output failed (a full disk, /dev/full)
+            _drop_standard_output()
+            what = "cannot write to standard output"
+        else:  # the directory itself cannot be listed
+            what = exc.filename
+        print(f"{PROG} {args.command}: error: {what}: {exc.strerror}", file=sys.stderr)
         return EXIT_FINDINGS
     return code
+
+
+def _drop_standard_output() -> None:
+    """Send what is left of standard output nowhere, so that Python's flush at exit
+    does not fail (and print a traceback) a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 # -- summarize -------------------------------------------------------------------
@@ -398,25 +414,29 @@ def _validate(args: argparse.Namespace) -> int:
 def _cleanup(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     before = format_timestamp(now - args.older_than)
-    expired = delete_expired_batches(args.directory, args.older_than, now=now, dry_run=True)
     if args.dry_run:
+        expired = delete_expired_batches(args.directory, args.older_than, now=now, dry_run=True)
         for path in expired:
             print(f"would delete {path}")
         print(f"dry run: {_files(len(expired))} written before {before} would be deleted")
         return EXIT_OK
-    try:
-        deleted = delete_expired_batches(args.directory, args.older_than, now=now)
-    except OSError as exc:
-        gone = [path for path in expired if not path.exists()]
-        for path in gone:
-            print(f"deleted {path}")
-        print(f"{PROG}: error: cannot delete {exc.filename}: {exc.strerror}", file=sys.stderr)
-        print(f"deleted {len(gone)} of {_files(len(expired))} written before {before}")
-        return EXIT_FINDINGS
+    failed: list[tuple[Path, OSError]] = []
+    deleted = delete_expired_batches(
+        args.directory,
+        args.older_than,
+        now=now,
+        on_error=lambda path, exc: failed.append((path, exc)),  # the others go on
+    )
     for path in deleted:
         print(f"deleted {path}")
-    print(f"deleted {_files(len(deleted))} written before {before}")
-    return EXIT_OK
+    if not failed:
+        print(f"deleted {_files(len(deleted))} written before {before}")
+        return EXIT_OK
+    for path, exc in failed:
+        print(f"{PROG}: error: cannot delete {path}: {exc.strerror}", file=sys.stderr)
+    expired_now = len(deleted) + len(failed)
+    print(f"deleted {len(deleted)} of {_files(expired_now)} written before {before}")
+    return EXIT_FINDINGS
 
 
 # -- schema ----------------------------------------------------------------------
@@ -424,7 +444,7 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     schema: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
-    schema.update(MetricsBatch.model_json_schema())
+    schema.update(MetricsBatch.model_json_schema(mode="serialization"))  # a file, as written
     schema["$comment"] = (
         "Also required, and checked by `otel-json-exporter validate`: total_records equals "
         "the number of records, batch_id is the YYYYMMDD_HHMMSS_ffffff of batch_timestamp, "

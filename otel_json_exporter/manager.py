@@ -132,6 +132,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _undeletable(path: Path, exc: OSError) -> None:
+    """Retention's word on an expired batch file it may not delete; it goes on."""
+    logger.warning("retention: cannot delete %s: %s", path.name, exc.strerror or type(exc).__name__)
+
+
 class MetricsManager:
     """Collects operation records and writes them in atomic JSON batch files.
 
@@ -1079,10 +1084,10 @@ class MetricsManager:
             return
         try:
             for path in delete_expired_batches(
-                self.storage_path, timedelta(days=self.retention_days)
+                self.storage_path, timedelta(days=self.retention_days), on_error=_undeletable
             ):
                 logger.info("retention: deleted %s", path.name)
-        except OSError as exc:
+        except OSError as exc:  # the directory itself could not be listed
             logger.warning("retention clean-up failed: %s", os.strerror(exc.errno or 0))
 
     def _after_fork_in_child(self) -> None:

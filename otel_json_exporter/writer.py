@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -138,6 +138,19 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+_CLOCK_STEP_KEPT = timedelta(seconds=1)
+"""How far the wall clock may go back and batch names still increase past it."""
+
+
+@dataclass(frozen=True)
+class _Unsynced:
+    """A batch linked under its name whose directory fsync failed, and its rows."""
+
+    rows: list[RecordRow | QueuedRow]
+    path: Path
+    batch: WrittenBatch
+
+
 class BatchWriter:
     """Writes batches into one directory; one instance per writer thread."""
 
@@ -150,6 +163,7 @@ class BatchWriter:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._last_timestamp: datetime | None = None
+        self._unsynced: _Unsynced | None = None  # a batch on disk whose directory fsync failed
 
     def close(self) -> None:
         """Nothing to release: every call opens and closes its own files."""
@@ -184,6 +198,13 @@ class BatchWriter:
             ) from exc
         if not self.directory.is_dir():
             raise StorageError(errno.ENOTDIR, f"storage path {self.directory} is not a directory")
+        try:
+            with os.scandir(self.directory):
+                pass  # removing dead writers' files and retention need to list it
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"storage directory {self.directory} cannot be listed: {exc.strerror}"
+            ) from exc
         probe = self._temp_path()
         try:
             fd = os.open(probe, _FILE_FLAGS, 0o600)
@@ -227,14 +248,30 @@ class BatchWriter:
         ``encoded`` is ``encode_rows(rows, now)`` when the caller has it already;
         it is used if ``now`` is still free to be this batch's timestamp.
         Raises OSError when the disk refuses; then nothing is left behind under
-        a ``metrics_*.json`` name and the same records can be written again.
+        a ``metrics_*.json`` name and the same records can be written again, but
+        when only the directory's fsync failed: the file stays (a reader may have
+        seen it), and the next call whose rows begin with the same ones syncs the
+        directory again and returns that batch, rather than writing them twice.
         A temporary file that cannot be removed is left for
         :func:`remove_stale_temp_files`; it never makes a written batch count as failed.
         """
         moment = now or datetime.now(timezone.utc)
-        if self._last_timestamp is not None and moment <= self._last_timestamp:
-            moment = next_microsecond(self._last_timestamp)
+        last = self._last_timestamp
+        if last is not None and last - _CLOCK_STEP_KEPT < moment <= last:
+            # Names increase, so that they sort as the batches were written; a clock set
+            # back further is followed, so that a clock once wrong (a VM's at boot, years
+            # ahead) does not name every later batch in its future: retention and
+            # cleanup judge age by the name.
+            moment = next_microsecond(last)
             encoded = None
+        unsynced = self._unsynced
+        if unsynced is not None:
+            self._unsynced = None
+            # The retry of a batch whose directory fsync failed: its rows head these (a
+            # flush's partial batch may have grown meanwhile; the rest stays queued).
+            done = len(unsynced.rows)
+            if list(rows[:done]) == unsynced.rows and unsynced.path.exists():
+                return self._resync(unsynced)
         while True:
             data = encode_rows(rows, moment) if encoded is None else encoded
             encoded = None
@@ -250,23 +287,37 @@ class BatchWriter:
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
+            self._last_timestamp = moment
+            written = WrittenBatch(final, batch_id_for(moment), len(rows), len(data))
             try:
                 self._fsync_directory()
             except OSError:
-                # The name may not survive a crash: take it back, so that the retry
-                # writes the batch once. If even that fails, the batch stays written.
-                if self._take_back(final):
-                    raise
-            self._last_timestamp = moment
-            return WrittenBatch(final, batch_id_for(moment), len(rows), len(data))
+                # The name may not survive a crash, yet a reader may have seen it (a
+                # shipper tailing the directory): it stays, and the retry of the same
+                # rows syncs the directory again instead of writing them twice.
+                self._unsynced = _Unsynced(list(rows), final, written)
+                raise
+            return written
 
-    @staticmethod
-    def _take_back(final: Path) -> bool:
+    def _resync(self, unsynced: _Unsynced) -> WrittenBatch:
+        """Make a batch whose directory fsync failed durable: the directory changed
+        again (a link to its file made and removed), then fsynced.
+
+        An fsync that failed may have dropped the directory's dirty state, so a
+        second fsync alone could succeed and prove nothing; after a new change it
+        writes the directory as it is now, the batch's name included.
+        """
+        probe = self._temp_path()
         try:
-            os.unlink(final)
+            os.link(unsynced.path, probe)
+            os.unlink(probe)
+            self._fsync_directory()
         except OSError:
-            return False
-        return True
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+            self._unsynced = unsynced  # still to sync, still not to write again
+            raise
+        return unsynced.batch
 
     def _temp_path(self) -> Path:
         name = f".metrics_{os.getpid()}_n{_PROCESS_SPACE}_{secrets.token_hex(6)}.tmp"
@@ -386,13 +437,17 @@ def delete_expired_batches(
     *,
     now: datetime | None = None,
     dry_run: bool = False,
+    on_error: Callable[[Path, OSError], None] | None = None,
 ) -> list[Path]:
     """Delete batch files whose ``batch_id`` is older than ``older_than``.
 
     Age is judged by the ``batch_id`` in the file name, not by the file's
     mtime. Only exact ``metrics_YYYYMMDD_HHMMSS_ffffff.json`` names are
     considered; a name that is not a real date is left alone. Returns the paths
-    deleted (or, with ``dry_run``, that would be).
+    deleted (or, with ``dry_run``, that would be). A file that cannot be deleted
+    (another user's, in a shared directory) does not stop the others: it is
+    passed to ``on_error`` with the error, or, without ``on_error``, the first
+    such error is raised once every other file has been tried.
 
     >>> delete_expired_batches("./metrics", timedelta(days=30))  # doctest: +SKIP
     """
@@ -403,6 +458,7 @@ def delete_expired_batches(
     except OverflowError:
         return []  # older than the calendar: nothing is
     expired: list[Path] = []
+    first_error: OSError | None = None
     for path, batch_id in iter_batch_files(directory):
         try:
             written = parse_batch_id(batch_id)
@@ -414,5 +470,13 @@ def delete_expired_batches(
                     path.unlink()
                 except FileNotFoundError:
                     continue
+                except OSError as exc:
+                    if on_error is not None:
+                        on_error(path, exc)
+                    elif first_error is None:
+                        first_error = exc
+                    continue
             expired.append(path)
+    if first_error is not None:
+        raise first_error
     return expired

@@ -480,12 +480,16 @@ class TestReviewFindings:
     ) -> None:
         storage.mkdir()
         real_scandir = os.scandir
+        listed = []
 
         def scandir(path: object = ".") -> object:
-            # Listing the directory for stale temporary files, after prepare() started
-            # the child: refused (a stale file that cannot be removed no longer fails).
+            # Listing the directory for stale temporary files, after prepare() listed it
+            # and started the child: refused (a stale file that cannot be removed no
+            # longer fails).
             if str(path) == str(storage):
-                raise PermissionError(13, "Permission denied")  # injected at the os call
+                listed.append(path)
+                if len(listed) > 1:
+                    raise PermissionError(13, "Permission denied")  # injected at the os call
             return real_scandir(path)  # type: ignore[call-overload]
 
         monkeypatch.setattr(os, "scandir", scandir)
