@@ -467,7 +467,7 @@ def delete_expired_batches(
         if written < cutoff:
             if not dry_run:
                 try:
-                    path.unlink()
+                    os.unlink(path)
                 except FileNotFoundError:
                     continue
                 except OSError as exc:

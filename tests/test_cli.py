@@ -11,6 +11,7 @@ import asyncio
 import errno
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -716,14 +717,14 @@ class TestCleanup:
     ) -> None:
         batches = old_batches(tmp_path, AGES)
         victim = batches["31 days"]
-        real_unlink = Path.unlink
+        real_unlink = os.unlink
 
-        def unlink(self: Path, missing_ok: bool = False) -> None:
-            if self == victim:
-                raise PermissionError(errno.EACCES, "Permission denied", str(self))
-            real_unlink(self, missing_ok=missing_ok)
+        def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+            if os.fspath(path) == str(victim):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+            real_unlink(path, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "unlink", unlink)
+        monkeypatch.setattr(os, "unlink", unlink)
         assert main(["cleanup", str(tmp_path), "--older-than", "30d"]) == 1
         out, err = capsys.readouterr()
         assert not batches["40 days"].exists()
