@@ -18,6 +18,7 @@ command quietly with exit code 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -243,21 +244,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except _UsageError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        _tell(f"{PROG} {args.command}: error: {exc}")
         return EXIT_USAGE
     except BrokenPipeError:
         # The reader went away (| head): stop quietly.
         _drop_standard_output()
         return EXIT_FINDINGS
     except OSError as exc:
-        if exc.filename is None:  # writing the output failed (a full disk, /dev/full)
+        if exc.filename is None:  # writing the output failed (a full disk, /dev/full): the
+            # standard output's, since what goes to standard error never raises (_tell)
             _drop_standard_output()
             what = "cannot write to standard output"
         else:  # the directory itself cannot be listed
             what = exc.filename
-        print(f"{PROG} {args.command}: error: {what}: {exc.strerror}", file=sys.stderr)
+        _tell(f"{PROG} {args.command}: error: {what}: {exc.strerror}")
         return EXIT_FINDINGS
     return code
+
+
+def _tell(message: str) -> None:
+    """Print ``message`` on standard error; a failure to is not the command's (the
+    report on standard output goes on, and the exit code says what was found)."""
+    with contextlib.suppress(OSError):
+        print(message, file=sys.stderr, flush=True)
 
 
 def _drop_standard_output() -> None:
@@ -275,7 +284,7 @@ def _summarize(args: argparse.Namespace) -> int:
         raise _UsageError("--since must be earlier than --until")
 
     def warn(bad: _batchfiles.InvalidBatchFile) -> None:
-        print(f"{PROG}: warning: skipped {bad.path}: {bad.reason}", file=sys.stderr)
+        _tell(f"{PROG}: warning: skipped {bad.path}: {bad.reason}")
 
     summary = summarize(
         args.directory, group_by=args.by, since=args.since, until=args.until, on_invalid=warn
@@ -433,7 +442,7 @@ def _cleanup(args: argparse.Namespace) -> int:
         print(f"deleted {_files(len(deleted))} written before {before}")
         return EXIT_OK
     for path, exc in failed:
-        print(f"{PROG}: error: cannot delete {path}: {exc.strerror}", file=sys.stderr)
+        _tell(f"{PROG}: error: cannot delete {path}: {exc.strerror}")
     expired_now = len(deleted) + len(failed)
     print(f"deleted {len(deleted)} of {_files(expired_now)} written before {before}")
     return EXIT_FINDINGS

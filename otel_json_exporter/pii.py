@@ -120,7 +120,8 @@ CLIENT_ADDRESS_KEYS = frozenset(
     {
         # The semantic conventions' client address, stable and older, on server spans
         # (network.peer.address is the server's on a client span: it goes too).
-        "client.address", "network.peer.address", "net.peer.ip", "net.sock.peer.addr",
+        "client.address", "client.socket.address", "network.peer.address", "net.peer.ip",
+        "net.sock.peer.addr", "source.address",
         # What proxies pass on: http.client_ip and the headers an instrumentation
         # captures (http.request.header.x_forwarded_for), as endings.
         "client_ip", "x_forwarded_for", "x_real_ip", "true_client_ip", "cf_connecting_ip",
@@ -159,10 +160,9 @@ _FORBIDDEN_SUFFIXES = (
 # conventions tell HTTP instrumentations to redact, and kin). These only whole: as
 # endings they would refuse flags and descriptions (uses_jwt, requires_basic_auth,
 # valid_signature, method_signature, kill_sig), nor are their plurals (signatures: a count).
-# "pin" and "mobile" (a phone number) likewise: as endings they name a device's pin
-# (gpio_pin) or a flag (browser.mobile, a semantic convention).
+# "pin" likewise: as an ending it names a device's pin (gpio_pin).
 _CREDENTIAL_WHOLE = frozenset(
-    {"jwt", "otp", "totp", "basic_auth", "signature", "sig", "aws_access_key_id", "pin", "mobile"}
+    {"jwt", "otp", "totp", "basic_auth", "signature", "sig", "aws_access_key_id", "pin"}
 )
 # These whole or as endings: the headers that carry them (X-Goog-IAP-JWT-Assertion).
 _CREDENTIAL_KEYS = (
@@ -271,10 +271,10 @@ def _atomic(pattern: str) -> str:
 
 
 # The quotes that open a run of address characters ('bob@x.io' in a repr), and what a
-# password, or what is left of a domain, runs over: each taken whole, never backtracked.
+# password runs over: each taken whole, never backtracked.
 _OPENING_QUOTES = _atomic("['\u2019]*")
 _PASSWORD_RUN = _atomic(r"(?:(?!//)[^\s@])*")
-_DOMAIN_RUN = _atomic(r"[\w.-]*")
+
 # A local part's characters, with the apostrophe, straight or typographic (U+2019), so
 # that no part of ``mary.o'brien@...`` is left before the mask. (RFC 5322's other
 # symbols are left out: ``*@example.com`` is a pattern, ``ERROR|bob@x.io`` a log line.)
@@ -291,17 +291,34 @@ _LOCAL_PART = rf"[\w.%+'\u2019{_INVISIBLE_CHARACTERS}-]"
 # "cc%20%40john.doe" the "%20" is a space, and "@john.doe" a mention, no address.
 _UNESCAPED_LOCAL_PART = rf"[\w.+'\u2019{_INVISIBLE_CHARACTERS}-]"  # _LOCAL_PART but "%"
 # A backslash escape of a character, as json.dumps (\u00e9) and repr (\xe9, \udce9: a
-# file name's undecodable byte) write one inside an address. A match never starts
-# inside such an escape, so that a long run of them is read once; after any other
-# backslash it may (C:\Users\bob@x.io; "line1\nbob@x.io" loses the "n" to the mask).
+# file name's undecodable byte) write one inside an address, in its domain too. A match
+# never starts inside a whole escape, so that a long run of them is read once; after
+# any other backslash it may (C:\reports\xavier@x.io: "\xav" is no escape;
+# "line1\nbob@x.io" loses the "n" to the mask).
 _ESCAPE = r"\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|U[0-9A-Fa-f]{8})"
-_NOT_AFTER_LOCAL_PART = rf"(?<!{_LOCAL_PART})(?!(?<=\\)[uxU][0-9A-Fa-f])"
-_LOCAL_BEFORE_AT = (
-    rf"(?:(?:{_LOCAL_PART}|{_ESCAPE})+@|(?:{_UNESCAPED_LOCAL_PART}|%2[Bb]|{_ESCAPE})+%40)"
+_NOT_AFTER_LOCAL_PART = (
+    rf"(?<!{_LOCAL_PART})(?!(?<=\\)(?:u[0-9A-Fa-f]{{4}}|x[0-9A-Fa-f]{{2}}|U[0-9A-Fa-f]{{8}}))"
 )
+# Runs of these, written as a class's run between escapes ("unrolled"): each way through
+# is forced, so a failed match gives back in linear time, and a class's run is matched
+# in C, not one alternation a character (ten times as slow on a long run).
+_LOCAL_RUN = rf"(?:{_LOCAL_PART}|{_ESCAPE}){_LOCAL_PART}*(?:{_ESCAPE}{_LOCAL_PART}*)*"
+_ENCODED_ESCAPE = rf"(?:%2[Bb]|{_ESCAPE})"
+_ENCODED_RUN = (
+    rf"(?:{_UNESCAPED_LOCAL_PART}|{_ENCODED_ESCAPE})"
+    rf"{_UNESCAPED_LOCAL_PART}*(?:{_ENCODED_ESCAPE}{_UNESCAPED_LOCAL_PART}*)*"
+)
+_LOCAL_BEFORE_AT = rf"(?:{_LOCAL_RUN}@|{_ENCODED_RUN}%40)"
+# Inside a percent-encoded run a word starts after an escape ("q=to%3Aelise%40x.io"),
+# where the look-behind above would not let a match start: one before "%40" may start
+# there, and runs only to the next escape, so that each part of a run is read once.
+_AFTER_AN_ESCAPE = r"(?<=%[0-9A-Fa-f]{2})(?<!%2[Bb])"
+_DOMAIN_LABEL = rf"(?:[\w-]|{_ESCAPE})[\w-]*(?:{_ESCAPE}[\w-]*)*"
+_DOMAIN = rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*\.[^\W\d_]{{2,}}"
+_DOMAIN_RUN = rf"[\w.-]*(?:{_ESCAPE}[\w.-]*)*"  # what a cut leaves of a domain
 _EMAIL = (
-    rf"{_NOT_AFTER_LOCAL_PART}(?P<quotes>{_OPENING_QUOTES}){_LOCAL_BEFORE_AT}"
-    r"[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"
+    rf"{_NOT_AFTER_LOCAL_PART}(?P<quotes>{_OPENING_QUOTES}){_LOCAL_BEFORE_AT}{_DOMAIN}"
+    rf"|{_AFTER_AN_ESCAPE}{_ENCODED_RUN}%40{_DOMAIN}"
 )
 # A URL's userinfo: from "//" to the last "@" before the host, as urlsplit reads it;
 # or, when that finds none, a "user:password" whose password holds "/", "?" or "#"
@@ -322,11 +339,13 @@ _CREDENTIALS = (
 # A cut inside the escape itself ("jean.tremblay%4") counts too, when the local part
 # holds a letter: "50%" at the end of a cut value stays.
 _CUT_CREDENTIALS = rf"//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z)){_PASSWORD_RUN}\Z"
+# A local part cut inside its "%40" ("jean%4"): only with a letter in it ("50%" stays).
+_CUT_ENCODED = rf"(?=(?:{_UNESCAPED_LOCAL_PART}|{_ENCODED_ESCAPE})*?[^\W\d_]){_ENCODED_RUN}%4?\Z"
 _CUT_END = re.compile(
     rf"(?P<credentials>{_CUT_CREDENTIALS})"
     rf"|{_NOT_AFTER_LOCAL_PART}(?<!//REDACTED:)(?P<quotes>{_OPENING_QUOTES})"
-    rf"(?:{_LOCAL_BEFORE_AT}{_DOMAIN_RUN}"
-    rf"|(?={_UNESCAPED_LOCAL_PART}*[^\W\d_]){_UNESCAPED_LOCAL_PART}+%4?)\Z"
+    rf"(?:{_LOCAL_BEFORE_AT}{_DOMAIN_RUN}\Z|{_CUT_ENCODED})"
+    rf"|{_AFTER_AN_ESCAPE}(?:{_ENCODED_RUN}%40{_DOMAIN_RUN}\Z|{_CUT_ENCODED})"
 )
 # Credentials already masked are matched first and skipped, so that masking is
 # idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken
@@ -361,7 +380,6 @@ _VALUE_END = re.compile(r"[\s?#;&]")
 _IDEOGRAPHIC_DOT = re.compile("\u3002(?=[A-Za-z0-9])")
 _NOT_ONLY_PARAMETERS = re.compile(r"[@%/;?#,\s]")
 _WORD = re.compile(r"[^\W_]+")
-_NAME_END = re.compile(r"[\w.-]+\Z")
 _TURKISH_I = {ord("\u0130"): "I", ord("\u0131"): "i"}
 _CACHE_LIMIT = 4096
 _REMEMBERED_TEXT_LENGTH = 256
@@ -558,7 +576,7 @@ def _mask_matches(pattern: re.Pattern[str], text: str) -> tuple[str, int]:
         if match["masked"]:
             continue
         # An address's mask keeps the quotes before it.
-        mask = _CREDENTIALS_MASK if match["credentials"] else match["quotes"] + REDACTED
+        mask = _CREDENTIALS_MASK if match["credentials"] else (match["quotes"] or "") + REDACTED
         parts += (text[last : match.start()], mask)
         last = match.end()
     if not parts:
@@ -664,14 +682,15 @@ def mask_cut_end(text: str) -> tuple[str, int]:
         match = _CUT_END.search(_searchable(text))  # its positions are the text's
     else:
         match = None
+    encoded = _encoded_cut_credentials(text) if "%" in text else None
+    if encoded is not None and (match is None or encoded <= match.start()):
+        # Percent-encoded credentials, user and all, from their "//" (an address
+        # found in them would start later, at the password, and keep the user).
+        return text[:encoded] + _URL_MASK, count + 1
     if match is not None:
-        mask = _CREDENTIALS_MASK if match["credentials"] else match["quotes"] + REDACTED
+        mask = _CREDENTIALS_MASK if match["credentials"] else (match["quotes"] or "") + REDACTED
         return text[: match.start()] + mask, count + 1
-    if "%" in text:
-        start = _encoded_cut_credentials(text)
-        if start is not None:
-            return text[:start] + _URL_MASK, count + 1
-    if not text.isascii() and any(_CUT_END.search(form) for form in _folds(text)):
+    if not text.isascii() and any(_CUT_END.search(_searchable(form)) for form in _folds(text)):
         # A full-width at sign (U+FF20) and the like, found only once folded: the
         # positions do not map back, so it all goes, as mask_text does.
         return REDACTED, count + 1
@@ -935,19 +954,17 @@ class PiiPolicy:
                 self._check(item, f"{path}[{index}]")
 
     def _pii_ending(self, name: str) -> str | None:
-        """What an error may name of a PII parameter: the longest ending of its name
-        made of words joined by ``_``, ``-`` or ``.`` that is PII, or None.
+        """What an error may name of a PII parameter: the shortest ending of its name,
+        from one of its last words, that is PII (``token`` of ``access_token``), or None.
 
-        What comes before, glued to the name by a character that does not end a
-        parameter (``jean.tremblay:hunter2,token``, ``514-555-0199|password``),
-        may be a value.
+        Whatever comes before may be a value glued to the name
+        (``jean.tremblay:hunter2,token``, ``514-555-0199-password``). At most the last
+        eight words are tried: a long name costs no more than a short one.
         """
         name = percent_decoded(name)
-        run = _NAME_END.search(name)
-        if run is None:
-            return None
-        for word in _WORD.finditer(name, run.start()):
-            ending = name[word.start() :]
+        starts = [word.start() for word in _WORD.finditer(name, max(len(name) - 512, 0))]
+        for start in reversed(starts[-8:]):
+            ending = name[start:]
             if self.is_pii_key(ending):
                 return ending
         return None

@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import (
     BaseModel,
@@ -33,7 +33,8 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, to_json
+from pydantic_core import InitErrorDetails, PydanticCustomError, to_json
+from pydantic_core.core_schema import ErrorType
 
 __all__ = [
     "AS_WRITTEN",
@@ -284,6 +285,9 @@ Metadata = Annotated[
 """JSON-ready metadata: str keys; str, int, finite float, bool, None, lists and dicts."""
 
 
+_BUILTIN_ERROR_TYPES = frozenset(get_args(ErrorType))
+
+
 def _keys_masked(data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     """``handler(data)``, its error's locations with PII in a key masked.
 
@@ -305,8 +309,13 @@ def _keys_masked(data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
             raise
         details: list[InitErrorDetails] = []
         for error, where in zip(errors, locations, strict=True):
-            detail: InitErrorDetails = {"type": error["type"], "loc": where, "input": None}
-            if "ctx" in error:
+            kind: str | PydanticCustomError = error["type"]
+            if kind not in _BUILTIN_ERROR_TYPES:
+                # A subclass's own error type (PydanticCustomError): its message, as given.
+                message = error["msg"].replace("{", "{{").replace("}", "}}")
+                kind = PydanticCustomError(error["type"], message)
+            detail: InitErrorDetails = {"type": kind, "loc": where, "input": None}
+            if "ctx" in error and isinstance(kind, str):
                 detail["ctx"] = error["ctx"]
             details.append(detail)
         raise ValidationError.from_exception_data(exc.title, details, hide_input=True) from None

@@ -32,6 +32,7 @@ otherwise waits for room in a task of its own (README, "Timing your own code").
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import inspect
 import logging
@@ -101,14 +102,16 @@ class track_operation:
         traceback: TracebackType | None,
     ) -> None:
         duration_ms, failed, error_message = self._stop(exc_type, exc)
-        if exc_type is not None:
-            # The block raised, or was cancelled: that goes on at once, neither held up by
-            # a full queue nor replaced by a cancellation landing while this waits. Queued
-            # now if there is room; else, under "block", a task of its own waits for room
-            # (not for a cancelled or interrupted block: its loop is likely ending).
-            queued = self._submit(duration_ms, failed, error_message, exc_type, wait=False)
-            if not queued and not _ending(exc_type) and self.manager.queue_full_policy == "block":
-                self._record_later(duration_ms, error_message)
+        if _ending(exc_type):
+            # Cancelled or interrupted: recorded only if there is room now, so that a
+            # full queue never holds up a cancellation.
+            self._submit(duration_ms, failed, error_message, exc_type, wait=False)
+            return
+        if exc_type is not None and self._would_wait():
+            # The block raised and the queue is full: its exception goes on at once,
+            # neither held up nor replaced by a cancellation landing while this waits;
+            # its record waits for room in a task of its own.
+            self._record_later(duration_ms, error_message)
             return
         try:
             await self.manager.record_operation(
@@ -121,9 +124,8 @@ class track_operation:
             )
         except asyncio.CancelledError:
             # Cancelled while it waited for room, so not queued: recorded if there is
-            # room now. The cancellation goes on, as it would from any await in a
-            # clean-up; a block's own exception is then its __context__.
-            self._submit(duration_ms, failed, error_message, exc_type, wait=False)
+            # room now (an error doing so is logged: the cancellation goes on).
+            self._submit(duration_ms, failed, error_message, asyncio.CancelledError, wait=False)
             raise
         except Exception as recording_error:
             _unless_hiding(exc_type, recording_error)
@@ -180,6 +182,15 @@ class track_operation:
         except Exception as recording_error:
             _unless_hiding(exc_type, recording_error)
         return False
+
+    def _would_wait(self) -> bool:
+        """Whether ``record_operation`` would wait for room now ("block", queue full)."""
+        manager = self.manager
+        return (
+            manager.queue_full_policy == "block"
+            and manager.is_running
+            and manager.stats().queue_size >= manager.max_queue_size
+        )
 
     def _record_later(self, duration_ms: float, error_message: str | None) -> None:
         """Record a failed block in a task of its own, which waits for room."""
@@ -303,6 +314,19 @@ class track_operation:
 # The tasks that record an operation in the background: a failed block waiting for room,
 # a tracked function's task or future once it is done.
 _recording: set[asyncio.Task[None]] = set()
+
+
+@atexit.register
+def _report_unrecorded() -> None:
+    """Say at exit how many of those never recorded: their event loop ended first (a
+    task made while ``asyncio.run`` shut down is neither run to its end nor cancelled)."""
+    waiting = sum(not task.done() for task in _recording)
+    if waiting:
+        logger.warning(
+            "track_operation could not record %d operation(s): their event loop ended "
+            "while they waited for room",
+            waiting,
+        )
 
 
 def _keep_until_done(task: asyncio.Task[None]) -> None:

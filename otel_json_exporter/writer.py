@@ -142,15 +142,6 @@ _CLOCK_STEP_KEPT = timedelta(seconds=1)
 """How far the wall clock may go back and batch names still increase past it."""
 
 
-@dataclass(frozen=True)
-class _Unsynced:
-    """A batch linked under its name whose directory fsync failed, and its rows."""
-
-    rows: list[RecordRow | QueuedRow]
-    path: Path
-    batch: WrittenBatch
-
-
 class BatchWriter:
     """Writes batches into one directory; one instance per writer thread."""
 
@@ -163,7 +154,6 @@ class BatchWriter:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._last_timestamp: datetime | None = None
-        self._unsynced: _Unsynced | None = None  # a batch on disk whose directory fsync failed
 
     def close(self) -> None:
         """Nothing to release: every call opens and closes its own files."""
@@ -248,30 +238,19 @@ class BatchWriter:
         ``encoded`` is ``encode_rows(rows, now)`` when the caller has it already;
         it is used if ``now`` is still free to be this batch's timestamp.
         Raises OSError when the disk refuses; then nothing is left behind under
-        a ``metrics_*.json`` name and the same records can be written again, but
-        when only the directory's fsync failed: the file stays (a reader may have
-        seen it), and the next call whose rows begin with the same ones syncs the
-        directory again and returns that batch, rather than writing them twice.
+        a ``metrics_*.json`` name and the same records can be written again.
         A temporary file that cannot be removed is left for
         :func:`remove_stale_temp_files`; it never makes a written batch count as failed.
         """
         moment = now or datetime.now(timezone.utc)
         last = self._last_timestamp
-        if last is not None and last - _CLOCK_STEP_KEPT < moment <= last:
+        if last is not None and last - _CLOCK_STEP_KEPT <= moment <= last:
             # Names increase, so that they sort as the batches were written; a clock set
             # back further is followed, so that a clock once wrong (a VM's at boot, years
             # ahead) does not name every later batch in its future: retention and
             # cleanup judge age by the name.
             moment = next_microsecond(last)
             encoded = None
-        unsynced = self._unsynced
-        if unsynced is not None:
-            self._unsynced = None
-            # The retry of a batch whose directory fsync failed: its rows head these (a
-            # flush's partial batch may have grown meanwhile; the rest stays queued).
-            done = len(unsynced.rows)
-            if list(rows[:done]) == unsynced.rows and unsynced.path.exists():
-                return self._resync(unsynced)
         while True:
             data = encode_rows(rows, moment) if encoded is None else encoded
             encoded = None
@@ -287,37 +266,24 @@ class BatchWriter:
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
-            self._last_timestamp = moment
-            written = WrittenBatch(final, batch_id_for(moment), len(rows), len(data))
             try:
                 self._fsync_directory()
             except OSError:
-                # The name may not survive a crash, yet a reader may have seen it (a
-                # shipper tailing the directory): it stays, and the retry of the same
-                # rows syncs the directory again instead of writing them twice.
-                self._unsynced = _Unsynced(list(rows), final, written)
-                raise
-            return written
+                # The name may not survive a crash: take it back, so that the retry
+                # writes the batch once (a reader that took the file meanwhile sees its
+                # records again). If even that fails, the batch stays written.
+                if self._take_back(final):
+                    raise
+            self._last_timestamp = moment
+            return WrittenBatch(final, batch_id_for(moment), len(rows), len(data))
 
-    def _resync(self, unsynced: _Unsynced) -> WrittenBatch:
-        """Make a batch whose directory fsync failed durable: the directory changed
-        again (a link to its file made and removed), then fsynced.
-
-        An fsync that failed may have dropped the directory's dirty state, so a
-        second fsync alone could succeed and prove nothing; after a new change it
-        writes the directory as it is now, the batch's name included.
-        """
-        probe = self._temp_path()
+    @staticmethod
+    def _take_back(final: Path) -> bool:
         try:
-            os.link(unsynced.path, probe)
-            os.unlink(probe)
-            self._fsync_directory()
+            os.unlink(final)
         except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(probe)
-            self._unsynced = unsynced  # still to sync, still not to write again
-            raise
-        return unsynced.batch
+            return False
+        return True
 
     def _temp_path(self) -> Path:
         name = f".metrics_{os.getpid()}_n{_PROCESS_SPACE}_{secrets.token_hex(6)}.tmp"

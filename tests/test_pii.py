@@ -708,7 +708,7 @@ class TestRecordOperationErrors:
             ({FULL_WIDTH_EMAIL: "secret-value"}, "is PII"),
             ({"user[email]": "secret-value"}, "'user[email]' is PII"),
             ({"apikey": "s3cr3t"}, "'apikey' is PII"),
-            ({"http.url": "https://h.example/cb?access_token=hunter2"}, "'access_token'"),
+            ({"http.url": "https://h.example/cb?access_token=hunter2"}, "'token'"),
             ({"log": "retrying with password=hunter2 now"}, "parameter 'password'"),
             ({"target": "/login;jsessionid=hunter2?next=/"}, "parameter 'jsessionid'"),
             ({"PassWord": "hunter2"}, "'PassWord' is PII"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_json_exporter.records import MetricsBatch, OperationRecord, row_of
+from otel_json_exporter.records import MetricsBatch, OperationRecord
 from otel_json_exporter.writer import BatchWriter, StorageError, delete_expired_batches
 
 NAME = re.compile(r"^metrics_\d{8}_\d{6}_\d{6}\.json$")
@@ -120,68 +120,44 @@ class TestWrite:
         assert os.listdir(tmp_path) == [written.path.name]
 
 
-def directory_fsync_fails(times: int, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make the next ``times`` fsyncs of a directory fail with EIO; the names seen then."""
-    real_fsync = os.fsync
-    seen: list[str] = []
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode) and len(seen) < times:
-            seen.append(",".join(sorted(os.listdir(f"/proc/self/fd/{fd}"))))
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return seen
-
-
 class TestDirectoryFsyncFailure:
-    def test_the_name_stays_and_the_retry_syncs_instead_of_writing_again(
+    def test_the_name_is_taken_back_so_the_retry_writes_once(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        # A shipper tailing the directory may have read the file: taking the name back
-        # and writing the batch under another would ship its records twice.
-        seen = directory_fsync_fails(2, monkeypatch)
-        writer = BatchWriter(tmp_path)
-        rows = [row_of(record) for record in records(2)]
-        for _ in range(2):
-            with pytest.raises(OSError, match="Input/output error"):
-                writer.write_rows(rows, now=MOMENT)
-        written = writer.write_rows(rows, now=MOMENT + timedelta(seconds=5))
+        real_fsync = os.fsync
+
+        def directory_fsync_fails(fd: int) -> None:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", directory_fsync_fails)
+        with pytest.raises(OSError, match="Input/output error"):
+            BatchWriter(tmp_path).write(records(2), now=MOMENT)
+        assert os.listdir(tmp_path) == []
+
+    def test_when_the_name_cannot_be_taken_back_the_batch_counts_as_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        real_fsync, real_unlink = os.fsync, os.unlink
+
+        def directory_fsync_fails(fd: int) -> None:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fsync(fd)
+
+        def keep_batch_files(path: str) -> None:
+            if os.path.basename(path).startswith("metrics_"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            real_unlink(path)
+
+        monkeypatch.setattr(os, "fsync", directory_fsync_fails)
+        monkeypatch.setattr(os, "unlink", keep_batch_files)
+        written = BatchWriter(tmp_path).write(records(2), now=MOMENT)
+        # A retry would write the batch a second time: the visible file is kept as written.
         assert written.path is not None
-        assert written.batch_id == "20251216_080005_123456"  # the first name, kept
-        assert sorted(os.listdir(tmp_path)) == [written.path.name]
-        assert len(seen) == 2
-        assert all(written.path.name in names for names in seen)  # a reader could see it
+        assert os.listdir(tmp_path) == [written.path.name]
         assert MetricsBatch.model_validate_json(written.path.read_bytes()).total_records == 2
-
-    def test_a_retry_whose_batch_grew_returns_the_written_part(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        # A flush's partial batch failed; by the retry more records are queued behind it.
-        directory_fsync_fails(1, monkeypatch)
-        writer = BatchWriter(tmp_path)
-        rows = [row_of(record) for record in records(3)]
-        with pytest.raises(OSError, match="Input/output error"):
-            writer.write_rows(rows[:2], now=MOMENT)
-        written = writer.write_rows(rows, now=MOMENT + timedelta(seconds=5))
-        assert written.records == 2  # the caller takes these two, and writes the third next
-        nxt = writer.write_rows(rows[2:], now=MOMENT + timedelta(seconds=6))
-        assert nxt.records == 1
-        assert len(os.listdir(tmp_path)) == 2
-
-    def test_other_rows_after_a_failed_sync_are_written_as_a_new_batch(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        directory_fsync_fails(1, monkeypatch)
-        writer = BatchWriter(tmp_path)
-        first = [row_of(record) for record in records(1)]
-        other = [row_of(record) for record in records(2)][1:]
-        with pytest.raises(OSError, match="Input/output error"):
-            writer.write_rows(first, now=MOMENT)
-        written = writer.write_rows(other, now=MOMENT + timedelta(seconds=5))
-        assert written.batch_id == "20251216_080010_123456"
-        assert len(os.listdir(tmp_path)) == 2  # the first file stays: a reader may hold it
 
 
 class TestPrepare:
