@@ -340,7 +340,9 @@ _CREDENTIALS = (
 # holds a letter: "50%" at the end of a cut value stays.
 _CUT_CREDENTIALS = rf"//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z)){_PASSWORD_RUN}\Z"
 # A local part cut inside its "%40" ("jean%4"): only with a letter in it ("50%" stays).
-_CUT_ENCODED = rf"(?=(?:{_UNESCAPED_LOCAL_PART}|{_ENCODED_ESCAPE})*?[^\W\d_]){_ENCODED_RUN}%4?\Z"
+_CUT_ENCODED = (  # a backslash escape counts as a letter: it is one ("\u00e9")
+    rf"(?=(?:{_UNESCAPED_LOCAL_PART}|%2[Bb])*?(?:[^\W\d_]|{_ESCAPE})){_ENCODED_RUN}%4?\Z"
+)
 _CUT_END = re.compile(
     rf"(?P<credentials>{_CUT_CREDENTIALS})"
     rf"|{_NOT_AFTER_LOCAL_PART}(?<!//REDACTED:)(?P<quotes>{_OPENING_QUOTES})"

@@ -601,6 +601,10 @@ class TestCombiningMarks:
         )
         assert mask_cut_end(f"to {address[:-4]}") == (f"to {REDACTED}", 1)
 
+    def test_an_escape_counts_as_a_letter_of_a_local_part_cut_in_its_encoded_at(self) -> None:
+        assert mask_cut_end("to \\u00e9%") == (f"to {REDACTED}", 1)  # "é%", as "cost%"
+        assert mask_cut_end("up 50%") == ("up 50%", 0)
+
     def test_a_backslash_before_an_address_is_not_part_of_it(self) -> None:
         assert mask_text("line1\\nbob@example.com") == ("line1\\" + REDACTED, 1)
         assert mask_text("C:\\Users\\bob@example.com") == ("C:\\Users\\" + REDACTED, 1)
