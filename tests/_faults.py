@@ -10,6 +10,7 @@ for real.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import threading
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from otel_json_exporter import MetricsManager
 
 WRITER_THREAD = "otel-json-exporter-writer"
 
@@ -103,3 +106,38 @@ class Fault:
             assert self.error is not None
             raise OSError(self.error, os.strerror(self.error))
         return self._real(*args, **kwargs)
+
+
+class StalledDisk:
+    """``os.fsync`` in the manager's writer thread blocks until ``release()``: a disk
+    that does not move for a while. Other threads' fsyncs are untouched."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._go = threading.Event()
+        self._real = os.fsync
+        self.entered = threading.Event()
+        monkeypatch.setattr(os, "fsync", self._fsync)
+
+    def _fsync(self, fd: int) -> None:
+        if threading.current_thread().name == WRITER_THREAD:
+            self.entered.set()
+            self._go.wait(60)  # backstop: never hang the suite
+        self._real(fd)
+
+    def release(self) -> None:
+        self._go.set()
+
+
+async def full_queue_on_a_stalled_disk(
+    storage: Path, disk: StalledDisk, **options: Any
+) -> MetricsManager:
+    """A running manager (queue of one, "block" unless ``options`` say otherwise) whose
+    queue is full and whose writer is stuck in fsync: the next record finds no room
+    until the disk moves."""
+    manager = MetricsManager(
+        storage, flush_interval_seconds=60, max_queue_size=1, max_batch_size=1, **options
+    )
+    await manager.start()
+    await manager.record_operation("fill", "fill", 1.0, metadata={"rid": -1})
+    assert await asyncio.to_thread(disk.entered.wait, 10.0), "the writer never began its write"
+    return manager

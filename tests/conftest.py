@@ -1,14 +1,16 @@
-"""Fixtures shared by the whole suite: a storage directory and a batch-file reader."""
+"""Fixtures shared by the whole suite: a storage directory, a batch-file reader, a stalled disk."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from otel_json_exporter.records import BATCH_FILE_PATTERN, MetricsBatch, OperationRecord
+
+from ._faults import StalledDisk
 
 
 def load_batches(directory: Path) -> list[MetricsBatch]:
@@ -59,3 +61,13 @@ def read_records() -> Callable[[Path], list[OperationRecord]]:
 def read_batches() -> Callable[[Path], list[MetricsBatch]]:
     """``read_batches(directory)``: all batch files, validated against their names."""
     return load_batches
+
+
+@pytest.fixture
+def stalled_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[StalledDisk]:
+    """A :class:`~tests._faults.StalledDisk`, released at the end of the test."""
+    disk = StalledDisk(monkeypatch)
+    try:
+        yield disk
+    finally:
+        disk.release()

@@ -37,52 +37,13 @@ import otel_json_exporter
 from otel_json_exporter import MetricsManager
 from otel_json_exporter.tracking import track_operation
 
+from ._faults import StalledDisk, full_queue_on_a_stalled_disk
 from .conftest import load_records
 
 CAP = 10.0  # hang guard for anything expected to end at once
-WRITER_THREAD = "otel-json-exporter-writer"
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-class StalledDisk:
-    """``os.fsync`` in the manager's writer thread blocks until ``release()``: a disk
-    that does not move. Other threads' fsyncs are untouched."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self._go = threading.Event()
-        self._real = os.fsync
-        self.entered = threading.Event()
-        monkeypatch.setattr(os, "fsync", self._fsync)
-
-    def _fsync(self, fd: int) -> None:
-        if threading.current_thread().name == WRITER_THREAD:
-            self.entered.set()
-            self._go.wait(60)  # backstop: never hang the suite
-        self._real(fd)
-
-    def release(self) -> None:
-        self._go.set()
-
-
-@pytest.fixture
-def stalled_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[StalledDisk]:
-    disk = StalledDisk(monkeypatch)
-    try:
-        yield disk
-    finally:
-        disk.release()
-
-
-async def full_queue_on_a_stalled_disk(storage: Path, disk: StalledDisk) -> MetricsManager:
-    """A running manager (queue of one, default "block" policy) whose queue is full and
-    whose writer is stuck in fsync: the next record must wait for room."""
-    manager = MetricsManager(storage, flush_interval_seconds=60, max_queue_size=1, max_batch_size=1)
-    await manager.start()
-    await manager.record_operation("fill", "fill", 1.0, metadata={"rid": -1})
-    assert await asyncio.to_thread(disk.entered.wait, CAP), "the writer never began its write"
-    return manager
 
 
 def run_script(
