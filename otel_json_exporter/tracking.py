@@ -151,10 +151,10 @@ class track_operation:
         exc_type: type[BaseException] | None,
         *,
         wait: bool,
-    ) -> bool:
+    ) -> None:
         """Record through ``submit_records``, the manager's ``queue_full_policy`` applied
         as ``record_operation`` applies it; without ``wait``, only if there is room now
-        (it says whether it was queued; a full queue then raises nothing)."""
+        (a full queue then raises nothing: the record is dropped and counted)."""
         try:
             # Not validated here: submit_records validates it, after masking the message
             # whole with the manager's own rule, then cutting it, as record_operation does.
@@ -170,7 +170,7 @@ class track_operation:
             policy = self.manager.queue_full_policy
             timeout = math.inf if wait and policy == "block" else 0.0
             if self.manager.submit_records([record], timeout=timeout):
-                return True
+                return
             if not self.manager.is_running:
                 # It stopped while this waited for room: record_operation's error.
                 raise RuntimeError("MetricsManager is not running")
@@ -181,7 +181,6 @@ class track_operation:
                 )
         except Exception as recording_error:
             _unless_hiding(exc_type, recording_error)
-        return False
 
     def _would_wait(self) -> bool:
         """Whether ``record_operation`` would wait for room now ("block", queue full)."""
