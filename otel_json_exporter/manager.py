@@ -577,7 +577,7 @@ class MetricsManager:
         """
         pending = list(records)
         rows: list[RecordRow] = []
-        redacted = 0
+        masked_in: list[int] = []  # each row's masked parts
         for index, record in enumerate(pending):
             # Validated again: a record built with model_construct, or changed since,
             # may hold anything. This also copies its metadata.
@@ -586,7 +586,7 @@ class MetricsManager:
                 kind, name, duration, timestamp, success, error, metadata = row_of(record)
                 kind, name, error, masked = self._mask_texts(kind, name, error)
                 rows.append(build_row(kind, name, duration, timestamp, success, error, metadata))
-                redacted += masked
+                masked_in.append(masked)
             except ValidationError as exc:
                 problem = safe_validation_message(exc, policy=self.pii_policy)
             except Exception as exc:
@@ -594,7 +594,10 @@ class MetricsManager:
             if problem is not None:
                 self._refuse(len(pending), 0, 0, f"record {index}: {problem}")
         accepted = self._submit_rows(rows, timeout=timeout, redacted=0, rejected=0)
-        if redacted:  # counted once queued: a refused batch wrote nothing it masked
+        # Counted once queued: a refused batch, and rows dropped for want of room (the
+        # last ones: rows are queued in order), wrote nothing they masked.
+        redacted = sum(masked_in[:accepted])
+        if redacted:
             with self._lock:
                 self._redacted += redacted
         return accepted

@@ -309,10 +309,11 @@ _ENCODED_RUN = (
     rf"{_UNESCAPED_LOCAL_PART}*(?:{_ENCODED_ESCAPE}{_UNESCAPED_LOCAL_PART}*)*"
 )
 _LOCAL_BEFORE_AT = rf"(?:{_LOCAL_RUN}@|{_ENCODED_RUN}%40)"
-# Inside a percent-encoded run a word starts after an escape ("q=to%3Aelise%40x.io"),
-# where the look-behind above would not let a match start: one before "%40" may start
-# there, and runs only to the next escape, so that each part of a run is read once.
-_AFTER_AN_ESCAPE = r"(?<=%[0-9A-Fa-f]{2})(?<!%2[Bb])"
+# Inside a percent-encoded run a word starts after an escape ("q=to%3Aelise%40x.io"), or
+# after a "%" that starts none ("50%\u00e9lise%40x.io"), where the look-behind above would
+# not let a match start: one before "%40" may start there, and runs only to the next
+# escape, so that each part of a run is read once.
+_AFTER_AN_ESCAPE = r"(?:(?<=%[0-9A-Fa-f]{2})(?<!%2[Bb])|(?<=%)(?![0-9A-Fa-f]{2}))"
 _DOMAIN_LABEL = rf"(?:[\w-]|{_ESCAPE})[\w-]*(?:{_ESCAPE}[\w-]*)*"
 _DOMAIN = rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*\.[^\W\d_]{{2,}}"
 _DOMAIN_RUN = rf"[\w.-]*(?:{_ESCAPE}[\w.-]*)*"  # what a cut leaves of a domain

@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -34,7 +34,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError, to_json
-from pydantic_core.core_schema import ErrorType
 
 __all__ = [
     "AS_WRITTEN",
@@ -285,9 +284,6 @@ Metadata = Annotated[
 """JSON-ready metadata: str keys; str, int, finite float, bool, None, lists and dicts."""
 
 
-_BUILTIN_ERROR_TYPES = frozenset(get_args(ErrorType))
-
-
 def _keys_masked(data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     """``handler(data)``, its error's locations with PII in a key masked.
 
@@ -307,17 +303,19 @@ def _keys_masked(data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         ]
         if all(error["loc"] == where for error, where in zip(errors, locations, strict=True)):
             raise
-        details: list[InitErrorDetails] = []
-        for error, where in zip(errors, locations, strict=True):
-            kind: str | PydanticCustomError = error["type"]
-            if kind not in _BUILTIN_ERROR_TYPES:
-                # A subclass's own error type (PydanticCustomError): its message, as given.
-                message = error["msg"].replace("{", "{{").replace("}", "}}")
-                kind = PydanticCustomError(error["type"], message)
-            detail: InitErrorDetails = {"type": kind, "loc": where, "input": None}
-            if "ctx" in error and isinstance(kind, str):
-                detail["ctx"] = error["ctx"]
-            details.append(detail)
+        # Each error again with its own type and message, as given: rebuilt from the
+        # type alone, a built-in one would need its context, and a subclass's own
+        # (PydanticCustomError) may share a built-in's name.
+        details: list[InitErrorDetails] = [
+            {
+                "type": PydanticCustomError(
+                    error["type"], error["msg"].replace("{", "{{").replace("}", "}}")
+                ),
+                "loc": where,
+                "input": None,
+            }
+            for error, where in zip(errors, locations, strict=True)
+        ]
         raise ValidationError.from_exception_data(exc.title, details, hide_input=True) from None
 
 
