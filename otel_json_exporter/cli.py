@@ -274,6 +274,7 @@ def _drop_standard_output() -> None:
     does not fail (and print a traceback) a second time."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 # -- summarize -------------------------------------------------------------------

@@ -114,14 +114,7 @@ class track_operation:
             self._record_later(duration_ms, error_message)
             return
         try:
-            await self.manager.record_operation(
-                operation_type=self.operation_type,
-                operation_name=self.operation_name,
-                duration_ms=duration_ms,
-                success=not failed,
-                error_message=error_message,
-                metadata=self.metadata,
-            )
+            await self._record(duration_ms, failed, error_message)
         except asyncio.CancelledError:
             # Cancelled while it waited for room, so not queued: recorded if there is
             # room now (an error doing so is logged: the cancellation goes on).
@@ -191,19 +184,23 @@ class track_operation:
             and manager.stats().queue_size >= manager.max_queue_size
         )
 
+    async def _record(self, duration_ms: float, failed: bool, error_message: str | None) -> None:
+        """The block's record, through ``record_operation`` (it may wait for room)."""
+        await self.manager.record_operation(
+            operation_type=self.operation_type,
+            operation_name=self.operation_name,
+            duration_ms=duration_ms,
+            success=not failed,
+            error_message=error_message,
+            metadata=self.metadata,
+        )
+
     def _record_later(self, duration_ms: float, error_message: str | None) -> None:
         """Record a failed block in a task of its own, which waits for room."""
 
         async def record() -> None:
             try:
-                await self.manager.record_operation(
-                    operation_type=self.operation_type,
-                    operation_name=self.operation_name,
-                    duration_ms=duration_ms,
-                    success=False,
-                    error_message=error_message,
-                    metadata=self.metadata,
-                )
+                await self._record(duration_ms, True, error_message)
             except (Exception, asyncio.CancelledError) as recording_error:
                 logger.warning(
                     "track_operation could not record a failed operation: %s",
