@@ -25,7 +25,9 @@ Two modes:
   then the ``OTEL_EXPORTER_OPERATION_JSON_*`` variables, then defaults), and started in
   the constructor, so a storage problem raises
   :class:`~otel_json_exporter.writer.StorageError` there, naming where the path came from.
-  ``shutdown()`` stops that manager, which writes everything it holds.
+  ``shutdown()`` stops that manager, which writes everything it holds. With
+  ``OTEL_SDK_DISABLED=true`` that manager is never started and ``export()`` drops
+  what it is given: the SDK makes no spans then, yet still builds its exporters.
 * **attached**, ``OperationSpanExporter(manager=...)``: records go to a manager the
   application runs (a FastAPI lifespan, say), beside its own ``record_operation``
   calls. ``shutdown()`` flushes that manager but does not stop it: its owner does.
@@ -65,6 +67,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_json_exporter.config import resolve_settings
@@ -124,6 +127,10 @@ class OperationSpanExporter(SpanExporter):
     ) -> None:
         if not export_timeout_seconds >= 0:
             raise ValueError("export_timeout_seconds must be a non-negative number")
+        # OTEL_SDK_DISABLED: the SDK makes no spans, yet its configuration still builds the
+        # exporters it names. An owned manager is then never started (no directory, no
+        # thread, no SIGTERM handler) and export() drops what it is given, as the SDK does.
+        self._disabled = manager is None and sdk_disabled()
         if manager is not None:
             given = {
                 "storage_path": storage_path,
@@ -143,7 +150,7 @@ class OperationSpanExporter(SpanExporter):
             self._manager = manager
             self._owns_manager = False
         else:
-            self._manager = self._start_own_manager(
+            self._manager = self._own_manager(
                 storage_path,
                 flush_interval_seconds,
                 max_batch_size,
@@ -151,6 +158,7 @@ class OperationSpanExporter(SpanExporter):
                 retention_days,
                 writer,
                 pii_policy,
+                start=not self._disabled,
             )
             self._owns_manager = True
         self._policy = self._manager.pii_policy
@@ -163,7 +171,7 @@ class OperationSpanExporter(SpanExporter):
         self._flushed_at_shutdown = False
 
     @staticmethod
-    def _start_own_manager(
+    def _own_manager(
         storage_path: str | os.PathLike[str] | None,
         flush_interval_seconds: float | None,
         max_batch_size: int | None,
@@ -171,6 +179,8 @@ class OperationSpanExporter(SpanExporter):
         retention_days: float | None,
         writer: WriterKind | None,
         pii_policy: PiiPolicy | None,
+        *,
+        start: bool,
     ) -> MetricsManager:
         settings = resolve_settings(
             storage_path,
@@ -189,6 +199,8 @@ class OperationSpanExporter(SpanExporter):
             retention_days=settings.retention_days,
             writer=settings.writer,
         )
+        if not start:
+            return manager
         try:
             manager.start_sync()
         except StorageError as exc:
@@ -214,6 +226,8 @@ class OperationSpanExporter(SpanExporter):
         if self._shutdown:
             logger.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
+        if self._disabled:
+            return SpanExportResult.SUCCESS
         in_child = self._manager.writer == "process"  # the writer process maps the snapshots
         rows, snapshots, redacted, failed, problem = map_spans(
             spans, self._policy, self._span_filter, self._operation_type, snapshots_only=in_child
@@ -288,6 +302,11 @@ class OperationSpanExporter(SpanExporter):
         except RuntimeError:
             # Not running: a clean stop() wrote everything; anything left is stuck.
             return self._manager.stats().queue_size == 0
+
+
+def sdk_disabled() -> bool:
+    """``OTEL_SDK_DISABLED`` read as the SDK reads it: "true", in any case, disables."""
+    return os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
 
 
 def _seconds(timeout_millis: float) -> float:

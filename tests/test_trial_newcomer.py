@@ -9,6 +9,7 @@ what the trial checked and found right.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -130,3 +131,94 @@ class TestTheWheel:
             "opentelemetry-sdk>=1.27",
             "pydantic<3,>=2.7",
         ]
+
+
+# == OTEL_SDK_DISABLED, the SDK's own off switch =========================================
+
+INSTRUMENT = shutil.which("opentelemetry-instrument", path=str(Path(sys.executable).parent))
+_A_SPAN = (
+    "from opentelemetry import trace\n"
+    "with trace.get_tracer('job').start_as_current_span('step'):\n"
+    "    pass\n"
+    "print('done')\n"
+)
+
+
+def _instrumented(tmp_path: Path, storage: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    assert INSTRUMENT is not None, "opentelemetry-instrument is not installed beside python"
+    return subprocess.run(
+        [INSTRUMENT, sys.executable, "-c", _A_SPAN],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "OTEL_TRACES_EXPORTER": "operation_json",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_EXPORTER_OPERATION_JSON_PATH": str(storage),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class TestSdkDisabled:
+    def test_auto_instrumentation_with_the_sdk_disabled_touches_no_disk(
+        self, tmp_path: Path
+    ) -> None:
+        """OTEL_SDK_DISABLED=true turns the SDK into a no-op, yet the SDK's configuration
+        still builds the exporters it names: ours created the storage directory, started a
+        writer thread and installed its SIGTERM handler for spans that can never come."""
+        storage = tmp_path / "metrics"
+        done = _instrumented(tmp_path, storage, OTEL_SDK_DISABLED="true")
+        assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+        assert not storage.exists()
+
+    def test_with_the_sdk_disabled_an_unusable_path_is_no_error(self, tmp_path: Path) -> None:
+        """The same: a storage path that cannot be used (here under a regular file) made
+        the disabled SDK's start-up print a StorageError traceback."""
+        (tmp_path / "a-file").write_text("")
+        done = _instrumented(tmp_path, tmp_path / "a-file" / "metrics", OTEL_SDK_DISABLED="true")
+        assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+
+    def test_the_exporter_built_while_disabled_is_inert(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        from otel_json_exporter import OperationSpanExporter
+
+        finished = InMemorySpanExporter()
+        provider = TracerProvider()  # made while the SDK is on: it makes real spans
+        provider.add_span_processor(SimpleSpanProcessor(finished))
+        with provider.get_tracer("job").start_as_current_span("step"):
+            pass
+        storage = tmp_path / "metrics"
+        monkeypatch.setenv("OTEL_SDK_DISABLED", " True ")  # read as the SDK reads it
+        exporter = OperationSpanExporter(storage)
+        assert exporter.export(finished.get_finished_spans()) is SpanExportResult.SUCCESS
+        assert exporter.force_flush() is True
+        exporter.shutdown()
+        assert not storage.exists()
+        assert exporter.manager.stats().total_recorded == 0
+
+    def test_any_other_value_leaves_the_exporter_on(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Pinned: as in the SDK, only "true" (any case) disables."""
+        from otel_json_exporter import OperationSpanExporter
+
+        monkeypatch.setenv("OTEL_SDK_DISABLED", "1")
+        exporter = OperationSpanExporter(tmp_path / "metrics")
+        try:
+            assert (tmp_path / "metrics").is_dir()
+            assert exporter.manager.stats().is_running
+        finally:
+            exporter.shutdown()
