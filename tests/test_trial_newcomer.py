@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,35 @@ class TestSdkDisabled:
             assert exporter.manager.stats().is_running
         finally:
             exporter.shutdown()
+
+
+# == README's signatures ==================================================================
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _readme_parameters(name: str) -> list[str]:
+    """The parameters README's signature line of ``name`` lists, ``*`` included, in order."""
+    match = re.search(rf"`{name}\(([^`]*)\)`", README)
+    assert match, f"README gives no signature of {name}"
+    return [part.split("=")[0].strip() for part in match.group(1).split(",")]
+
+
+def _parameters(function: Callable[..., object]) -> list[str]:
+    import inspect
+
+    names = []
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is parameter.KEYWORD_ONLY and "*" not in names:
+            names.append("*")
+        names.append(parameter.name)
+    return names
+
+
+@pytest.mark.parametrize("name", ["MetricsManager", "OperationSpanExporter", "span_to_record"])
+def test_readme_gives_every_parameter(name: str) -> None:
+    """README's signature of OperationSpanExporter left out ``manager=``, the attached
+    mode's own parameter (README shows it only in an example further down)."""
+    import otel_json_exporter
+
+    assert _readme_parameters(name) == _parameters(getattr(otel_json_exporter, name))
