@@ -22,7 +22,7 @@ success            False when the status is ERROR, or for an HTTP server span wh
                    response status code is 500 or more; True otherwise
 error_message      None on success; else the status description, else the last
                    ``exception`` event as ``Type: message``, else ``HTTP <code>``,
-                   else the ``error.type`` attribute
+                   else the ``error.type`` attribute, else None
 metadata           the attributes after the PII filter, plus ``trace_id``,
                    ``span_id``, ``parent_span_id``, ``span_kind`` and ``service.name``
 =================  ==================================================================

@@ -255,3 +255,73 @@ def test_readme_gives_every_parameter(name: str) -> None:
     import otel_json_exporter
 
     assert _readme_parameters(name) == _parameters(getattr(otel_json_exporter, name))
+
+
+# == Spans other than HTTP, made with the real SDK ========================================
+
+
+def _records_of_non_http_spans(tmp_path: Path) -> dict[str, dict[str, object]]:
+    """Each span's record as the exporter writes it, by operation name."""
+    import json
+
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+    from otel_json_exporter import OperationSpanExporter
+
+    exporter = OperationSpanExporter(tmp_path / "metrics")
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "shop", "service.version": "1.2"})
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("trial")
+    db = {"db.system": "postgresql", "db.statement": "SELECT * FROM orders WHERE id = $1"}
+    with tracer.start_as_current_span("SELECT orders", kind=SpanKind.CLIENT, attributes=db):
+        pass
+    publish = {"messaging.system": "kafka", "messaging.destination.name": "orders"}
+    with tracer.start_as_current_span(
+        "orders publish", kind=SpanKind.PRODUCER, attributes=publish
+    ) as producer:
+        producer.add_event("sent", {"bytes": 12})
+    links = [Link(producer.get_span_context())]
+    with tracer.start_as_current_span(
+        "orders process", kind=SpanKind.CONSUMER, links=links, attributes=publish
+    ):
+        pass
+    with pytest.raises(ValueError, match="bad input"), tracer.start_as_current_span("compute"):
+        raise ValueError("bad input")  # the SDK records the event and sets ERROR
+    with tracer.start_as_current_span("bare error") as span:
+        span.set_status(Status(StatusCode.ERROR))
+    provider.shutdown()
+    records = {}
+    for path in sorted((tmp_path / "metrics").glob("metrics_*.json")):
+        for record in json.loads(path.read_bytes())["records"]:
+            records[record["operation_name"]] = record
+    return records
+
+
+def test_non_http_spans_become_the_records_readme_describes(tmp_path: Path) -> None:
+    """Pinned: a database client span, a producer and a linked consumer, an internal span
+    that raised, and a bare ERROR status, as README's tables map them."""
+    records = _records_of_non_http_spans(tmp_path)
+    summary = {
+        name: (r["operation_type"], r["success"], r["error_message"]) for name, r in records.items()
+    }
+    assert summary == {
+        "SELECT orders": ("database_query", True, None),
+        "orders publish": ("messaging", True, None),
+        "orders process": ("messaging", True, None),
+        "compute": ("internal", False, "ValueError: bad input"),
+        "bare error": ("internal", False, None),  # failed, with nothing to say why
+    }
+    database = records["SELECT orders"]["metadata"]
+    assert isinstance(database, dict)
+    assert database["db.statement"] == "SELECT * FROM orders WHERE id = $1"
+    assert database["span_kind"] == "client"
+    for record in records.values():  # no events, no links, one resource attribute
+        metadata = record["metadata"]
+        assert isinstance(metadata, dict)
+        assert metadata["service.name"] == "shop"
+        assert not {"service.version", "bytes", "links", "events"} & set(metadata)
