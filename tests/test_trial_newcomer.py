@@ -325,3 +325,46 @@ def test_non_http_spans_become_the_records_readme_describes(tmp_path: Path) -> N
         assert isinstance(metadata, dict)
         assert metadata["service.name"] == "shop"
         assert not {"service.version", "bytes", "links", "events"} & set(metadata)
+
+
+def _readme_dropped_semconv_names() -> list[str]:
+    """The semantic-convention names README says the default rule drops, though often no
+    personal data."""
+    match = re.search(
+        r"yet often hold no personal data[^:]*:(.*?)are dropped from spans", README, re.S
+    )
+    assert match, "README does not name the semantic-convention attributes the rule drops"
+    return re.findall(r"`([a-z0-9_]+(?:\.[a-z0-9_]+)+)`", match.group(1))
+
+
+def test_readme_names_the_semconv_attributes_the_rule_drops_that_are_no_personal_data(
+    tmp_path: Path,
+) -> None:
+    """The ``_key`` and ``client_id`` endings drop messaging routing and partition keys, a
+    feature flag's key and a client library's id from real spans, silently but for the
+    pii_redacted count; README named only geo.postal_code among the semantic conventions'
+    names, so an OpenTelemetry user could not know that allowed_keys brings them back."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from otel_json_exporter import PiiPolicy, span_to_record
+
+    names = _readme_dropped_semconv_names()
+    assert "messaging.rabbitmq.destination.routing_key" in names
+    finished = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    attributes = dict.fromkeys(names, "orders-7")
+    with provider.get_tracer("trial").start_as_current_span(
+        "publish", kind=SpanKind.PRODUCER, attributes={"messaging.system": "rabbitmq", **attributes}
+    ):
+        pass
+    (span,) = finished.get_finished_spans()
+    dropped, count = span_to_record(span)
+    assert not set(names) & set(dropped.metadata)
+    assert count == len(names)
+    kept, count = span_to_record(span, PiiPolicy(allowed_keys=names))
+    assert {name: kept.metadata[name] for name in names} == attributes
+    assert count == 0
