@@ -130,7 +130,7 @@ class OperationSpanExporter(SpanExporter):
         # OTEL_SDK_DISABLED: the SDK makes no spans, yet its configuration still builds the
         # exporters it names. An owned manager is then never started (no directory, no
         # thread, no SIGTERM handler) and export() drops what it is given, as the SDK does.
-        self._disabled = manager is None and sdk_disabled()
+        self._disabled = manager is None and _sdk_disabled()
         if manager is not None:
             given = {
                 "storage_path": storage_path,
@@ -304,7 +304,7 @@ class OperationSpanExporter(SpanExporter):
             return self._manager.stats().queue_size == 0
 
 
-def sdk_disabled() -> bool:
+def _sdk_disabled() -> bool:
     """``OTEL_SDK_DISABLED`` read as the SDK reads it: "true", in any case, disables."""
     return os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
 
