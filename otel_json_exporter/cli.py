@@ -32,6 +32,7 @@ from typing import Any
 from otel_json_exporter import _batchfiles
 from otel_json_exporter._sketch import DEFAULT_RELATIVE_ACCURACY
 from otel_json_exporter._summary import PERCENTILES, GroupStats, Summary, summarize
+from otel_json_exporter.pii import escape_controls
 from otel_json_exporter.records import MetricsBatch, format_timestamp
 from otel_json_exporter.writer import delete_expired_batches
 
@@ -317,14 +318,10 @@ def _when(moment: datetime | None) -> str:
 def _clip(text: str | None) -> str:
     """A name for the table: control characters shown escaped (a newline would forge a
     row, an escape sequence rewrite the terminal), cut with an ASCII "..." to fit."""
-    text = (text or "").translate(_CONTROL_ESCAPES)
+    text = escape_controls(text or "")
     if len(text) <= _MAX_NAME_WIDTH:
         return text
     return text[: _MAX_NAME_WIDTH - 3] + "..."
-
-
-# C0 and C1 control characters and DEL, as the escapes repr() would write.
-_CONTROL_ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def _percent(part: int, whole: int) -> str:

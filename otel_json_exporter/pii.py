@@ -90,6 +90,7 @@ __all__ = [
     "PiiPolicy",
     "contains_pii_text",
     "describe_key",
+    "escape_controls",
     "holds_database_values",
     "mask_cut_end",
     "mask_database_values",
@@ -1345,5 +1346,24 @@ def safe_validation_message(
         parts.append(f"{'.'.join(where)}: {message}" if where else message)
     if len(shown) < len(errors):
         parts.append(f"and {len(errors) - len(shown)} more errors")
-    # Once more over the whole: parts joined with "." could form an address.
-    return mask_text(prefix + "; ".join(parts))[0]
+    # Once more over the whole: parts joined with "." could form an address. A key read
+    # from a file (an extra key in a batch) may hold a newline or an escape sequence:
+    # shown escaped, so that the line is one line and no terminal acts on it, then
+    # masked again as shown.
+    masked = mask_text(prefix + "; ".join(parts))[0]
+    return mask_text(escape_controls(masked))[0]
+
+
+# C0 and C1 control characters and DEL, as the escapes repr() would write.
+_CONTROL_ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def escape_controls(text: str) -> str:
+    r"""``text`` with each C0 or C1 control character and DEL shown escaped, as ``repr``
+    would (``\n``, ``\x1b``): a newline would forge a line, an escape sequence
+    rewrite the terminal it is printed on.
+
+    >>> escape_controls("GET /\x1b[2J\nok")
+    'GET /\\x1b[2J\\nok'
+    """
+    return text.translate(_CONTROL_ESCAPES)

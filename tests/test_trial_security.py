@@ -1,0 +1,100 @@
+"""A security trial on the disk and operator side: what others can do to the files.
+
+Hostile batch files read by the command line: control characters in their keys must
+not reach the terminal. Everything runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from otel_json_exporter.records import OperationRecord
+from otel_json_exporter.writer import BatchWriter
+
+ADDRESS = "mallory.secret@example.org"  # must never be printed
+# C0 and C1 controls a terminal acts on: escape (CSI, OSC), bell, carriage return,
+# backspace, and the one-byte CSI of C1.
+RAW_CONTROLS = ("\x1b", "\x07", "\r", "\x08", "\x9b", "\x00")
+HOSTILE_KEY = f"\x1b]0;owned\x07\x1b[2J\r\x08\x9b31m\x00\nforged.json: all good {ADDRESS}"
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "otel_json_exporter", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def record(name: str = "GET /api/users") -> OperationRecord:
+    return OperationRecord(
+        operation_type="api_request",
+        operation_name=name,
+        duration_ms=12.5,
+        success=True,
+        timestamp=datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc),
+    )
+
+
+def write_batch(directory: Path, moment: datetime) -> Path:
+    written = BatchWriter(directory).write([record()], now=moment)
+    assert written.path is not None
+    return written.path
+
+
+# -- control characters in what the command line prints ------------------------
+
+
+def hostile_directory(directory: Path) -> list[Path]:
+    """Two batch files made invalid by a key holding escape sequences and a newline:
+    one in a record, one at the top level."""
+    in_record = write_batch(directory, datetime(2026, 3, 1, 8, 0, 1, tzinfo=timezone.utc))
+    document = json.loads(in_record.read_bytes())
+    document["records"][0][HOSTILE_KEY] = 1
+    in_record.write_text(json.dumps(document), encoding="utf-8")
+    top_level = write_batch(directory, datetime(2026, 3, 1, 8, 0, 2, tzinfo=timezone.utc))
+    document = json.loads(top_level.read_bytes())
+    document[HOSTILE_KEY] = 1
+    top_level.write_text(json.dumps(document), encoding="utf-8")
+    return [in_record, top_level]
+
+
+def assert_plain_lines(output: str, expected_lines: int) -> None:
+    for control in RAW_CONTROLS:
+        assert control not in output, repr(control)
+    assert ADDRESS not in output
+    # A newline in a key must not start a line of its own (a forged report line).
+    assert len(output.splitlines()) == expected_lines, output
+
+
+def test_validate_prints_no_control_character_of_a_hostile_key(tmp_path: Path) -> None:
+    bad = hostile_directory(tmp_path)
+    result = run_cli("validate", tmp_path)
+    assert result.returncode == 1
+    assert_plain_lines(result.stdout, expected_lines=3)  # one per bad file, then the count
+    for path, line in zip(bad, result.stdout.splitlines(), strict=False):
+        assert line.startswith(f"{path}: ")
+        assert "\\x1b]0;owned\\x07" in line  # shown escaped: the place is still named
+        assert "Extra inputs are not permitted" in line
+
+
+def test_summarize_warnings_print_no_control_character_of_a_hostile_key(tmp_path: Path) -> None:
+    hostile_directory(tmp_path)
+    write_batch(tmp_path, datetime(2026, 3, 1, 8, 0, 3, tzinfo=timezone.utc))
+    result = run_cli("summarize", tmp_path)
+    assert result.returncode == 1
+    assert_plain_lines(result.stderr, expected_lines=2)  # one warning per bad file
+    assert "GET /api/users" in result.stdout
+    as_json = run_cli("summarize", tmp_path, "--json")
+    reasons = [bad["reason"] for bad in json.loads(as_json.stdout)["invalid_files"]]
+    assert len(reasons) == 2
+    for reason in reasons:
+        assert not any(control in reason for control in RAW_CONTROLS)
+        assert "\n" not in reason
+        assert ADDRESS not in reason
