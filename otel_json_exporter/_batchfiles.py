@@ -13,8 +13,10 @@ personal data), with e-mail addresses in keys masked.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,12 +56,7 @@ def read(path: Path, batch_id: str) -> MetricsBatch:
         parse_batch_id(batch_id)
     except ValueError:
         raise InvalidBatchFile(path, "the name is not a real date and time") from None
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BatchFileGone(path) from None
-    except OSError as exc:
-        raise InvalidBatchFile(path, f"cannot read: {exc.strerror or exc}") from None
+    data = _read_regular_file(path)
     try:
         batch = MetricsBatch.model_validate_json(data, context=AS_WRITTEN)
     except ValidationError as exc:
@@ -70,6 +67,44 @@ def read(path: Path, batch_id: str) -> MetricsBatch:
             path, f"the file holds batch_id {batch.batch_id}, its name says {batch_id}"
         )
     return batch
+
+
+_NOT_REGULAR = "not a regular file (a symbolic link, a FIFO or a device): not read"
+# O_NOFOLLOW: a symbolic link put at the name is not followed (to another directory's
+# file, to /dev/zero); O_NONBLOCK: a FIFO put there does not wait for a writer.
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, only if it is a regular file.
+
+    The listing judged the name a regular file, but in a directory others may write
+    it may since have been replaced: by a symbolic link (to a file elsewhere, or to a
+    device that never ends) or by a FIFO (that would wait for ever). Such a file is
+    opened without following or waiting, and not read.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise BatchFileGone(path) from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link (EMLINK: BSD)
+            raise InvalidBatchFile(path, _NOT_REGULAR) from None
+        raise InvalidBatchFile(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidBatchFile(path, _NOT_REGULAR)
+        with open(fd, "rb", closefd=False) as file:
+            return file.read()
+    except OSError as exc:
+        raise InvalidBatchFile(path, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def read_all(directory: str | os.PathLike[str]) -> Iterator[MetricsBatch | InvalidBatchFile]:

@@ -1,7 +1,9 @@
 """A security trial on the disk and operator side: what others can do to the files.
 
 Hostile batch files read by the command line: control characters in their keys must
-not reach the terminal. Everything runs for real.
+not reach the terminal, and a name swapped for a symbolic link, a FIFO or a device
+after the directory was listed must not be followed or read. Everything runs for
+real; the swaps another user would make are made at the ``os`` call they race with.
 """
 
 from __future__ import annotations
@@ -98,3 +100,80 @@ def test_summarize_warnings_print_no_control_character_of_a_hostile_key(tmp_path
         assert not any(control in reason for control in RAW_CONTROLS)
         assert "\n" not in reason
         assert ADDRESS not in reason
+
+
+# -- a batch name swapped after the listing -------------------------------------
+
+# Runs the command with os.scandir taken at its word: the listing is made, then
+# another user swaps the named batch files (as they may, in a shared directory)
+# before they are read. The address space is capped so that reading a device
+# without end fails quickly instead of taking the machine's memory.
+_SWAP_AFTER_LISTING = """
+import os, resource, sys
+from otel_json_exporter.cli import main
+
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+directory, swaps = sys.argv[1], [pair.split("=", 1) for pair in sys.argv[2:]]
+real_scandir = os.scandir
+swapped = False
+
+
+class Listing:
+    def __init__(self, path):
+        global swapped
+        with real_scandir(path) as entries:
+            self.entries = list(entries)  # each entry's type is the listing's
+        if not swapped:
+            swapped = True
+            for name, target in swaps:
+                spare = os.path.join(directory, ".spare")
+                if target == "FIFO":
+                    os.mkfifo(spare)
+                else:
+                    os.symlink(target, spare)
+                os.replace(spare, os.path.join(directory, name))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def __iter__(self):
+        return iter(self.entries)
+
+
+os.scandir = Listing
+sys.exit(main(["validate", directory]))
+"""
+
+
+def test_validate_reads_no_symlink_fifo_or_device_swapped_in_after_the_listing(
+    tmp_path: Path,
+) -> None:
+    storage = tmp_path / "shared"
+    storage.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moments = [datetime(2026, 3, 1, 8, 0, second, tzinfo=timezone.utc) for second in (1, 2, 3)]
+    names = [write_batch(storage, moment).name for moment in moments]
+    # A valid batch of the same name, in a directory the command was not asked about.
+    outside = write_batch(elsewhere, moments[2])
+    assert outside.name == names[2]
+    swaps = [f"{names[0]}=/dev/zero", f"{names[1]}=FIFO", f"{names[2]}={outside}"]
+    result = subprocess.run(
+        [sys.executable, "-c", _SWAP_AFTER_LISTING, str(storage), *swaps],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a FIFO opened for reading would wait for a writer for ever
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout
+    for name, line in zip(names, lines, strict=False):
+        assert line.startswith(f"{storage / name}: "), line
+        assert "not a regular file" in line
+    assert lines[-1].startswith("3 batch files checked in")
+    assert "0 valid (0 records), 3 invalid" in lines[-1]
