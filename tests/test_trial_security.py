@@ -1,21 +1,26 @@
 """A security trial on the disk and operator side: what others can do to the files.
 
-Hostile batch files read by the command line: control characters in their keys must
-not reach the terminal, and a name swapped for a symbolic link, a FIFO or a device
-after the directory was listed must not be followed or read. Everything runs for
-real; the swaps another user would make are made at the ``os`` call they race with.
+Hostile batch files read by the command line (control characters in their keys, a
+name swapped for a symbolic link, a FIFO or a device after the directory was
+listed), a temporary file swapped for a symbolic link before it is linked, symbolic
+links at temporary names, and the modes files and directories get. Everything runs
+for real; the swaps another user would make are made at the ``os`` call they race with.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 from otel_json_exporter.records import OperationRecord
-from otel_json_exporter.writer import BatchWriter
+from otel_json_exporter.writer import BatchWriter, remove_stale_temp_files
 
 ADDRESS = "mallory.secret@example.org"  # must never be printed
 # C0 and C1 controls a terminal acts on: escape (CSI, OSC), bell, carriage return,
@@ -177,3 +182,97 @@ def test_validate_reads_no_symlink_fifo_or_device_swapped_in_after_the_listing(
         assert "not a regular file" in line
     assert lines[-1].startswith("3 batch files checked in")
     assert "0 valid (0 records), 3 invalid" in lines[-1]
+
+
+# -- a temporary file swapped for a symbolic link -------------------------------
+
+
+def test_writer_never_hard_links_a_file_its_temporary_file_was_swapped_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a directory another user can write (one they created first, in /tmp), the
+    temporary file may be replaced by a symbolic link between its fsync and its link:
+    the writer must not then hard-link the file it points to into the directory.
+    Linux's link() does not follow a symbolic link (linkat with AT_SYMLINK_FOLLOW
+    would); this pins it."""
+    storage = tmp_path / "shared"
+    storage.mkdir()
+    victim = tmp_path / "private.txt"
+    victim.write_text("someone else's file\n", encoding="utf-8")
+    real_link = os.link
+
+    def swap_then_link(src: str | Path, dst: str | Path, **kwargs: bool) -> None:
+        os.unlink(src)
+        os.symlink(victim, src)
+        real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", swap_then_link)
+    BatchWriter(storage).write([record()])
+    monkeypatch.undo()
+    assert victim.stat().st_nlink == 1
+    victim_inode = victim.stat().st_ino
+    assert all(os.lstat(path).st_ino != victim_inode for path in storage.iterdir())
+
+
+def test_removing_stale_temporary_files_never_reaches_past_a_symbolic_link(
+    tmp_path: Path,
+) -> None:
+    storage = tmp_path / "shared"
+    storage.mkdir()
+    victim = tmp_path / "private.txt"
+    victim.write_text("someone else's file\n", encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("kept\n", encoding="utf-8")
+    to_file = storage / ".metrics_1_ab12.tmp"  # named before spaces were: judged by age
+    to_file.symlink_to(victim)
+    to_directory = storage / ".metrics_2_ab34.tmp"
+    to_directory.symlink_to(elsewhere)
+    a_directory = storage / ".metrics_3_ab56.tmp"
+    a_directory.mkdir()
+    for path in (to_file, to_directory, a_directory):
+        os.utime(path, (0, 0), follow_symlinks=False)  # long stale
+    removed = remove_stale_temp_files(storage)
+    assert sorted(removed) == sorted([to_file, to_directory])
+    assert victim.read_text(encoding="utf-8") == "someone else's file\n"
+    assert (elsewhere / "keep").read_text(encoding="utf-8") == "kept\n"
+    assert a_directory.is_dir()
+
+
+# -- modes -------------------------------------------------------------------------
+
+_WRITE_WITH_UMASK = """
+import asyncio, os, sys
+from otel_json_exporter import MetricsManager
+
+os.umask(int(sys.argv[2], 8))
+
+
+async def main():
+    manager = MetricsManager(storage_path=sys.argv[1], flush_interval_seconds=60)
+    await manager.start()
+    await manager.record_operation(
+        operation_type="api_request", operation_name="GET /x", duration_ms=1.0, success=True
+    )
+    await manager.stop()
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("umask", "directory_mode", "file_mode"),
+    [("022", 0o755, 0o644), ("027", 0o750, 0o640), ("077", 0o700, 0o600)],
+)
+def test_modes_follow_the_umask_as_documented(
+    tmp_path: Path, umask: str, directory_mode: int, file_mode: int
+) -> None:
+    storage = tmp_path / "made" / "metrics"
+    subprocess.run(
+        [sys.executable, "-c", _WRITE_WITH_UMASK, str(storage), umask], check=True, timeout=60
+    )
+    assert stat.S_IMODE(storage.stat().st_mode) == directory_mode
+    assert stat.S_IMODE(storage.parent.stat().st_mode) == directory_mode
+    (batch,) = storage.iterdir()
+    assert stat.S_IMODE(batch.stat().st_mode) == file_mode
