@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from otel_json_exporter.tracking import track_operation
     from otel_json_exporter.writer import StorageError, delete_expired_batches
 
+    __version__: str
+
 __all__ = [
     "CLIENT_ADDRESS_KEYS",
     "MetricsBatch",
@@ -70,7 +72,14 @@ if not TYPE_CHECKING:
 
     def __getattr__(name: str) -> Any:
         home = _HOMES.get(name)
-        if home is not None:
+        if name == "__version__":  # the installed distribution's, as the CLI's --version says
+            from importlib import metadata  # noqa: PLC0415  # only when asked: it is slow to import
+
+            try:
+                value = metadata.version("otel-json-exporter")
+            except metadata.PackageNotFoundError:  # imported from a source tree
+                value = "0+unknown"
+        elif home is not None:
             value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
         elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
             # A submodule (otel_json_exporter.mapping), an attribute of the package
@@ -83,4 +92,4 @@ if not TYPE_CHECKING:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, "__version__"})

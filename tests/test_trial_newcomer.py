@@ -368,3 +368,23 @@ def test_readme_names_the_semconv_attributes_the_rule_drops_that_are_no_personal
     kept, count = span_to_record(span, PiiPolicy(allowed_keys=names))
     assert {name: kept.metadata[name] for name in names} == attributes
     assert count == 0
+
+
+class TestVersion:
+    def test_the_package_says_its_version_as_the_command_line_does(self) -> None:
+        """``otel_json_exporter.__version__``, which a user checks first, was missing."""
+        from importlib import metadata
+
+        import otel_json_exporter
+
+        installed = metadata.version("otel-json-exporter")
+        assert otel_json_exporter.__version__ == installed
+        assert "__version__" in dir(otel_json_exporter)
+        shown = subprocess.run(
+            [sys.executable, "-m", "otel_json_exporter", "--version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert shown.stdout.split()[-1] == installed
