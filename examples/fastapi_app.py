@@ -32,7 +32,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_json_exporter import MetricsManager, OperationSpanExporter
 
-ORDERS = {1: {"id": 1, "total": 42.5}, 2: {"id": 2, "total": 12.0}}
+ORDERS: dict[int, dict[str, int | float]] = {
+    1: {"id": 1, "total": 42.5},
+    2: {"id": 2, "total": 12.0},
+}
 
 
 def create_app(storage_path: str | os.PathLike[str] | None = None) -> FastAPI:
@@ -53,7 +56,7 @@ def create_app(storage_path: str | os.PathLike[str] | None = None) -> FastAPI:
     app = FastAPI(lifespan=lifespan)
 
     @app.get("/api/orders/{order_id}")
-    async def get_order(order_id: int) -> dict[str, float]:
+    async def get_order(order_id: int) -> dict[str, int | float]:
         if order_id not in ORDERS:
             raise HTTPException(status_code=404, detail="no such order")
         return ORDERS[order_id]
@@ -101,7 +104,8 @@ async def demo(storage: Path) -> None:
         ):
             response = await request
             print(
-                f"{response.request.method} {response.request.url.path} -> {response.status_code}"
+                f"{response.request.method} {response.request.url.path}"
+                f" -> {response.status_code} {response.text}"
             )
 
     for path in sorted(storage.glob("metrics_*.json")):

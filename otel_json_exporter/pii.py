@@ -1354,14 +1354,28 @@ def safe_validation_message(
     return mask_text(escape_controls(masked))[0]
 
 
-# C0 and C1 control characters and DEL, as the escapes repr() would write.
-_CONTROL_ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}
+# C0 and C1 control characters and DEL; the marks and overrides of bidirectional text,
+# which make a terminal show characters in another order than they are (a name ending
+# in U+202E reads backwards: "Trojan Source"); the line and paragraph separators. Each
+# as the escape repr() writes.
+_CONTROL_ESCAPES = {
+    code: repr(chr(code))[1:-1]
+    for code in (
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        0x061C,
+        0x200E,
+        0x200F,
+        *range(0x2028, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
 
 
 def escape_controls(text: str) -> str:
-    r"""``text`` with each C0 or C1 control character and DEL shown escaped, as ``repr``
-    would (``\n``, ``\x1b``): a newline would forge a line, an escape sequence
-    rewrite the terminal it is printed on.
+    r"""``text`` with each control character shown escaped, as ``repr`` would (``\n``,
+    ``\x1b``, ``\u202e``): a newline would forge a line, an escape sequence rewrite
+    the terminal it is printed on, a bidirectional override reorder what it shows.
 
     >>> escape_controls("GET /\x1b[2J\nok")
     'GET /\\x1b[2J\\nok'

@@ -73,6 +73,7 @@ def check_tracing(storage: Path) -> None:
 def check_fastapi_app(storage: Path) -> None:
     output = run("fastapi_app.py", str(storage))
     assert "GET /api/payments/health -> 500" in output
+    assert 'GET /api/orders/1 -> 200 {"id":1,"total":42.5}' in output  # the id an int
     records = load_records(storage)
     kinds = Counter((record.operation_type, record.operation_name) for record in records)
     assert kinds == {

@@ -24,9 +24,12 @@ from otel_json_exporter.writer import BatchWriter, remove_stale_temp_files
 
 ADDRESS = "mallory.secret@example.org"  # must never be printed
 # C0 and C1 controls a terminal acts on: escape (CSI, OSC), bell, carriage return,
-# backspace, and the one-byte CSI of C1.
-RAW_CONTROLS = ("\x1b", "\x07", "\r", "\x08", "\x9b", "\x00")
-HOSTILE_KEY = f"\x1b]0;owned\x07\x1b[2J\r\x08\x9b31m\x00\nforged.json: all good {ADDRESS}"
+# backspace, and the one-byte CSI of C1; a bidirectional override and isolate, which make
+# the terminal show text in another order, and the line separator.
+RAW_CONTROLS = ("\x1b", "\x07", "\r", "\x08", "\x9b", "\x00", "\u202e", "\u2066", "\u2028")
+HOSTILE_KEY = (
+    f"\x1b]0;owned\x07\x1b[2J\r\x08\x9b31m\x00\u202e\u2066\u2028\nforged.json: all good {ADDRESS}"
+)
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -105,6 +108,22 @@ def test_summarize_warnings_print_no_control_character_of_a_hostile_key(tmp_path
         assert not any(control in reason for control in RAW_CONTROLS)
         assert "\n" not in reason
         assert ADDRESS not in reason
+
+
+def test_summarize_shows_a_name_with_a_bidirectional_override_escaped(tmp_path: Path) -> None:
+    """A name holding U+202E read backwards in the table ("Trojan Source"): the
+    override reached the terminal, as did an isolate and the line separator."""
+    written = BatchWriter(tmp_path).write(
+        [record("invoice\u202efdp.exe"), record("GET \u2066/x\u2069 \u2028next")],
+        now=datetime(2026, 3, 1, 8, 0, 1, tzinfo=timezone.utc),
+    )
+    assert written.path is not None
+    table = run_cli("summarize", tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert not any(control in table.stdout for control in RAW_CONTROLS)
+    assert not any(mark in table.stdout for mark in ("\u2069", "\u2029", "\u202a"))
+    assert "invoice\\u202efdp.exe" in table.stdout
+    assert "GET \\u2066/x\\u2069 \\u2028next" in table.stdout
 
 
 # -- a batch name swapped after the listing -------------------------------------
