@@ -102,9 +102,18 @@ import asyncio, os, signal, sys, threading, time
 from otel_json_exporter import MetricsManager
 
 real_fsync = os.fsync
+stopping = threading.Event()
+interrupted = False
 
 def slow_fsync(fd):
+    global interrupted
     if threading.current_thread().name == "otel-json-exporter-writer":
+        # The disk holds the first batch until stop() begins, so that stop() always
+        # finds records to write, however slowly this machine runs the loop above.
+        stopping.wait(60)
+        if sys.argv[2] == "sigint" and not interrupted:
+            interrupted = True  # Ctrl-C while stop() is under way
+            os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # a slow disk
     return real_fsync(fd)
 
@@ -115,13 +124,13 @@ async def main():
     await manager.start()
     for rid in range(40):
         await manager.record_operation("job", "step", 1.0, metadata={"rid": rid})
+    stopping.set()
     if sys.argv[2] == "wait_for":
         try:
             await asyncio.wait_for(manager.stop(), 0.05)  # the caller's own time limit
         except asyncio.TimeoutError:
             pass
     else:  # Ctrl-C while the lifespan awaits stop(): asyncio.run cancels main()
-        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGINT)
         await manager.stop()
 
 asyncio.run(main())
