@@ -43,6 +43,15 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 _DURATION = re.compile(r"^([0-9]+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# A date and time with any number of fractional digits and an offset +HH:MM, +HHMM or
+# +HH: Python 3.10's fromisoformat reads only 3 or 6 digits and +HH:MM (3.11 reads any
+# ISO-8601 time), which refuses RFC 3339's nanoseconds (Go, kubectl), .NET's seven
+# digits and date's %z (+0200). Such a time is rewritten to what every version reads.
+_ISO_TIME = re.compile(
+    r"(?P<time>[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2})?)"
+    r"(?:[.,](?P<fraction>[0-9]+))?"
+    r"(?:(?P<sign>[+-])(?P<hours>[0-9]{2}):?(?P<minutes>[0-9]{2})?)?"
+)
 _MAX_NAME_WIDTH = 48
 _ACCURACY_PERCENT = f"{DEFAULT_RELATIVE_ACCURACY:.0%}"
 
@@ -108,6 +117,14 @@ def _timestamp(text: str) -> datetime:
     value = text.strip()
     if value[-1:] in ("Z", "z"):
         value = value[:-1] + "+00:00"
+    match = _ISO_TIME.fullmatch(value)
+    if match is not None:
+        time, fraction, sign, hours, minutes = match.group(
+            "time", "fraction", "sign", "hours", "minutes"
+        )
+        fraction = f".{fraction[:6]:0<6}" if fraction else ""  # cut, as 3.11 does
+        offset = f"{sign}{hours}:{minutes or '00'}" if sign else ""
+        value = time + fraction + offset
     try:
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:
