@@ -58,7 +58,6 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 # =====================================================================================
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout")
 async def test_a_failed_block_recorded_later_is_not_also_counted_as_dropped(
     tmp_path: Path, stalled_disk: StalledDisk
 ) -> None:
@@ -214,7 +213,6 @@ def test_a_failed_blocks_record_made_during_asyncio_run_shutdown_is_not_lost_sil
     )
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout")
 async def test_a_cancel_of_a_block_waiting_for_room_stays_a_cancel_when_stop_comes_first(
     tmp_path: Path, stalled_disk: StalledDisk
 ) -> None:
@@ -254,7 +252,6 @@ async def test_a_cancel_of_a_block_waiting_for_room_stays_a_cancel_when_stop_com
     assert outcome == "cancelled", f"the cancelled task ended with {outcome}"
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout")
 async def test_under_raise_a_failed_async_blocks_full_queue_is_logged_as_queue_full(
     tmp_path: Path, stalled_disk: StalledDisk, caplog: pytest.LogCaptureFixture
 ) -> None:
