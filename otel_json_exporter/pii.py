@@ -79,7 +79,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from otel_json_exporter._marks import MARK_RANGES
+from otel_json_exporter._marks import MARK_RANGES, NEWER_WORD_RANGES
 from otel_json_exporter.records import RecordRow, text_of
 
 __all__ = [
@@ -510,10 +510,20 @@ def _has_at_sign(text: str) -> bool:
 # found are the text's own: a class of the 2,400 marks in the patterns cost 20 ms at import.
 _AS_LETTERS = {code: "a" for first, last in MARK_RANGES for code in range(first, last + 1)}
 _AS_LETTERS[0xFFFD] = "a"
+# So are the letters and digits of a Unicode newer than this Python's: unassigned here,
+# they are no \w, and cut an address as a mark did (U+9FFF, a CJK ideograph, on 3.10;
+# U+2EBF0, of CJK Extension I, up to 3.12). None is added on 3.13.
+_AS_LETTERS.update(
+    (code, "a")
+    for first, last in NEWER_WORD_RANGES
+    for code in range(first, last + 1)
+    if not chr(code).isalnum()
+)
 
 
 def _searchable(text: str) -> str:
-    """``text`` with combining marks and U+FFFD as letters, for the address patterns."""
+    """``text`` with combining marks, letters newer than this Python's Unicode and U+FFFD
+    as letters, for the address patterns."""
     return text if text.isascii() else text.translate(_AS_LETTERS)
 
 
