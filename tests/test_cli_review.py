@@ -45,9 +45,12 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 def unprivileged(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` as an ordinary user: as nobody when the tests run as root."""
+    """Run ``command`` bound by file permissions as an ordinary user is: when the tests run
+    as root, as root without the capabilities that override them. Not as another user:
+    that user may be unable to reach the interpreter (a pyenv Python under /root, mode
+    0700, cannot load its libpython as nobody)."""
     prefix = (
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] if IS_ROOT else []
+        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"] if IS_ROOT else []
     )
     return subprocess.run(
         prefix + command,
@@ -101,7 +104,7 @@ def test_dir_behind_an_untraversable_parent_is_a_clear_error_not_a_traceback(
     target = locked / "metrics"
     target.mkdir(parents=True)
     one_batch(target)
-    locked.chmod(0o700 if IS_ROOT else 0o000)  # nobody (or we) cannot traverse it
+    locked.chmod(0o000)  # no one without the override capabilities can traverse it
     extra = ["--older-than", "30d"] if command == "cleanup" else []
     result = unprivileged(
         [sys.executable, "-m", "otel_json_exporter", command, str(target), *extra]
@@ -237,14 +240,18 @@ def test_start_survives_a_stale_temp_file_it_may_not_remove_injected(
 
 @needs_unprivileged
 def test_start_survives_a_stale_temp_file_it_may_not_remove_real(shared_tmp: Path) -> None:
-    """The same without any mock: a sticky, world-writable directory (mode 1777), a
-    dead writer's temporary file owned by another user, the manager run as nobody."""
+    """The same without any mock: a sticky, world-writable directory (mode 1777) of
+    another user, holding a dead writer's temporary file of that user, which the manager
+    (root without the capabilities that override permissions) may not remove."""
     if not IS_ROOT:
         pytest.skip("needs two users: run as root")
     storage = shared_tmp / "shared"
     storage.mkdir()
     storage.chmod(0o1777)
-    (storage / ".metrics_999999_abcdef.tmp").write_text("x")  # root's, writer dead
+    stale = storage / ".metrics_999999_abcdef.tmp"  # its writer dead
+    stale.write_text("x")
+    os.chown(stale, NOBODY, NOBODY)
+    os.chown(storage, NOBODY, NOBODY)
     script = (
         "import asyncio, sys\n"
         "from otel_json_exporter import MetricsManager\n"
@@ -258,6 +265,7 @@ def test_start_survives_a_stale_temp_file_it_may_not_remove_real(shared_tmp: Pat
     result = unprivileged([sys.executable, "-c", script, str(storage)])
     assert result.returncode == 0, result.stderr[-400:]
     assert list(storage.glob("metrics_*.json"))
+    assert stale.exists()  # it could not be removed: start() went on regardless
 
 
 # -- 5. control characters in names reach the terminal raw -----------------------------------
