@@ -233,7 +233,6 @@ async def test_defect_aiohttp_session_get_through_a_tracked_function(tmp_path: P
 # =====================================================================================
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout")
 async def test_defect_a_timeout_around_a_tracked_block_is_not_held_up_by_a_full_queue(
     tmp_path: Path, stalled_disk: StalledDisk
 ) -> None:
@@ -247,12 +246,18 @@ async def test_defect_a_timeout_around_a_tracked_block_is_not_held_up_by_a_full_
     and counted (as "drop" does), not wait."""
     manager = await full_queue_on_a_stalled_disk(tmp_path / "m", stalled_disk)
 
+    async def tracked() -> None:
+        async with track_operation(manager, "api_request", "GET /slow"):
+            await asyncio.sleep(30)
+
     async def handler() -> str:
         try:
-            async with asyncio.timeout(0.2):  # type: ignore[attr-defined,unused-ignore]
-                async with track_operation(manager, "api_request", "GET /slow"):
-                    await asyncio.sleep(30)
-        except TimeoutError:
+            if sys.version_info >= (3, 11):
+                async with asyncio.timeout(0.2):  # type: ignore[attr-defined,unused-ignore]
+                    await tracked()
+            else:  # asyncio.wait_for cancels the block the same way
+                await asyncio.wait_for(tracked(), 0.2)
+        except (TimeoutError, asyncio.TimeoutError):
             return "timed out"
         return "finished"
 
@@ -330,7 +335,6 @@ def _one_record() -> list[Any]:
 # =====================================================================================
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup")
 async def test_defect_a_cancel_while_recording_a_failure_keeps_the_blocks_exception(
     tmp_path: Path, stalled_disk: StalledDisk
 ) -> None:
@@ -357,15 +361,25 @@ async def test_defect_a_cancel_while_recording_a_failure_keeps_the_blocks_except
                 group.create_task(failing())
                 group.create_task(sibling())
 
+    async def recorded() -> None:
+        while manager.stats().total_recorded < 2:  # the fill, and the failure
+            await asyncio.sleep(0.01)
+
     try:
-        with pytest.raises(Exception) as caught:  # an ExceptionGroup  # noqa: PT011
-            await both()
-        held = [type(exc).__name__ for exc in getattr(caught.value, "exceptions", ())]
-        assert "ValueError" in held, f"the ExceptionGroup holds {held}"
+        if sys.version_info >= (3, 11):
+            with pytest.raises(Exception) as caught:  # an ExceptionGroup  # noqa: PT011
+                await both()
+            held = [type(exc).__name__ for exc in getattr(caught.value, "exceptions", ())]
+            assert "ValueError" in held, f"the ExceptionGroup holds {held}"
+        else:  # no TaskGroup: the sibling's failure cancels the task as the group would
+            task = asyncio.ensure_future(failing())
+            with pytest.raises(KeyError):
+                await sibling()
+            task.cancel()
+            with pytest.raises(ValueError, match="root cause"):
+                await asyncio.wait_for(task, CAP)
         stalled_disk.release()
-        async with asyncio.timeout(CAP):  # type: ignore[attr-defined,unused-ignore]
-            while manager.stats().total_recorded < 2:  # the fill, and the failure
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(recorded(), CAP)
     finally:
         stalled_disk.release()
         await asyncio.wait_for(manager.stop(), CAP)
@@ -519,7 +533,6 @@ async def test_passing_a_cancelled_blocked_record_operation_leaves_nothing_behin
     assert manager.stats().total_dropped == 0
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout")
 async def test_passing_a_tracked_block_cancelled_by_a_timeout_is_a_failure_and_reraised(
     tmp_path: Path,
 ) -> None:
@@ -531,17 +544,28 @@ async def test_passing_a_tracked_block_cancelled_by_a_timeout_is_a_failure_and_r
     storage = tmp_path / "m"
     manager = MetricsManager(storage, flush_interval_seconds=60)
     await manager.start()
-    with pytest.raises(TimeoutError):  # noqa: PT012
-        async with asyncio.timeout(0.05):  # type: ignore[attr-defined,unused-ignore]
-            async with track_operation(manager, "t", "outer"):
-                await asyncio.sleep(CAP)
-    current = asyncio.current_task()
-    assert current is not None
-    assert current.cancelling() == 0  # type: ignore[attr-defined,unused-ignore]
-    with pytest.raises(TimeoutError):  # noqa: PT012
-        async with track_operation(manager, "t", "inner"):
+
+    async def outer() -> None:
+        async with track_operation(manager, "t", "outer"):
+            await asyncio.sleep(CAP)
+
+    if sys.version_info >= (3, 11):
+        with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):  # type: ignore[attr-defined,unused-ignore]
-                await asyncio.sleep(CAP)
+                await outer()
+        current = asyncio.current_task()
+        assert current is not None
+        assert current.cancelling() == 0  # type: ignore[attr-defined,unused-ignore]
+        with pytest.raises(TimeoutError):  # noqa: PT012
+            async with track_operation(manager, "t", "inner"):
+                async with asyncio.timeout(0.05):  # type: ignore[attr-defined,unused-ignore]
+                    await asyncio.sleep(CAP)
+    else:  # asyncio.wait_for, which cancels as asyncio.timeout does
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(outer(), 0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            async with track_operation(manager, "t", "inner"):
+                await asyncio.wait_for(asyncio.sleep(CAP), 0.05)
     with pytest.raises(KeyboardInterrupt):
         async with track_operation(manager, "t", "ctrl_c"):
             raise KeyboardInterrupt
