@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SOURCES := otel_json_exporter tests examples $(wildcard benchmarks)
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit test-versions bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ unit: $(STAMP)
 
 test: lint unit
 
+# The suite on Python 3.10, 3.12 and 3.13 too, where this machine has them (CI runs it).
+test-versions:
+	bash .ci/other-pythons
+
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info metrics
+	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache .ruff_cache build *.egg-info metrics
