@@ -26,8 +26,10 @@ Two modes:
   the constructor, so a storage problem raises
   :class:`~otel_json_exporter.writer.StorageError` there, naming where the path came from.
   ``shutdown()`` stops that manager, which writes everything it holds. With
-  ``OTEL_SDK_DISABLED=true`` that manager is never started and ``export()`` drops
-  what it is given: the SDK makes no spans then, yet still builds its exporters.
+  ``OTEL_SDK_DISABLED=true`` that manager is not started in the constructor: the SDK
+  makes no spans then, yet still builds its exporters. Spans that come all the same
+  (from a tracer provider made before the variable was set) start it, and are
+  written: the SDK never drops what it hands an exporter.
 * **attached**, ``OperationSpanExporter(manager=...)``: records go to a manager the
   application runs (a FastAPI lifespan, say), beside its own ``record_operation``
   calls. ``shutdown()`` flushes that manager but does not stop it: its owner does.
@@ -128,8 +130,8 @@ class OperationSpanExporter(SpanExporter):
         if not export_timeout_seconds >= 0:
             raise ValueError("export_timeout_seconds must be a non-negative number")
         # OTEL_SDK_DISABLED: the SDK makes no spans, yet its configuration still builds the
-        # exporters it names. An owned manager is then never started (no directory, no
-        # thread, no SIGTERM handler) and export() drops what it is given, as the SDK does.
+        # exporters it names. An owned manager is then not started here (no directory, no
+        # thread, no SIGTERM handler), but by the first spans that come all the same.
         self._disabled = manager is None and _sdk_disabled()
         if manager is not None:
             given = {
@@ -226,8 +228,8 @@ class OperationSpanExporter(SpanExporter):
         if self._shutdown:
             logger.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
-        if self._disabled:
-            return SpanExportResult.SUCCESS
+        if self._disabled and spans and not self._start_for_spans_that_came(len(spans)):
+            return SpanExportResult.FAILURE
         in_child = self._manager.writer == "process"  # the writer process maps the snapshots
         rows, snapshots, redacted, failed, problem = map_spans(
             spans, self._policy, self._span_filter, self._operation_type, snapshots_only=in_child
@@ -261,6 +263,26 @@ class OperationSpanExporter(SpanExporter):
             )
             return SpanExportResult.FAILURE
         return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
+
+    def _start_for_spans_that_came(self, count: int) -> bool:
+        """Start the manager that OTEL_SDK_DISABLED kept from starting: spans came all the
+        same (a tracer provider made before the variable was set makes them), and the SDK
+        never drops what it hands an exporter. False, logged, if it cannot start."""
+        with self._lock:
+            if self._shutdown:
+                return False
+            if self._disabled and not self._manager.is_running:
+                try:
+                    self._manager.start_sync()
+                except (OSError, RuntimeError) as exc:  # StorageError; a SIGTERM under way
+                    logger.error("export: %s; %d spans dropped", exc, count)
+                    return False
+                logger.warning(
+                    "OTEL_SDK_DISABLED is true, yet spans came to the exporter: "
+                    "its manager started, and writes them"
+                )
+            self._disabled = False
+        return True
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Write everything exported so far; False if ``timeout_millis`` passed first."""
