@@ -17,6 +17,7 @@ import errno
 import fnmatch
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,10 @@ _READ_FLAGS = (
     | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_CLOEXEC", 0)
 )
+# How long an open waits, at most, for another process to give up its lease on a file
+# (Samba's oplocks, an NFS server's delegations): Linux breaks a lease itself after
+# /proc/sys/fs/lease-break-time, 45 s by default, as a blocking open would have waited.
+_LEASE_WAIT_SECONDS = 60.0
 
 
 def _read_regular_file(path: Path) -> bytes:
@@ -89,7 +94,7 @@ def _read_regular_file(path: Path) -> bytes:
     opened without following or waiting, and not read.
     """
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = _open(path)
     except FileNotFoundError:
         raise BatchFileGone(path) from None
     except OSError as exc:
@@ -105,6 +110,26 @@ def _read_regular_file(path: Path) -> bytes:
         raise InvalidBatchFile(path, f"cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+
+
+def _open(path: Path) -> int:
+    """``os.open(path, _READ_FLAGS)``, once the lease another process holds on the file,
+    if any, is given up. With O_NONBLOCK an open that would wait for that fails at
+    once (BlockingIOError), the lease's break under way: it is tried again until it is
+    through. A FIFO opened for reading never fails so: it is not waited for."""
+    deadline = None
+    pause = 0.001
+    while True:
+        try:
+            return os.open(path, _READ_FLAGS)
+        except BlockingIOError:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + _LEASE_WAIT_SECONDS
+            elif now >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
 
 def read_all(directory: str | os.PathLike[str]) -> Iterator[MetricsBatch | InvalidBatchFile]:

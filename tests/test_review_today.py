@@ -1,15 +1,22 @@
 """A review of the OTEL_SDK_DISABLED switch and of the command line's new batch reader.
 
 Real SDK spans, real files, real subprocesses. Each test here failed on the code it was
-written against, for the reason its docstring gives.
+written against, for the reason its docstring gives, but the last: it bounds the fix of
+the one before it.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+
+from otel_json_exporter.records import OperationRecord
+from otel_json_exporter.writer import BatchWriter
 
 from .conftest import load_records
 
@@ -81,3 +88,103 @@ class TestSpansThatComeToADisabledExporter:
         assert "1 spans dropped" in caplog.text
         assert "Not a directory" in caplog.text
         exporter.shutdown()
+
+
+# == the command line's batch reader ========================================================
+
+# Holds a write lease on a file, as Samba (kernel oplocks) and the NFS server (write
+# delegations) do, and gives it up when the kernel asks (SIGIO), as they do.
+_LEASE_HOLDER = """
+import fcntl, os, signal, sys
+
+fd = os.open(sys.argv[1], os.O_RDONLY)
+released = False
+
+
+def give_up(signum, frame):
+    global released
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    released = True
+
+
+signal.signal(signal.SIGIO, give_up)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("holding", flush=True)
+while not released:
+    signal.pause()
+"""
+
+
+def test_a_batch_file_under_a_lease_is_read_once_the_lease_is_given_up(tmp_path: Path) -> None:
+    """A batch file another process holds a write lease on (a Samba share's oplock, an
+    NFS server's delegation) is opened, as by any reader, once the holder gives it up:
+    the kernel blocks the open meanwhile. With O_NONBLOCK (added to keep a FIFO from
+    blocking) the open fails at once with EAGAIN instead, and `validate` called the
+    valid file invalid ("cannot read: Resource temporarily unavailable") and exited 1;
+    `summarize` would have left its records out."""
+    written = BatchWriter(tmp_path).write(
+        [
+            OperationRecord(
+                operation_type="api_request",
+                operation_name="GET /x",
+                duration_ms=1.0,
+                success=True,
+                timestamp=datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc),
+            )
+        ],
+        now=datetime(2026, 3, 1, 8, 0, 1, tzinfo=timezone.utc),
+    )
+    assert written.path is not None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LEASE_HOLDER, str(written.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "holding\n"
+        result = subprocess.run(
+            [sys.executable, "-m", "otel_json_exporter", "validate", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        _, errors = holder.communicate(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate()
+    assert holder.returncode == 0, errors
+    assert (result.returncode, result.stderr) == (0, ""), result.stdout
+    assert result.stdout.splitlines()[-1].startswith("1 batch file checked in")
+    assert "1 valid (1 records), 0 invalid" in result.stdout
+
+
+def test_a_lease_never_given_up_is_reported_not_waited_for_for_ever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for a lease is bounded (the kernel breaks one itself after its
+    lease-break-time): an open that keeps failing with EAGAIN makes the file one that
+    cannot be read, as before."""
+    import errno
+    import os
+
+    from otel_json_exporter import _batchfiles
+
+    path = tmp_path / "metrics_20260301_080001_000000.json"
+    path.write_text("{}", encoding="utf-8")
+    tries = []
+
+    def leased(*args: object, **kwargs: object) -> int:
+        tries.append(args)
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(_batchfiles, "_LEASE_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(os, "open", leased)
+    with pytest.raises(_batchfiles.InvalidBatchFile) as raised:
+        _batchfiles.read(path, "20260301_080001_000000")
+    monkeypatch.undo()
+    assert raised.value.reason == f"cannot read: {os.strerror(errno.EAGAIN)}"
+    assert len(tries) == 2  # tried again once the first failed
