@@ -18,7 +18,7 @@ import pytest
 
 from otel_json_exporter import MetricsManager, OperationSpanExporter, track_operation
 
-from ._faults import Fault
+from ._faults import Fault, StalledDisk
 from .conftest import load_records
 
 CAP = 30.0
@@ -108,6 +108,14 @@ class TestConcurrentStops:
         assert sorted(r.metadata["rid"] for r in load_records(storage)) == list(range(50))
 
 
+async def writer_ended(manager: MetricsManager) -> None:
+    """Wait (at most CAP seconds) for the writer thread of a timed-out stop() to end."""
+    thread = manager._thread
+    assert thread is not None, "no writer thread"
+    await asyncio.wait_for(asyncio.to_thread(thread.join, CAP), CAP + 5)
+    assert not thread.is_alive(), f"the writer still runs after {CAP}s (hang guard)"
+
+
 class TestStopTimeoutReport:
     async def test_a_timed_out_stop_says_which_records_may_yet_reach_the_disk(
         self, storage: Path, monkeypatch: pytest.MonkeyPatch
@@ -115,13 +123,14 @@ class TestStopTimeoutReport:
         # On c02eaca, stop() said "5 records were not persisted" (and its docstring: "they
         # stay in memory"), then the writer finished the batch it was writing, and all 5
         # were on disk. A write under way cannot be taken back: the error now says so.
-        Fault(monkeypatch, "fsync", None, delay=0.3)  # a slow disk: one batch takes 0.6 s
+        disk = StalledDisk(monkeypatch)  # the batch's fsync waits until released
         manager = make(storage)
         await manager.start()
         for rid in range(5):
             await manager.record_operation("job", "step", 1.0, metadata={"rid": rid})
         with pytest.raises(asyncio.TimeoutError) as info:
             await manager.stop(timeout=0.2)
+        disk.release()
         match = re.search(r"(\d+) records were not persisted", str(info.value))
         assert match is not None
         reported = int(match[1])
@@ -129,13 +138,16 @@ class TestStopTimeoutReport:
         assert "5 of them are in a batch still being written, which may yet reach the disk" in (
             str(info.value)
         )
-        await asyncio.sleep(1.5)  # nothing else happens; the writer finishes what it began
+        await writer_ended(manager)  # nothing else happens; the writer finishes what it began
         assert (len(load_records(storage)), manager.stats().queue_size) == (5, 0)
 
     async def test_records_behind_the_batch_being_written_stay_in_memory(
         self, storage: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        Fault(monkeypatch, "fsync", None, delay=0.3)
+        # The disk holds the first batch until the stop has timed out: a slow disk
+        # (fsync taking 0.3 s against a 0.2 s stop) let a loaded machine's writer begin
+        # a second batch before the deadline, which it may.
+        disk = StalledDisk(monkeypatch)
         manager = make(storage, max_batch_size=5)
         await manager.start()
         for rid in range(12):
@@ -143,7 +155,8 @@ class TestStopTimeoutReport:
         with pytest.raises(asyncio.TimeoutError, match="12 records were not persisted") as info:
             await manager.stop(timeout=0.2)
         assert "5 of them are in a batch still being written" in str(info.value)
-        await asyncio.sleep(1.5)
+        disk.release()
+        await writer_ended(manager)
         # The batch under way landed; the 7 behind it wait for start() or stop() again.
         assert (len(load_records(storage)), manager.stats().queue_size) == (5, 7)
         await manager.stop()
