@@ -333,7 +333,11 @@ class MetricsManager:
             self._end_stop(timeout)
 
     def stop_sync(self, timeout: float = 10.0) -> None:
-        """Blocking :meth:`stop`, for code that runs on no event loop."""
+        """Blocking :meth:`stop`, for code that runs on no event loop.
+
+        RuntimeError on the manager's own writer thread (a logging handler), which it
+        would wait for; nothing changes then. The same goes for the flushes.
+        """
         if self._begin_stop(timeout):
             try:
                 self._wait_sync(self._stopped, timeout)
@@ -344,6 +348,7 @@ class MetricsManager:
     def _begin_stop(self, timeout: float) -> bool:
         # Checked before anything changes: a bad timeout must not leave a half-stopped manager.
         _check_timeout(timeout, none_allowed=False)
+        self._refuse_on_writer_thread("stop")
         with self._lock:
             if self._accepting:
                 self._accepting = False
@@ -675,6 +680,8 @@ class MetricsManager:
                 if room <= 0:
                     self._cond.notify_all()
                     remaining = bounded_timeout(deadline - time.monotonic())
+                    if threading.current_thread() is self._thread:
+                        remaining = 0.0  # the writer (a logging handler) would wait for itself
                     waited = self._cond.wait_for(self._has_room, remaining)
                     if not (waited and self._accepting):
                         self._dropped += len(pending) - accepted
@@ -722,6 +729,7 @@ class MetricsManager:
             return False
 
     def _request_flush(self) -> int:
+        self._refuse_on_writer_thread("flush")
         with self._lock:
             if not self._accepting:
                 raise RuntimeError("MetricsManager is not running")
@@ -738,6 +746,18 @@ class MetricsManager:
     def _end_flush(self) -> None:
         with self._lock:
             self._urgent_waiters -= 1
+
+    def _refuse_on_writer_thread(self, call: str) -> None:
+        """RuntimeError for a wait on this manager's writer thread, which would wait for itself.
+
+        Application code runs there through logging: the writer logs a failed write,
+        and every handler of the ``otel_json_exporter`` logger runs on its thread.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                f"MetricsManager {call} called on the manager's own writer thread (from a "
+                "logging handler?), which would wait for itself: call it from another thread"
+            )
 
     def _flushed(self, target: int, finished: bool) -> bool:
         """True when written; False on timeout; RuntimeError when the writer is gone."""
