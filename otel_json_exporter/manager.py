@@ -295,6 +295,10 @@ class MetricsManager:
                 self._start_worker()
         self._wake_waiters()
         _sigterm.install(_flush_at_exit, _stop_for_sigterm)
+        if multiprocessing.parent_process() is not None:
+            # A multiprocessing child ends with os._exit: flushed by its finalizers,
+            # even when this module was first imported after the child began.
+            _flush_when_a_multiprocessing_child_exits(None)
 
     def _check_startable(self) -> None:
         if self._accepting:
@@ -1212,9 +1216,21 @@ class _ExitToken:
 _EXIT_TOKEN = _ExitToken()
 
 
+_finalizer_pid = 0  # the process whose multiprocessing finalizers flush the managers
+
+
 def _flush_when_a_multiprocessing_child_exits(_: object) -> None:
-    # multiprocessing ends a forked child with os._exit, which skips atexit hooks; the
-    # finalizers it registers in the child are what it runs on the way out.
+    """Flush the managers when this ``multiprocessing`` child ends; once per process.
+
+    multiprocessing ends a forked child (a forkserver's too) with os._exit, which skips
+    atexit hooks; the finalizers registered in the child are what it runs on the way
+    out. Called in each child it forks after this module was imported, and by
+    ``start_sync()`` in a child that imported it later.
+    """
+    global _finalizer_pid  # noqa: PLW0603  # one finalizer per process
+    if _finalizer_pid == os.getpid():
+        return
+    _finalizer_pid = os.getpid()
     multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)
 
 

@@ -10,6 +10,7 @@ choice), real batch files; faults only at the ``os`` call. Timeouts are hang gua
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import subprocess
 import sys
@@ -171,3 +172,59 @@ class TestBlockingCallsOnTheWritersOwnThread:
         finally:
             manager.stop_sync(CAP)
         assert rids(storage) == [0, 1]
+
+
+# =====================================================================================
+# DEFECT 2. A manager first imported and started in a multiprocessing child (fork or
+# forkserver) lost every record it had not written when the child ended.
+# =====================================================================================
+
+
+CHILDREN_START_THEIR_OWN = """
+    import json
+    import multiprocessing
+    import sys
+
+    import otel_json_exporter  # imports no manager module: its names load when first used
+
+
+    def work(storage: str, child: int) -> None:
+        from otel_json_exporter import MetricsManager, track_operation
+
+        manager = MetricsManager(storage, flush_interval_seconds=60)
+        manager.start_sync()
+        for number in range(50):
+            with track_operation(manager, "job", "step", metadata={"rid": child * 100 + number}):
+                pass
+        # No stop_sync(): README says the exit flushes, also in a multiprocessing child.
+
+
+    if __name__ == "__main__":
+        storage, method = sys.argv[1], sys.argv[2]
+        assert "otel_json_exporter.manager" not in sys.modules
+        context = multiprocessing.get_context(method)
+        children = [context.Process(target=work, args=(storage, child)) for child in range(2)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(60)
+        print(json.dumps([child.exitcode for child in children]))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_manager_a_multiprocessing_child_imports_and_starts_is_flushed_when_it_ends(
+    tmp_path: Path, storage: Path, method: str
+) -> None:
+    """README: "A child forked by ``multiprocessing`` ends with ``os._exit``, which skips
+    ``atexit``: the manager flushes there from ``multiprocessing``'s own exit finalizers
+    instead." That finalizer was set up only in children forked after the manager module
+    was imported: in the parent, or in the forkserver process. The package's names load
+    when first used, so a parent that imported ``otel_json_exporter`` (or nothing) and
+    children that made their own managers lost all 100 records, silently; spawn children
+    (which end by ``sys.exit``) kept theirs.
+    """
+    done = run_script(tmp_path, CHILDREN_START_THEIR_OWN, str(storage), method)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [0, 0], done.stderr
+    assert rids(storage) == [*range(50), *range(100, 150)]
