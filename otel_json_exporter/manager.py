@@ -1231,7 +1231,21 @@ def _flush_when_a_multiprocessing_child_exits(_: object) -> None:
     if _finalizer_pid == os.getpid():
         return
     _finalizer_pid = os.getpid()
-    multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)
+    multiprocessing.util.Finalize(None, _flush_child_at_exit, exitpriority=10)
+
+
+def _flush_child_at_exit() -> None:
+    """A multiprocessing child's end: the tracer provider, then every manager.
+
+    No atexit hook runs there, so the SDK never shuts the tracer provider down: the
+    spans its processors hold (a BatchSpanProcessor exports every 5 s) must reach the
+    exporters first, as at SIGTERM, or they are lost with the child.
+    """
+    try:
+        _sigterm._flush_tracer_provider()
+    except Exception:  # the managers are flushed all the same
+        logger.exception("exit: flushing the tracer provider failed")
+    _flush_at_exit()
 
 
 if hasattr(os, "register_at_fork"):

@@ -228,3 +228,69 @@ def test_a_manager_a_multiprocessing_child_imports_and_starts_is_flushed_when_it
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [0, 0], done.stderr
     assert rids(storage) == [*range(50), *range(100, 150)]
+
+
+# =====================================================================================
+# DEFECT 3. Spans ended in a multiprocessing child stayed in its BatchSpanProcessor
+# when the child ended: never written.
+# =====================================================================================
+
+
+SPANS_IN_CHILDREN = """
+    import json
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from otel_json_exporter import OperationSpanExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(OperationSpanExporter(sys.argv[1], flush_interval_seconds=60))
+    )
+    trace.set_tracer_provider(provider)
+    tracer = trace.get_tracer("trial")
+
+
+    def work(child: int) -> int:
+        for number in range(20):
+            with tracer.start_as_current_span("step", attributes={"rid": child * 100 + number}):
+                pass
+        return child
+
+
+    if __name__ == "__main__":
+        work(0)  # the parent's own spans, still in its processor when the children fork
+        context = multiprocessing.get_context("fork")
+        process = context.Process(target=work, args=(1,))
+        process.start()
+        process.join(60)
+        with ProcessPoolExecutor(2, mp_context=context) as pool:
+            results = list(pool.map(work, [2, 3]))
+        provider.shutdown()
+        print(json.dumps([process.exitcode, results]))
+"""
+
+
+def test_spans_a_multiprocessing_child_ended_are_written_when_it_ends(
+    tmp_path: Path, storage: Path
+) -> None:
+    """README, "Fork": "spans ended in the child are written by the child, once". A
+    ``multiprocessing`` child ends with ``os._exit``: no ``atexit`` hook runs, so the
+    SDK never shut its tracer provider down there, and the child's spans stayed in the
+    ``BatchSpanProcessor`` (which exports every 5 s) when it ended. The manager was
+    flushed there (README: "the manager flushes there from multiprocessing's own exit
+    finalizers"), but those spans had not reached it: the 60 spans of a
+    ``multiprocessing.Process`` and a ``ProcessPoolExecutor`` (fork) were all lost; the
+    parent's 20 were written once. The SIGTERM handler already flushed the tracer
+    provider before the managers; the child's exit now does too.
+    """
+    done = run_script(tmp_path, SPANS_IN_CHILDREN, str(storage))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [0, [2, 3]], done.stderr
+    expected = [child * 100 + number for child in range(4) for number in range(20)]
+    assert rids(storage) == expected
