@@ -102,6 +102,9 @@ _EXIT_FLUSH_TIMEOUT = 10.0
 
 _MANAGERS: weakref.WeakSet[MetricsManager] = weakref.WeakSet()
 
+# The blocking calls' error: a thread with no event loop starts a manager with start_sync().
+_NOT_RUNNING = "MetricsManager is not running; start it first: start_sync(), or await start()"
+
 
 def bounded_timeout(timeout: float | None) -> float | None:
     """A timeout that ``threading`` accepts: a huge or infinite one means no timeout."""
@@ -615,7 +618,7 @@ class MetricsManager:
         """Count ``count`` items refused (and the caller's counts), then raise ValueError."""
         with self._lock:
             if not self._accepting:
-                raise RuntimeError("MetricsManager is not running")
+                raise RuntimeError(_NOT_RUNNING)
             self._redacted += redacted
             self._rejected += rejected + count
         raise ValueError(f"submit_records: none queued: {problem}")
@@ -676,7 +679,7 @@ class MetricsManager:
         deadline = time.monotonic() + timeout
         with self._cond:
             if not self._accepting:
-                raise RuntimeError("MetricsManager is not running")
+                raise RuntimeError(_NOT_RUNNING)
             self._redacted += redacted
             self._rejected += rejected
             while accepted < len(pending):
@@ -736,7 +739,7 @@ class MetricsManager:
         self._refuse_on_writer_thread("flush")
         with self._lock:
             if not self._accepting:
-                raise RuntimeError("MetricsManager is not running")
+                raise RuntimeError(_NOT_RUNNING)
             target = self._accepted
             self._drain_to = max(self._drain_to, target)
             self._urgent_waiters += 1

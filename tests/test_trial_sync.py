@@ -294,3 +294,29 @@ def test_spans_a_multiprocessing_child_ended_are_written_when_it_ends(
     assert json.loads(done.stdout) == [0, [2, 3]], done.stderr
     expected = [child * 100 + number for child in range(4) for number in range(20)]
     assert rids(storage) == expected
+
+
+# =====================================================================================
+# DEFECT 4. The blocking calls said "not running" and nothing of what to do.
+# =====================================================================================
+
+
+def test_the_blocking_calls_say_how_to_start_a_manager(storage: Path) -> None:
+    """A synchronous service that wrote ``manager.start()`` (a coroutine: nothing ran,
+    and Python warns only once it is collected) then recorded got "MetricsManager is not
+    running" from ``submit_records``, ``flush_sync`` and a tracked block, naming no way
+    to start it; ``record_operation``'s own message says "await start() first", which a
+    thread with no event loop cannot do. They now name ``start_sync()``.
+    """
+    manager = MetricsManager(storage)
+    pending = manager.start()  # the mistake: a coroutine, never awaited
+    pending.close()
+    with pytest.raises(RuntimeError, match=r"not running; .*start_sync\(\)"):
+        manager.submit_records(numbered_records(1))
+    with pytest.raises(RuntimeError, match=r"not running; .*start_sync\(\)"):
+        manager.flush_sync()
+    with (
+        pytest.raises(RuntimeError, match=r"not running; .*start_sync\(\)"),
+        track_operation(manager, "job", "step"),
+    ):
+        pass
