@@ -488,6 +488,66 @@ class MetricsManager:
                 raise asyncio.QueueFull(f"metrics queue is full ({self.max_queue_size} records)")
             await self._wait_async(self._has_room, None)
 
+    def record_operation_sync(
+        self,
+        operation_type: str,
+        operation_name: str,
+        duration_ms: float,
+        success: bool = True,
+        error_message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Blocking :meth:`record_operation`, for code that runs on no event loop.
+
+        The same checks, masking, timestamp and errors. A full queue is handled by
+        ``queue_full_policy`` as there: ``"block"`` waits for room on the calling thread
+        (RuntimeError if the manager stops meanwhile), ``"raise"`` raises
+        ``asyncio.QueueFull``, ``"drop"`` drops the record and counts it. On the
+        manager's own writer thread (a logging handler), which alone makes room,
+        ``"block"`` drops and counts instead of waiting for itself.
+        """
+        if not self._accepting:
+            raise RuntimeError(_NOT_RUNNING)
+        now_us = time.time_ns() // 1000
+        row = plain_row(
+            operation_type,
+            operation_name,
+            duration_ms,
+            now_us,
+            success,
+            error_message,
+            metadata,
+            self.pii_policy.plain_keys,
+        )
+        if row is None:  # not the plain common case: the full checks, masking, errors
+            row = self._build_row(
+                operation_type,
+                operation_name,
+                duration_ms,
+                now_us,
+                success,
+                error_message,
+                metadata,
+            )
+        with self._cond:
+            while True:
+                if not self._accepting:
+                    raise RuntimeError(_NOT_RUNNING)
+                if len(self._buffer) < self.max_queue_size:
+                    self._buffer.append(row)
+                    self._accepted += 1
+                    if len(self._buffer) == self._write_at:
+                        self._cond.notify_all()
+                    return
+                if self.queue_full_policy == "raise":
+                    full = f"metrics queue is full ({self.max_queue_size} records)"
+                    raise asyncio.QueueFull(full)
+                if self.queue_full_policy == "drop" or threading.current_thread() is self._thread:
+                    self._dropped += 1
+                    return
+                # Woken by the writer after each batch, and by stop().
+                self._cond.wait()
+
     def _build_row(
         self,
         operation_type: str,

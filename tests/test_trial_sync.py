@@ -9,6 +9,7 @@ choice), real batch files; faults only at the ``os`` call. Timeouts are hang gua
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import logging
@@ -22,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from otel_json_exporter import MetricsManager, track_operation
+from otel_json_exporter import MetricsManager, QueueFullPolicy, track_operation
 
-from ._faults import WRITER_THREAD, Fault, on_regular_fd
+from ._faults import WRITER_THREAD, Fault, StalledDisk, on_regular_fd
 from .conftest import load_records, numbered_records
 
 CAP = 10.0  # hang guard for anything expected to end at once
@@ -189,7 +190,7 @@ CHILDREN_START_THEIR_OWN = """
 
 
     def work(storage: str, child: int) -> None:
-        from otel_json_exporter import MetricsManager, track_operation
+        from otel_json_exporter import MetricsManager, QueueFullPolicy, track_operation
 
         manager = MetricsManager(storage, flush_interval_seconds=60)
         manager.start_sync()
@@ -320,3 +321,182 @@ def test_the_blocking_calls_say_how_to_start_a_manager(storage: Path) -> None:
         track_operation(manager, "job", "step"),
     ):
         pass
+
+
+# =====================================================================================
+# MISSING API. No way to record one operation from a thread with no event loop.
+# =====================================================================================
+
+
+class TestRecordOperationSync:
+    """``record_operation`` is a coroutine; its blocking counterparts covered every method
+    but it. A thread recording one operation whose duration it already knows (a WSGI view
+    timing a call it made, a worker reporting a job's outcome) had ``submit_records``, with
+    an ``OperationRecord`` it had to build and stamp itself, validated twice, and dropped at
+    once when the queue was full whatever ``queue_full_policy`` said; ``track_operation``,
+    which times a block and cannot be given a duration, or a failure that raised nothing;
+    or ``asyncio.run(manager.record_operation(...))``, an event loop per record.
+    ``record_operation_sync`` takes ``record_operation``'s arguments and applies the same
+    checks, timestamp and policy, waiting for room on the calling thread under "block".
+    """
+
+    def test_records_from_threads_land_once_with_what_they_were_given(self, storage: Path) -> None:
+        manager = MetricsManager(storage, flush_interval_seconds=60, max_batch_size=100)
+        manager.start_sync()
+
+        def produce(thread: int) -> None:
+            for number in range(200):
+                rid = thread * 1000 + number
+                manager.record_operation_sync(
+                    "job",
+                    "step",
+                    duration_ms=float(number),
+                    success=number % 10 != 0,
+                    error_message="TimeoutError: upstream" if number % 10 == 0 else None,
+                    metadata={"rid": rid},
+                )
+
+        threads = [threading.Thread(target=produce, args=(thread,)) for thread in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(CAP * 3)
+            assert not thread.is_alive()
+        manager.stop_sync(CAP)
+        records = load_records(storage)
+        assert sorted(r.metadata["rid"] for r in records) == [
+            thread * 1000 + number for thread in range(8) for number in range(200)
+        ]
+        for record in records:
+            number = record.metadata["rid"] % 1000
+            assert record.duration_ms == float(number)
+            assert record.success is (number % 10 != 0)
+            assert record.error_message == (None if record.success else "TimeoutError: upstream")
+            assert record.timestamp.tzinfo is not None
+
+    def test_the_checks_of_record_operation(self, storage: Path) -> None:
+        manager = MetricsManager(storage, flush_interval_seconds=60)
+        with pytest.raises(RuntimeError, match=r"start_sync\(\)"):
+            manager.record_operation_sync("job", "step", 1.0)
+        manager.start_sync()
+        try:
+            with pytest.raises(ValueError, match="duration_ms"):
+                manager.record_operation_sync("job", "step", -1.0)
+            with pytest.raises(ValueError, match="'email'"):
+                manager.record_operation_sync("job", "step", 1.0, metadata={"email": "x"})
+            manager.record_operation_sync(
+                "job", "mail jean.tremblay@example.com", 1.0, metadata={"rid": 1}
+            )
+            assert manager.stats().total_rejected == 2
+        finally:
+            manager.stop_sync(CAP)
+        with pytest.raises(RuntimeError, match="not running"):
+            manager.record_operation_sync("job", "step", 1.0)
+        [record] = load_records(storage)
+        assert record.operation_name == "mail [REDACTED]"
+        assert manager.stats().pii_redacted == 1
+
+
+def _full(storage: Path, disk: StalledDisk, policy: QueueFullPolicy) -> MetricsManager:
+    """A running manager whose one-record queue is full while its writer is stuck in fsync."""
+    manager = MetricsManager(
+        storage,
+        flush_interval_seconds=60,
+        max_queue_size=1,
+        max_batch_size=1,
+        queue_full_policy=policy,
+    )
+    manager.start_sync()
+    manager.record_operation_sync("fill", "fill", 1.0, metadata={"rid": -1})
+    assert disk.entered.wait(CAP), "the writer never began its write"
+    return manager
+
+
+class TestRecordOperationSyncWithTheQueueFull:
+    def test_block_waits_for_room_then_records_once(
+        self, storage: Path, stalled_disk: StalledDisk
+    ) -> None:
+        manager = _full(storage, stalled_disk, "block")
+        errors: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                manager.record_operation_sync("job", "step", 1.0, metadata={"rid": 1})
+            except BaseException as exc:
+                errors.append(exc)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        producer.join(0.2)
+        assert producer.is_alive(), "it did not wait for room"
+        stalled_disk.release()
+        producer.join(CAP)
+        assert not producer.is_alive()
+        assert errors == []
+        manager.stop_sync(CAP)
+        assert rids(storage) == [-1, 1]
+        assert manager.stats().total_dropped == 0
+
+    def test_block_gets_runtime_error_when_the_manager_stops_meanwhile(
+        self, storage: Path, stalled_disk: StalledDisk
+    ) -> None:
+        manager = _full(storage, stalled_disk, "block")
+        errors: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                manager.record_operation_sync("job", "step", 1.0, metadata={"rid": 1})
+            except BaseException as exc:
+                errors.append(exc)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        producer.join(0.2)
+        stopping = threading.Thread(target=manager.stop_sync, args=(CAP,))
+        stopping.start()
+        producer.join(CAP)
+        assert not producer.is_alive(), "stop() did not wake the waiting producer"
+        stalled_disk.release()
+        stopping.join(CAP)
+        assert [type(error) for error in errors] == [RuntimeError]
+        assert rids(storage) == [-1]
+
+    def test_raise_raises_queue_full_and_drop_counts(
+        self, storage: Path, stalled_disk: StalledDisk
+    ) -> None:
+        raising = _full(storage / "raise", stalled_disk, "raise")
+        dropping = _full(storage / "drop", stalled_disk, "drop")
+        try:
+            with pytest.raises(asyncio.QueueFull, match="full"):
+                raising.record_operation_sync("job", "step", 1.0, metadata={"rid": 1})
+            dropping.record_operation_sync("job", "step", 1.0, metadata={"rid": 1})
+            # As record_operation: "raise" tells the caller, "drop" counts.
+            assert raising.stats().total_dropped == 0
+            assert dropping.stats().total_dropped == 1
+        finally:
+            stalled_disk.release()
+            raising.stop_sync(CAP)
+            dropping.stop_sync(CAP)
+        assert rids(storage / "raise") == rids(storage / "drop") == [-1]
+
+    def test_on_the_writer_thread_block_does_not_wait_for_itself(
+        self,
+        storage: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        on_writer_thread: Callable[[Callable[[], object]], OnWriterThread],
+    ) -> None:
+        manager = MetricsManager(
+            storage, flush_interval_seconds=60, max_batch_size=2, max_queue_size=2
+        )
+        Fault(monkeypatch, "fsync", errno.EIO, failures=1, match=on_regular_fd)
+        handler = on_writer_thread(lambda: manager.record_operation_sync("log", "warning", 0.0))
+        manager.start_sync()
+        try:
+            manager.submit_records(numbered_records(2))  # the queue is full
+            assert handler.done.wait(CAP), "the writer thread waited for room it alone makes"
+            assert handler.error is None
+            assert manager.flush_sync(CAP)
+            assert manager.stats().total_dropped == 1
+        finally:
+            manager.stop_sync(CAP)
+        assert rids(storage) == [0, 1]
