@@ -412,22 +412,29 @@ def _full(storage: Path, disk: StalledDisk, policy: QueueFullPolicy) -> MetricsM
     return manager
 
 
+def _producer(manager: MetricsManager) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread recording one operation (rid 1), started and given 0.2 s to wait for
+    room; what it raised goes to the list."""
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            manager.record_operation_sync("job", "step", 1.0, metadata={"rid": 1})
+        except BaseException as exc:
+            errors.append(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(0.2)
+    return producer, errors
+
+
 class TestRecordOperationSyncWithTheQueueFull:
     def test_block_waits_for_room_then_records_once(
         self, storage: Path, stalled_disk: StalledDisk
     ) -> None:
         manager = _full(storage, stalled_disk, "block")
-        errors: list[BaseException] = []
-
-        def produce() -> None:
-            try:
-                manager.record_operation_sync("job", "step", 1.0, metadata={"rid": 1})
-            except BaseException as exc:
-                errors.append(exc)
-
-        producer = threading.Thread(target=produce)
-        producer.start()
-        producer.join(0.2)
+        producer, errors = _producer(manager)
         assert producer.is_alive(), "it did not wait for room"
         stalled_disk.release()
         producer.join(CAP)
@@ -441,17 +448,7 @@ class TestRecordOperationSyncWithTheQueueFull:
         self, storage: Path, stalled_disk: StalledDisk
     ) -> None:
         manager = _full(storage, stalled_disk, "block")
-        errors: list[BaseException] = []
-
-        def produce() -> None:
-            try:
-                manager.record_operation_sync("job", "step", 1.0, metadata={"rid": 1})
-            except BaseException as exc:
-                errors.append(exc)
-
-        producer = threading.Thread(target=produce)
-        producer.start()
-        producer.join(0.2)
+        producer, errors = _producer(manager)
         stopping = threading.Thread(target=manager.stop_sync, args=(CAP,))
         stopping.start()
         producer.join(CAP)
