@@ -288,7 +288,8 @@ _PASSWORD_RUN = _atomic(r"(?:(?!//)[^\s@])*")
 # alice.smith@... on a terminal, and the C1 controls are what a latin-1 reading of UTF-8
 # makes of a character (WSGI's environ: U+2019 becomes U+00E2 U+0080 U+0099).
 _SILENT_CONTROLS = r"\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f"
-_LOCAL_PART = rf"[\w.%+'\u2019{_INVISIBLE_CHARACTERS}{_SILENT_CONTROLS}-]"
+_UNESCAPED_LOCAL_PART = rf"[\w.+'\u2019{_INVISIBLE_CHARACTERS}{_SILENT_CONTROLS}-]"
+_LOCAL_PART = "[%" + _UNESCAPED_LOCAL_PART[1:]  # and "%", which starts an escape
 # The look-behind makes a match start only where a run of address characters
 # starts; without it a long run before a lone "@" took quadratic time. The quotes
 # that open the run (``'bob@x.io'`` in a repr) are matched apart, possessively, and
@@ -296,9 +297,6 @@ _LOCAL_PART = rf"[\w.%+'\u2019{_INVISIBLE_CHARACTERS}{_SILENT_CONTROLS}-]"
 # error message ("Not Found for url: https://api.example.com/users/ann%40example.com").
 # Before an encoded "%40", the local part holds no other escape but "%2B" ("+"): in
 # "cc%20%40john.doe" the "%20" is a space, and "@john.doe" a mention, no address.
-_UNESCAPED_LOCAL_PART = (  # _LOCAL_PART but "%"
-    rf"[\w.+'\u2019{_INVISIBLE_CHARACTERS}{_SILENT_CONTROLS}-]"
-)
 # A backslash escape of a character, as json.dumps (\u00e9) and repr (\xe9, \udce9: a
 # file name's undecodable byte) write one inside an address, in its domain too. A match
 # never starts inside a whole escape, so that a long run of them is read once; after

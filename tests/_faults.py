@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -141,3 +142,23 @@ async def full_queue_on_a_stalled_disk(
     await manager.record_operation("fill", "fill", 1.0, metadata={"rid": -1})
     assert await asyncio.to_thread(disk.entered.wait, 10.0), "the writer never began its write"
     return manager
+
+
+IS_ROOT = os.geteuid() == 0
+# Root keeps its uid (so the interpreter under /root stays reachable: a pyenv Python's
+# libpython is not, to another user) but loses what lets it ignore file permissions: it
+# is then refused as any other user would be.
+NO_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+
+
+def as_ordinary_user(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` so that file permissions apply (root without its overrides)."""
+    prefix = NO_OVERRIDE if IS_ROOT else []
+    return subprocess.run(
+        prefix + command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )

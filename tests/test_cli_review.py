@@ -1,7 +1,8 @@
 """The command line and the files it reads, as a review found them (on 34029aa's code).
 
 Each test failed there, for the reason its docstring gives, and passes since the fix. The
-permission tests run the command as the user nobody (``setpriv``), so they need root.
+permission tests run the command as root without the capabilities that override file
+permissions (``setpriv``, ``_faults.as_ordinary_user``); one of them needs root.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from otel_json_exporter.cli import main
 from otel_json_exporter.records import OperationRecord, batch_id_for, parse_batch_id
 from otel_json_exporter.writer import BatchWriter, iter_batch_files
 
+from ._faults import IS_ROOT, as_ordinary_user
+
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
-IS_ROOT = os.geteuid() == 0
 HAVE_SETPRIV = shutil.which("setpriv") is not None
 
 
@@ -41,25 +43,6 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Comp
         timeout=120,
         check=False,
         env=env,
-    )
-
-
-def unprivileged(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` bound by file permissions as an ordinary user is: when the tests run
-    as root, as root without the capabilities that override them. Not as another user:
-    that user may be unable to reach the interpreter (a pyenv Python under /root, mode
-    0700, cannot load its libpython as nobody)."""
-    prefix = (
-        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"] if IS_ROOT else []
-    )
-    return subprocess.run(
-        prefix + command,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd="/",
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
 
 
@@ -106,7 +89,7 @@ def test_dir_behind_an_untraversable_parent_is_a_clear_error_not_a_traceback(
     one_batch(target)
     locked.chmod(0o000)  # no one without the override capabilities can traverse it
     extra = ["--older-than", "30d"] if command == "cleanup" else []
-    result = unprivileged(
+    result = as_ordinary_user(
         [sys.executable, "-m", "otel_json_exporter", command, str(target), *extra]
     )
     assert "Traceback" not in result.stderr, result.stderr[-400:]
@@ -262,7 +245,7 @@ def test_start_survives_a_stale_temp_file_it_may_not_remove_real(shared_tmp: Pat
         "    await m.stop()\n"
         "asyncio.run(main())\n"
     )
-    result = unprivileged([sys.executable, "-c", script, str(storage)])
+    result = as_ordinary_user([sys.executable, "-c", script, str(storage)])
     assert result.returncode == 0, result.stderr[-400:]
     assert list(storage.glob("metrics_*.json"))
     assert stale.exists()  # it could not be removed: start() went on regardless

@@ -32,11 +32,9 @@ from otel_json_exporter import MetricsManager, OperationRecord
 from otel_json_exporter.records import batch_id_for
 from otel_json_exporter.writer import BatchWriter
 
-IS_ROOT = os.geteuid() == 0
+from ._faults import IS_ROOT, as_ordinary_user
+
 HAVE_SETPRIV = shutil.which("setpriv") is not None
-# Root keeps its uid (so the interpreter under /root stays reachable) but loses what lets
-# it ignore file permissions: it is then refused as any other user would be.
-NO_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
 
 needs_root_and_setpriv = pytest.mark.skipif(
     not (IS_ROOT and HAVE_SETPRIV), reason="needs root and setpriv (files of another owner)"
@@ -53,19 +51,6 @@ def cli(*args: str | bytes | os.PathLike[str], **env: str) -> subprocess.Complet
         timeout=120,
         check=False,
         env={**os.environ, **env},
-    )
-
-
-def as_ordinary_user(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` so that file permissions apply (root without its overrides)."""
-    prefix = NO_OVERRIDE if IS_ROOT else []
-    return subprocess.run(
-        prefix + command,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
 
 
