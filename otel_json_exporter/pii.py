@@ -214,7 +214,7 @@ _INVISIBLE_CHARACTERS = (
     "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f\u1160"
     "\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
     "\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd"
-    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef"
 )
 _INVISIBLE = re.compile(f"[{_INVISIBLE_CHARACTERS}]")
@@ -321,9 +321,13 @@ _LOCAL_BEFORE_AT = rf"(?:{_LOCAL_RUN}@|{_ENCODED_RUN}%40)"
 # not let a match start: one before "%40" may start there, and runs only to the next
 # escape, so that each part of a run is read once.
 _AFTER_AN_ESCAPE = r"(?:(?<=%[0-9A-Fa-f]{2})(?<!%2[Bb])|(?<=%)(?![0-9A-Fa-f]{2}))"
-_DOMAIN_LABEL = rf"(?:[\w-]|{_ESCAPE})[\w-]*(?:{_ESCAPE}[\w-]*)*"
-_DOMAIN = rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*\.[^\W\d_]{{2,}}"
-_DOMAIN_RUN = rf"[\w.-]*(?:{_ESCAPE}[\w.-]*)*"  # what a cut leaves of a domain
+# A domain's characters, with the silent controls too (ann@exa<DEL>mple.com).
+_DOMAIN_CHARACTER = rf"[\w{_SILENT_CONTROLS}-]"
+_DOMAIN_LABEL = (
+    rf"(?:{_DOMAIN_CHARACTER}|{_ESCAPE}){_DOMAIN_CHARACTER}*(?:{_ESCAPE}{_DOMAIN_CHARACTER}*)*"
+)
+_DOMAIN = rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*\.(?:[^\W\d_][{_SILENT_CONTROLS}]*){{2,}}"
+_DOMAIN_RUN = rf"[\w.{_SILENT_CONTROLS}-]*(?:{_ESCAPE}[\w.{_SILENT_CONTROLS}-]*)*"  # a cut domain
 _EMAIL = (
     rf"{_NOT_AFTER_LOCAL_PART}(?P<quotes>{_OPENING_QUOTES}){_LOCAL_BEFORE_AT}{_DOMAIN}"
     rf"|{_AFTER_AN_ESCAPE}{_ENCODED_RUN}%40{_DOMAIN}"
@@ -526,10 +530,36 @@ _AS_LETTERS.update(
 )
 
 
+# UTF-8 read as latin-1 or cp1252, as an ASGI server decodes headers and WSGI's environ
+# holds them: each character after the first becomes two to four, the first byte a
+# letter (U+00C2 to U+00F4, or the sign U+00D7), the others a character of U+0080 to
+# U+00BF or cp1252's symbol for the byte: "zo\u00eb" becomes "zo\u00c3\u00ab", whose
+# "\u00ab" is a guillemet, no \w. Such a run is read as letters, so that it cuts no
+# address (the C1 controls among them already count, as _SILENT_CONTROLS).
+_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
+_MOJIBAKE = re.compile(
+    "[\u00c2-\u00f4]["
+    + "".join(
+        sorted(
+            set(_CONTINUATION_BYTES.decode("latin-1"))
+            | set(_CONTINUATION_BYTES.decode("cp1252", "replace"))  # U+FFFD: 0x81, 0x8D...
+        )
+    )
+    + "]{1,3}"
+)
+
+
+def _as_letters(match: re.Match[str]) -> str:
+    return "a" * len(match[0])
+
+
 def _searchable(text: str) -> str:
-    """``text`` with combining marks, letters newer than this Python's Unicode and U+FFFD
-    as letters, for the address patterns."""
-    return text if text.isascii() else text.translate(_AS_LETTERS)
+    """``text`` with combining marks, letters newer than this Python's Unicode, U+FFFD and
+    UTF-8 misread as latin-1 or cp1252 as letters, for the address patterns; the same
+    length, so that the positions found are the text's own."""
+    if text.isascii():
+        return text
+    return _MOJIBAKE.sub(_as_letters, text).translate(_AS_LETTERS)
 
 
 def _search(text: str) -> re.Match[str] | None:

@@ -400,7 +400,9 @@ class TestSameAsTheFullPath:
         duration_ms=st.floats(0, 1e12) | st.sampled_from([0.0, -0.0, 5e-324, 1e22]),
         success=st.booleans(),
         error_message=st.none()
-        | st.text(PLAIN_ASCII, max_size=80)
+        # Not a database error's words ("Duplicate entry", which Hypothesis takes from the
+        # package's own constants): the plain path leaves those to the full path's masking.
+        | st.text(PLAIN_ASCII, max_size=80).filter(lambda text: not pii.holds_database_values(text))
         | st.just("e" * MAX_ERROR_MESSAGE_LENGTH),
         metadata=st.none()
         | st.dictionaries(
