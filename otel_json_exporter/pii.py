@@ -68,6 +68,7 @@ error message or a log line.
 from __future__ import annotations
 
 import ast
+import html
 import itertools
 import re
 import unicodedata
@@ -295,8 +296,10 @@ _LOCAL_PART = "[%" + _UNESCAPED_LOCAL_PART[1:]  # and "%", which starts an escap
 # that open the run (``'bob@x.io'`` in a repr) are matched apart, possessively, and
 # kept by the masking. The "@" may be percent-encoded ("%40"), as in a URL quoted in an
 # error message ("Not Found for url: https://api.example.com/users/ann%40example.com").
-# Before an encoded "%40", the local part holds no other escape but "%2B" ("+"): in
-# "cc%20%40john.doe" the "%20" is a space, and "@john.doe" a mention, no address.
+# Before an encoded "%40", the local part holds no other escape but "%2B" ("+") and a
+# character beyond ASCII, its UTF-8 bytes encoded ("jos%C3%A9%40x.io", as a client
+# quotes josé@x.io in a path): in "cc%20%40john.doe" the "%20" is a space, and
+# "@john.doe" a mention, no address. The domain may hold such a character too.
 # A backslash escape of a character, as json.dumps (\u00e9) and repr (\xe9, \udce9: a
 # file name's undecodable byte) write one inside an address, in its domain too. A match
 # never starts inside a whole escape, so that a long run of them is read once; after
@@ -310,7 +313,9 @@ _NOT_AFTER_LOCAL_PART = (
 # is forced, so a failed match gives back in linear time, and a class's run is matched
 # in C, not one alternation a character (five to sixteen times as slow on long runs).
 _LOCAL_RUN = rf"(?:{_LOCAL_PART}|{_ESCAPE}){_LOCAL_PART}*(?:{_ESCAPE}{_LOCAL_PART}*)*"
-_ENCODED_ESCAPE = rf"(?:%2[Bb]|{_ESCAPE})"
+# A character's UTF-8 bytes, percent-encoded: a lead byte, then one to three others.
+_PERCENT_UTF8 = r"%(?:[CcDdEe][0-9A-Fa-f]|[Ff][0-4])(?:%[89ABab][0-9A-Fa-f]){1,3}"
+_ENCODED_ESCAPE = rf"(?:%2[Bb]|{_PERCENT_UTF8}|{_ESCAPE})"
 _ENCODED_RUN = (
     rf"(?:{_UNESCAPED_LOCAL_PART}|{_ENCODED_ESCAPE})"
     rf"{_UNESCAPED_LOCAL_PART}*(?:{_ENCODED_ESCAPE}{_UNESCAPED_LOCAL_PART}*)*"
@@ -319,15 +324,28 @@ _LOCAL_BEFORE_AT = rf"(?:{_LOCAL_RUN}@|{_ENCODED_RUN}%40)"
 # Inside a percent-encoded run a word starts after an escape ("q=to%3Aelise%40x.io"), or
 # after a "%" that starts none ("50%\u00e9lise%40x.io"), where the look-behind above would
 # not let a match start: one before "%40" may start there, and runs only to the next
-# escape, so that each part of a run is read once.
-_AFTER_AN_ESCAPE = r"(?:(?<=%[0-9A-Fa-f]{2})(?<!%2[Bb])|(?<=%)(?![0-9A-Fa-f]{2}))"
+# escape that no run holds, so that each part of a run is read once. (Not after "%2B",
+# nor after the bytes of an encoded character: a run holds them.)
+_LEAD = "%[CcDdEeFf][0-9A-Fa-f]"
+_FOLLOWING = "%[89ABab][0-9A-Fa-f]"
+_AFTER_AN_ESCAPE = (
+    rf"(?:(?<=%[0-9A-Fa-f]{{2}})(?<!%2[Bb])(?<!{_LEAD}{_FOLLOWING})"
+    rf"(?<!{_LEAD}{_FOLLOWING}{_FOLLOWING})(?<!{_LEAD}{_FOLLOWING}{_FOLLOWING}{_FOLLOWING})"
+    r"|(?<=%)(?![0-9A-Fa-f]{2}))"
+)
 # A domain's characters, with the silent controls too (ann@exa<DEL>mple.com).
 _DOMAIN_CHARACTER = rf"[\w{_SILENT_CONTROLS}-]"
+_DOMAIN_ESCAPE = rf"(?:{_PERCENT_UTF8}|{_ESCAPE})"
 _DOMAIN_LABEL = (
-    rf"(?:{_DOMAIN_CHARACTER}|{_ESCAPE}){_DOMAIN_CHARACTER}*(?:{_ESCAPE}{_DOMAIN_CHARACTER}*)*"
+    rf"(?:{_DOMAIN_CHARACTER}|{_DOMAIN_ESCAPE}){_DOMAIN_CHARACTER}*"
+    rf"(?:{_DOMAIN_ESCAPE}{_DOMAIN_CHARACTER}*)*"
 )
-_DOMAIN = rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*\.(?:[^\W\d_][{_SILENT_CONTROLS}]*){{2,}}"
-_DOMAIN_RUN = rf"[\w.{_SILENT_CONTROLS}-]*(?:{_ESCAPE}[\w.{_SILENT_CONTROLS}-]*)*"  # a cut domain
+_DOMAIN = (
+    rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*"
+    rf"\.(?:(?:[^\W\d_]|{_PERCENT_UTF8})[{_SILENT_CONTROLS}]*){{2,}}"
+)
+# What a cut leaves of a domain: "%" too, as a cut may end inside an encoded character.
+_DOMAIN_RUN = rf"[\w.%{_SILENT_CONTROLS}-]*(?:{_ESCAPE}[\w.%{_SILENT_CONTROLS}-]*)*"
 _EMAIL = (
     rf"{_NOT_AFTER_LOCAL_PART}(?P<quotes>{_OPENING_QUOTES}){_LOCAL_BEFORE_AT}{_DOMAIN}"
     rf"|{_AFTER_AN_ESCAPE}{_ENCODED_RUN}%40{_DOMAIN}"
@@ -353,7 +371,8 @@ _CREDENTIALS = (
 _CUT_CREDENTIALS = rf"//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z)){_PASSWORD_RUN}\Z"
 # A local part cut inside its "%40" ("jean%4"): only with a letter in it ("50%" stays).
 _CUT_ENCODED = (  # a backslash escape counts as a letter: it is one ("\u00e9")
-    rf"(?=(?:{_UNESCAPED_LOCAL_PART}|%2[Bb])*?(?:[^\W\d_]|{_ESCAPE})){_ENCODED_RUN}%4?\Z"
+    rf"(?=(?:{_UNESCAPED_LOCAL_PART}|%2[Bb])*?(?:[^\W\d_]|{_DOMAIN_ESCAPE}))"
+    rf"{_ENCODED_RUN}%4?\Z"
 )
 _CUT_END = re.compile(
     rf"(?P<credentials>{_CUT_CREDENTIALS})"
@@ -549,14 +568,31 @@ _MOJIBAKE = re.compile(
 )
 
 
+# An HTML character reference, as an HTML page quoted in an error writes a letter
+# ("jos&eacute;@x.io", "jos&#233;@x.io"); one for a letter, a digit or an apostrophe
+# counts as letters. (One for "@" itself, "&#64;", is out of scope, as README says.)
+_CHARACTER_REFERENCE = re.compile(
+    r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[Xx][0-9A-Fa-f]{1,6});"
+)
+
+
 def _as_letters(match: re.Match[str]) -> str:
     return "a" * len(match[0])
 
 
+def _reference_as_letters(match: re.Match[str]) -> str:
+    character = html.unescape(match[0])
+    if len(character) == 1 and (character.isalnum() or character in "'\u2019"):
+        return "a" * len(match[0])
+    return match[0]
+
+
 def _searchable(text: str) -> str:
-    """``text`` with combining marks, letters newer than this Python's Unicode, U+FFFD and
-    UTF-8 misread as latin-1 or cp1252 as letters, for the address patterns; the same
-    length, so that the positions found are the text's own."""
+    """``text`` with combining marks, letters newer than this Python's Unicode, U+FFFD,
+    UTF-8 misread as latin-1 or cp1252 and HTML references to letters as letters, for the
+    address patterns; the same length, so that the positions found are the text's own."""
+    if "&" in text:
+        text = _CHARACTER_REFERENCE.sub(_reference_as_letters, text)
     if text.isascii():
         return text
     return _MOJIBAKE.sub(_as_letters, text).translate(_AS_LETTERS)
