@@ -11,8 +11,11 @@ Exit codes: 0 fine; 1 findings (an invalid batch file, a file that could not be
 deleted); 2 usage error (bad arguments, DIR is not a directory). Only exact
 ``metrics_YYYYMMDD_HHMMSS_ffffff.json`` names are batch files; every other file
 is left alone. Nothing printed ever quotes a record's values: reasons for a bad
-file name the place and the rule broken. A closed pipe (``| head``) ends a
-command quietly with exit code 1.
+file name the place and the rule broken. Text read from a file or a directory
+(names, keys, paths) is shown with every character that prints as nothing, or
+not as itself, escaped (:func:`~otel_json_exporter.pii.escape_controls`);
+``--json`` has it exact. A closed pipe (``| head``) ends a command quietly with
+exit code 1.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 from otel_json_exporter import _batchfiles
 from otel_json_exporter._sketch import DEFAULT_RELATIVE_ACCURACY
 from otel_json_exporter._summary import PERCENTILES, GroupStats, Summary, summarize
-from otel_json_exporter.pii import escape_controls
+from otel_json_exporter.pii import DEFAULT_POLICY, escape_controls
 from otel_json_exporter.records import MetricsBatch, format_timestamp
 from otel_json_exporter.writer import delete_expired_batches
 
@@ -53,6 +56,9 @@ _ISO_TIME = re.compile(
     r"(?:(?P<sign>[+-])(?P<hours>[0-9]{2}):?(?P<minutes>[0-9]{2})?)?"
 )
 _MAX_NAME_WIDTH = 48
+# One character of a name as the table shows it: an escape escape_controls wrote (or
+# that the name held), which a cut must not split, or any other character.
+_SHOWN_CHARACTER = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[tnr])|.", re.DOTALL)
 _ACCURACY_PERCENT = f"{DEFAULT_RELATIVE_ACCURACY:.0%}"
 
 _DESCRIPTION = """\
@@ -106,9 +112,9 @@ def _directory(text: str) -> Path:
     try:
         if not path.is_dir():
             what = "does not exist" if not path.exists() else "is not a directory"
-            raise argparse.ArgumentTypeError(f"{text} {what}")
+            raise argparse.ArgumentTypeError(f"{_shown(text)} {what}")
     except OSError as exc:  # a parent that cannot be searched (EACCES), a loop of links
-        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror or exc}") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)}: {exc.strerror or exc}") from None
     return path
 
 
@@ -238,6 +244,12 @@ def _add_command(
     return command
 
 
+def _shown(path: str | os.PathLike[str]) -> str:
+    """A path as printed: every character that shows nothing or not itself escaped (a
+    directory other users named, a file name that is not UTF-8: \\udce9)."""
+    return escape_controls(os.fspath(path))
+
+
 def _files(count: int) -> str:
     return f"{count} batch file{'' if count == 1 else 's'}"
 
@@ -274,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _drop_standard_output()
             what = "cannot write to standard output"
         else:  # the directory itself cannot be listed
-            what = exc.filename
+            what = _shown(exc.filename)
         _tell(f"{PROG} {args.command}: error: {what}: {exc.strerror}")
         return EXIT_FINDINGS
     return code
@@ -303,7 +315,7 @@ def _summarize(args: argparse.Namespace) -> int:
         raise _UsageError("--since must be earlier than --until")
 
     def warn(bad: _batchfiles.InvalidBatchFile) -> None:
-        _tell(f"{PROG}: warning: skipped {bad.path}: {bad.reason}")
+        _tell(f"{PROG}: warning: skipped {_shown(bad.path)}: {escape_controls(bad.reason)}")
 
     summary = summarize(
         args.directory, group_by=args.by, since=args.since, until=args.until, on_invalid=warn
@@ -333,12 +345,19 @@ def _when(moment: datetime | None) -> str:
 
 
 def _clip(text: str | None) -> str:
-    """A name for the table: control characters shown escaped (a newline would forge a
-    row, an escape sequence rewrite the terminal), cut with an ASCII "..." to fit."""
-    text = escape_controls(text or "")
+    """A name for the table, masked already: every character that shows nothing or not
+    itself escaped (a newline would forge a row, an escape sequence rewrite the
+    terminal, a zero-width space make two names print alike), masked once more as
+    shown, and cut with an ASCII "..." to fit, never inside an escape."""
+    text = DEFAULT_POLICY.redact(escape_controls(text or ""))[0]
     if len(text) <= _MAX_NAME_WIDTH:
         return text
-    return text[: _MAX_NAME_WIDTH - 3] + "..."
+    cut = 0
+    for character in _SHOWN_CHARACTER.finditer(text):
+        if character.end() > _MAX_NAME_WIDTH - 3:
+            break
+        cut = character.end()
+    return text[:cut] + "..."
 
 
 def _percent(part: int, whole: int) -> str:
@@ -415,7 +434,7 @@ def _validate(args: argparse.Namespace) -> int:
     valid = invalid = records = 0
     for batch in _batchfiles.read_all(args.directory):
         if isinstance(batch, _batchfiles.InvalidBatchFile):
-            print(f"{batch.path}: {batch.reason}")
+            print(f"{_shown(batch.path)}: {escape_controls(batch.reason)}")
             invalid += 1
             continue
         valid += 1
@@ -423,7 +442,7 @@ def _validate(args: argparse.Namespace) -> int:
     others = sum(1 for _ in _batchfiles.other_metrics_names(args.directory))
     checked = valid + invalid
     report = (
-        f"{_files(checked)} checked in {args.directory}: "
+        f"{_files(checked)} checked in {_shown(args.directory)}: "
         f"{valid} valid ({records} records), {invalid} invalid"
     )
     if others:
@@ -441,7 +460,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     if args.dry_run:
         expired = delete_expired_batches(args.directory, args.older_than, now=now, dry_run=True)
         for path in expired:
-            print(f"would delete {path}")
+            print(f"would delete {_shown(path)}")
         print(f"dry run: {_files(len(expired))} written before {before} would be deleted")
         return EXIT_OK
     failed: list[tuple[Path, OSError]] = []
@@ -452,12 +471,12 @@ def _cleanup(args: argparse.Namespace) -> int:
         on_error=lambda path, exc: failed.append((path, exc)),  # the others go on
     )
     for path in deleted:
-        print(f"deleted {path}")
+        print(f"deleted {_shown(path)}")
     if not failed:
         print(f"deleted {_files(len(deleted))} written before {before}")
         return EXIT_OK
     for path, exc in failed:
-        _tell(f"{PROG}: error: cannot delete {path}: {exc.strerror}")
+        _tell(f"{PROG}: error: cannot delete {_shown(path)}: {exc.strerror}")
     expired_now = len(deleted) + len(failed)
     print(f"deleted {len(deleted)} of {_files(expired_now)} written before {before}")
     return EXIT_FINDINGS

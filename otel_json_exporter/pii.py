@@ -1457,30 +1457,54 @@ def safe_validation_message(
     return mask_text(escape_controls(masked))[0]
 
 
-# C0 and C1 control characters and DEL; the marks and overrides of bidirectional text,
-# which make a terminal show characters in another order than they are (a name ending
-# in U+202E reads backwards: "Trojan Source"); the line and paragraph separators. Each
-# as the escape repr() writes.
-_CONTROL_ESCAPES = {
-    code: repr(chr(code))[1:-1]
-    for code in (
-        *range(0x20),
-        *range(0x7F, 0xA0),
-        0x061C,
-        0x200E,
-        0x200F,
-        *range(0x2028, 0x202F),
-        *range(0x2066, 0x206A),
+# Runs of characters other than printable ASCII, the only ones that may need escaping.
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]+")
+_NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(character: str) -> str:
+    """One character as repr() writes one it does not print: \\n, \\x1b, \\u200b, \\U000e0041."""
+    named = _NAMED_ESCAPES.get(character)
+    if named is not None:
+        return named
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _escape_run(match: re.Match[str]) -> str:
+    run = match[0]
+    if run.isprintable() and _INVISIBLE.search(run) is None:
+        return run  # letters, marks, symbols, emoji: shown as they are
+    return "".join(
+        character
+        if character.isprintable() and _INVISIBLE.match(character) is None
+        else _escape(character)
+        for character in run
     )
-}
 
 
 def escape_controls(text: str) -> str:
-    r"""``text`` with each control character shown escaped, as ``repr`` would (``\n``,
-    ``\x1b``, ``\u202e``): a newline would forge a line, an escape sequence rewrite
-    the terminal it is printed on, a bidirectional override reorder what it shows.
+    r"""``text`` with each character that shows nothing, or not itself, written as an
+    escape, as ``repr`` writes one (``\n``, ``\x1b``, ``\u202e``, ``\U000e0041``).
 
-    >>> escape_controls("GET /\x1b[2J\nok")
-    'GET /\\x1b[2J\\nok'
+    Those are every character ``str.isprintable()`` refuses (categories Cc, Cf, Cs,
+    Co, Cn, Zl, Zp, and the spaces of Zs other than U+0020: control characters, the
+    bidirectional controls, zero-width spaces and joiners, the soft hyphen, tag
+    characters, surrogates, private use, unassigned code points, the no-break and other
+    spaces), and the invisible characters it takes for printable (variation selectors,
+    the Hangul fillers, the combining grapheme joiner, the Braille blank): the
+    characters the PII rule reads as invisible. A newline would forge a line, an escape
+    sequence rewrite the terminal it is printed on, a bidirectional override reorder
+    what it shows, an invisible character make two names print alike or hide a text
+    (tag characters are an invisible copy of ASCII). Letters, marks, symbols and emoji
+    of every script are kept; an emoji sequence's joiners and selectors are escaped.
+    A backslash is kept as it is.
+
+    >>> escape_controls("GET /\x1b[2J\nok\u200b café")
+    'GET /\\x1b[2J\\nok\\u200b café'
     """
-    return text.translate(_CONTROL_ESCAPES)
+    if text.isascii() and text.isprintable():
+        return text
+    return _NOT_PRINTABLE_ASCII.sub(_escape_run, text)
