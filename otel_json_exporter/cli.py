@@ -27,7 +27,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -46,14 +46,37 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 _DURATION = re.compile(r"^([0-9]+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-# A date and time with any number of fractional digits and an offset +HH:MM, +HHMM or
-# +HH: Python 3.10's fromisoformat reads only 3 or 6 digits and +HH:MM (3.11 reads any
-# ISO-8601 time), which refuses RFC 3339's nanoseconds (Go, kubectl), .NET's seven
-# digits and date's %z (+0200). Such a time is rewritten to what every version reads.
+# An ISO-8601 date and time, as datetime.fromisoformat reads one from Python 3.11 on.
+# 3.10's reads only the extended format (2025-12-16T08:00:00) with 3 or 6 fractional
+# digits and an offset +HH:MM: it refuses the basic format (20251216T080000Z, as
+# `date +%Y%m%dT%H%M%SZ` writes it), RFC 3339's nanoseconds (Go, kubectl), .NET's seven
+# digits, date's %z (+0200) and week dates. Parsed here, so that every version reads
+# the same times the same way:
+# - a date: 2025-12-16 or 20251216; a week date, 2025-W51-2 or 2025W512 (2025-W51 is
+#   its Monday);
+# - then, after T, t, a space or "_" (20251216_080000, as this package's file names
+#   and `date +%Y%m%d_%H%M%S` write it), a time: HH, HH:MM, HHMM, HH:MM:SS or HHMMSS, with a
+#   fraction of a second after "." or "," of any number of digits (cut to
+#   microseconds, as 3.11 does);
+# - then Z (or z), or an offset +HH, +HH:MM, +HHMM, +HH:MM:SS or +HHMMSS, the seconds
+#   with a fraction if any.
+# Dashes are used throughout the date or not at all, and colons throughout the time
+# and throughout the offset, as 3.11 requires. A fraction of an hour or a minute
+# (08.5, 08:30.5), which 3.11 reads as one of a second, is refused, as is an offset
+# after a date alone (2025-12-16+02:00, which 3.11 reads as the time 02:00), any other
+# separator (3.11 takes any character there: 2025-12-16-08:00) and an offset's minutes
+# or seconds over 59 (3.11 reads +02:60 as +03:00).
 _ISO_TIME = re.compile(
-    r"(?P<time>[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2})?)"
-    r"(?:[.,](?P<fraction>[0-9]+))?"
-    r"(?:(?P<sign>[+-])(?P<hours>[0-9]{2}):?(?P<minutes>[0-9]{2})?)?"
+    r"(?P<year>[0-9]{4})"
+    r"(?:(?P<dash>-)?(?P<month>[0-9]{2})(?(dash)-)(?P<day>[0-9]{2})"
+    r"|(?P<week_dash>-)?W(?P<week>[0-9]{2})(?:(?(week_dash)-)(?P<weekday>[0-9]))?)"
+    r"(?:[Tt _](?P<hour>[0-9]{2})"
+    r"(?:(?P<colon>:)?(?P<minute>[0-9]{2})"
+    r"(?:(?(colon):)(?P<second>[0-9]{2})(?:[.,](?P<fraction>[0-9]+))?)?)?"
+    r"(?:(?P<utc>[Zz])|(?P<sign>[+-])(?P<offset_hours>[0-9]{2})"
+    r"(?:(?P<offset_colon>:)?(?P<offset_minutes>[0-9]{2})"
+    r"(?:(?(offset_colon):)(?P<offset_seconds>[0-9]{2})"
+    r"(?:[.,](?P<offset_fraction>[0-9]+))?)?)?)?)?"
 )
 _MAX_NAME_WIDTH = 48
 # One character of a name as the table shows it: an escape escape_controls wrote (or
@@ -119,28 +142,68 @@ def _directory(text: str) -> Path:
 
 
 def _timestamp(text: str) -> datetime:
-    """An ISO-8601 time; a trailing Z means UTC, and a time without offset is UTC."""
-    value = text.strip()
-    if value[-1:] in ("Z", "z"):
-        value = value[:-1] + "+00:00"
-    match = _ISO_TIME.fullmatch(value)
-    if match is not None:
-        time, fraction, sign, hours, minutes = match.group(
-            "time", "fraction", "sign", "hours", "minutes"
-        )
-        fraction = f".{fraction[:6]:0<6}" if fraction else ""  # cut, as 3.11 does
-        offset = f"{sign}{hours}:{minutes or '00'}" if sign else ""
-        value = time + fraction + offset
+    """An ISO-8601 time (see _ISO_TIME); a trailing Z means UTC, and a time without
+    offset is UTC."""
     try:
-        moment = datetime.fromisoformat(value)
+        moment = _parse_iso_time(text.strip())
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
         return moment.astimezone(timezone.utc)
     except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO-8601 time (e.g. 2025-12-16, 2025-12-16T08:00:00, "
-            "2025-12-16T08:00:00+02:00)"
+            "2025-12-16T08:00:00+02:00, 20251216T080000Z)"
         ) from None
+
+
+def _parse_iso_time(text: str) -> datetime:
+    """``text`` as _ISO_TIME reads it, naive if it has no offset; ValueError if it is
+    none, or names no real date, time or offset."""
+    match = _ISO_TIME.fullmatch(text)
+    if match is None:
+        raise ValueError(text)
+    number = _numbers(match)
+    if match["week"] is not None:
+        day = date.fromisocalendar(number("year"), number("week"), number("weekday", 1))
+    else:
+        day = date(number("year"), number("month"), number("day"))
+    tzinfo = None
+    if match["utc"] is not None:
+        tzinfo = timezone.utc
+    elif match["sign"] is not None:
+        minutes, seconds = number("offset_minutes"), number("offset_seconds")
+        if minutes > 59 or seconds > 59:
+            raise ValueError(text)
+        offset = timedelta(
+            hours=number("offset_hours"),
+            minutes=minutes,
+            seconds=seconds,
+            microseconds=_microseconds(match["offset_fraction"]),
+        )
+        tzinfo = timezone(-offset if match["sign"] == "-" else offset)  # under 24 h
+    return datetime(
+        day.year,
+        day.month,
+        day.day,
+        number("hour"),
+        number("minute"),
+        number("second"),
+        _microseconds(match["fraction"]),
+        tzinfo=tzinfo,
+    )
+
+
+def _numbers(match: re.Match[str]) -> Callable[..., int]:
+    def number(group: str, default: int = 0) -> int:
+        digits = match[group]
+        return default if digits is None else int(digits)
+
+    return number
+
+
+def _microseconds(fraction: str | None) -> int:
+    """A fraction of a second in microseconds: digits past the sixth are cut, as 3.11 does."""
+    return int(f"{fraction[:6]:0<6}") if fraction else 0
 
 
 def _age(text: str) -> timedelta:
