@@ -71,12 +71,15 @@ MAX_METADATA_DEPTH = 32
 """Deepest nesting of dicts and lists accepted in ``metadata``."""
 
 MAX_INTEGER_DIGITS = 4300
-"""Most digits of an integer in ``metadata``: JSON readers (pydantic, Python's
-``json``) refuse longer ones, and with them the whole batch file."""
+"""Most characters of an integer in ``metadata`` as JSON writes it, a minus sign
+counted: JSON readers refuse longer ones, and with them the whole batch file.
+Python's ``json`` counts digits alone, but pydantic's reader before pydantic-core
+2.50 counts the sign too, so a negative integer may have 4,299 digits."""
 INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
-"""An integer in ``metadata`` must lie strictly between this and its negative."""
-NEGATIVE_INTEGER_LIMIT = -INTEGER_LIMIT
-"""Negated once here: ``-INTEGER_LIMIT`` in a check makes a 4,300-digit copy per value."""
+"""An integer in ``metadata`` must be less than this (at most 4,300 digits)."""
+NEGATIVE_INTEGER_LIMIT = -(10 ** (MAX_INTEGER_DIGITS - 1))
+"""An integer in ``metadata`` must be greater than this (a minus sign and at most 4,299
+digits). Computed once here: a check that negates a limit copies 4,300 digits per value."""
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _REPLACEMENT_CHARACTER = "\ufffd"
@@ -199,7 +202,8 @@ def _json_copy(value: Any, path: MetadataPath, depth: int) -> Any:
         if NEGATIVE_INTEGER_LIMIT < value < INTEGER_LIMIT:
             return value
         raise ValueError(
-            f"metadata {_where(path)}: integer has more than {MAX_INTEGER_DIGITS} digits"
+            f"metadata {_where(path)}: integer is longer than {MAX_INTEGER_DIGITS} characters "
+            f"(at most {MAX_INTEGER_DIGITS} digits, or {MAX_INTEGER_DIGITS - 1} after a minus sign)"
         )
     if isinstance(value, str):
         text = text_of(value)

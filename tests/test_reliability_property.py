@@ -56,8 +56,8 @@ json_leaves = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(),
-    st.integers(min_value=-(10**4299), max_value=10**4299),
-    st.sampled_from([10**4300 - 1, -(10**4300 - 1)]),  # 4,300 digits: the most JSON allows
+    st.integers(min_value=-(10**4299 - 1), max_value=10**4299),
+    st.sampled_from([10**4300 - 1, -(10**4299 - 1)]),  # 4,300 characters: the most JSON allows
     st.floats(allow_nan=False, allow_infinity=False),
     valid_text.filter(lambda text: not DEFAULT_POLICY.contains_pii(text)),
     huge_text,

@@ -1,0 +1,78 @@
+"""Defects found on the lowest versions pyproject.toml declares (opentelemetry-api and
+-sdk 1.27, pydantic 2.7), which ``make test-lowest`` runs the whole suite on.
+
+Each test here failed on the code before its fix: on those versions, and on the newest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from opentelemetry.trace import Tracer
+
+from otel_json_exporter import MetricsManager
+from otel_json_exporter.cli import main
+from otel_json_exporter.records import MAX_INTEGER_DIGITS
+
+from ._spans import export_spans
+from .conftest import load_records
+
+WRITERS = ("thread", "process")
+
+# -- 1. Integers whose JSON pydantic's reader refuses --------------------------------------
+# pydantic-core's JSON reader before 2.50 (pydantic 2.7 to 2.13, at least) counts a minus
+# sign among the 4,300 characters it takes of an integer: a file holding -(10**4300 - 1)
+# could not be read back by MetricsBatch.model_validate_json, nor by the command line's
+# validate and summarize ("Invalid JSON: number out of range"), on the versions that wrote
+# it. A negative integer may now have 4,299 digits: its JSON is at most 4,300 characters.
+
+LONGEST_NEGATIVE = -(10 ** (MAX_INTEGER_DIGITS - 1) - 1)  # "-" and 4,299 nines
+TOO_LONG_NEGATIVE = -(10**MAX_INTEGER_DIGITS - 1)  # "-" and 4,300 nines
+LONGEST = 10**MAX_INTEGER_DIGITS - 1  # 4,300 nines
+
+
+def test_a_negative_integer_of_4300_digits_is_refused(tmp_path: Path) -> None:
+    manager = MetricsManager(tmp_path, flush_interval_seconds=3600)
+    manager.start_sync()
+    try:
+        with pytest.raises(ValueError, match="longer than 4300 characters") as caught:
+            manager.record_operation_sync("job", "step", 1.0, metadata={"n": TOO_LONG_NEGATIVE})
+        assert "9999" not in str(caught.value)
+    finally:
+        manager.stop_sync()
+    assert load_records(tmp_path) == []
+
+
+def test_the_longest_integers_accepted_read_back(tmp_path: Path) -> None:
+    """What is accepted, pydantic reads back on every version: the files and the CLI."""
+    manager = MetricsManager(tmp_path, flush_interval_seconds=3600)
+    manager.start_sync()
+    try:
+        manager.record_operation_sync(
+            "job", "step", 1.0, metadata={"low": LONGEST_NEGATIVE, "high": LONGEST}
+        )
+    finally:
+        manager.stop_sync()
+    (record,) = load_records(tmp_path)  # MetricsBatch.model_validate_json
+    assert record.metadata == {"low": LONGEST_NEGATIVE, "high": LONGEST}
+    assert main(["validate", str(tmp_path)]) == 0
+    assert main(["summarize", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_span_attribute_negative_integer_of_4300_digits_is_dropped(
+    tmp_path: Path, writer: str
+) -> None:
+    def make(tracer: Tracer) -> None:
+        attributes = {"low": TOO_LONG_NEGATIVE, "ok": LONGEST_NEGATIVE, "region": "ca"}
+        with tracer.start_as_current_span("job", attributes=attributes):
+            pass
+
+    records, redacted = export_spans(tmp_path, make, writer=writer)
+    assert redacted == 1  # the attribute dropped is counted
+    (record,) = records
+    assert "low" not in record["metadata"]
+    assert record["metadata"]["ok"] == LONGEST_NEGATIVE
+    assert [r.metadata["ok"] for r in load_records(tmp_path)] == [LONGEST_NEGATIVE]
+    assert main(["validate", str(tmp_path)]) == 0
