@@ -76,3 +76,58 @@ def test_a_span_attribute_negative_integer_of_4300_digits_is_dropped(
     assert record["metadata"]["ok"] == LONGEST_NEGATIVE
     assert [r.metadata["ok"] for r in load_records(tmp_path)] == [LONGEST_NEGATIVE]
     assert main(["validate", str(tmp_path)]) == 0
+
+
+# -- 2. Text in UTF-16 or UTF-32, as the API before 1.45 hands bytes over -----------------
+# OpenTelemetry's API before 1.45 decodes a bytes span attribute as UTF-8 (and drops it
+# when that fails): ASCII text in UTF-16 or UTF-32 without a byte-order mark decodes, with
+# a NUL beside each character, and reached the exporter as a str. Only bytes were read
+# with their NULs left out, so "password=hunter2" and addresses in such text were written
+# whole. The text is given here as that str, which every SDK version keeps as it is.
+
+SECRETS = {
+    "rpc.request.body": "password=hunter2&user=jtremblay",
+    "message": "reply to bob@example.com",
+    "url.full": "https://shop.example/login?password=hunter2",
+    "note": "https://jt:hunter2@db.example/app",
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_text_with_nuls_between_its_characters_is_masked(
+    tmp_path: Path, writer: str, codec: str
+) -> None:
+    held = {key: text.encode(codec).decode("utf-8") for key, text in SECRETS.items()}
+
+    def make(tracer: Tracer) -> None:
+        attributes = {**held, "payload": "plain\x00text"}
+        with tracer.start_as_current_span(held["message"], attributes=attributes):
+            pass
+
+    (record,), redacted = export_spans(tmp_path, make, writer=writer)
+    for key in SECRETS:
+        assert record["metadata"][key] == "[REDACTED]", key
+    assert record["metadata"]["payload"] == "plain\x00text"  # no PII: kept
+    assert record["operation_name"] == "[REDACTED]"
+    assert redacted == len(SECRETS) + 1
+    raw = b"".join(path.read_bytes() for path in tmp_path.glob("metrics_*.json"))
+    readable = raw.replace(b"\\u0000", b"")
+    assert b"hunter2" not in readable
+    assert b"bob@" not in readable
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_utf16_bytes_attribute_is_masked_whatever_the_api_makes_of_it(
+    tmp_path: Path, writer: str
+) -> None:
+    """Bytes through the SDK: before 1.45 they arrive decoded, from 1.45 on as bytes."""
+
+    def make(tracer: Tracer) -> None:
+        body = "password=hunter2".encode("utf-16-le")
+        with tracer.start_as_current_span("login", attributes={"rpc.request.body": body}):
+            pass
+
+    (record,), redacted = export_spans(tmp_path, make, writer=writer)
+    assert record["metadata"]["rpc.request.body"] == "[REDACTED]"
+    assert redacted == 1
