@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 
 from otel_json_exporter import OperationSpanExporter
@@ -62,3 +63,50 @@ def header_capturing_app(provider: TracerProvider) -> Any:
         app, tracer_provider=provider, http_capture_headers_server_request=[".*"]
     )
     return app
+
+
+def holding(span: ReadableSpan, attributes: Mapping[str, Any]) -> ReadableSpan:
+    """A copy of the ended ``span`` that holds ``attributes`` too, exactly as given.
+
+    OpenTelemetry 1.45 and later keeps any value on a span: bytes as bytes, mappings as
+    dicts, sequences as tuples. Before 1.45 its API decodes bytes as UTF-8 and drops
+    those that do not decode, and drops mappings and a sequence holding an ``int`` or
+    ``str`` subclass (an enum's members): no span made through it holds them. An
+    exporter may still be handed one (a processor, or code that builds ``ReadableSpan``
+    itself), so the tests of how such values are written build the span so, with the
+    SDK's own class, on every version.
+    """
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes={**(span.attributes or {}), **attributes},
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def ended_span(
+    name: str,
+    attributes: Mapping[str, Any],
+    held: Mapping[str, Any],
+    resource: Resource | None = None,
+) -> ReadableSpan:
+    """A real span named ``name``, ended with ``attributes`` set through the SDK, that
+    holds ``held`` too, as given (see :func:`holding`)."""
+    captured = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=resource or Resource.create({"service.name": "shop"}), shutdown_on_exit=False
+    )
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    with provider.get_tracer("tests").start_as_current_span(name, attributes=dict(attributes)):
+        pass
+    provider.shutdown()
+    (span,) = captured.get_finished_spans()
+    return holding(span, held)
