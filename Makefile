@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SOURCES := otel_json_exporter tests examples $(wildcard benchmarks)
 
-.PHONY: demo test lint unit test-versions bench clean
+.PHONY: demo test lint unit test-versions test-lowest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: lint unit
 # The suite on Python 3.10, 3.12 and 3.13 too, where this machine has them (CI runs it).
 test-versions:
 	bash .ci/other-pythons
+
+# The suite against the lowest dependency versions pyproject.toml declares (CI runs it).
+test-lowest:
+	bash .ci/lowest
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
