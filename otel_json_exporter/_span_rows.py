@@ -344,11 +344,7 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         if type(value) is str and (
             "@" in value or "=" in value or "%" in value or not value.isascii()
         ):
-            if (
-                not value.isascii()
-                or "\x00" in value  # see _nul_hides_pii
-                or _url_mask(key, policy)(value) != (value, 0)
-            ):
+            if not value.isascii() or _url_mask(key, policy)(value) != (value, 0):
                 return None  # masking would change it
             allowed_at += value.count("@")
             allowed_equals += value.count("=")
@@ -534,8 +530,8 @@ def _clean_attributes(
                 clean[key] = value
                 continue
             if key in _URL_LIKE:
-                clean[key], masked = _clean_url(
-                    key, value if value.isascii() else valid_unicode(value), policy
+                clean[key], masked = _url_mask(key, policy)(
+                    value if value.isascii() else valid_unicode(value)
                 )
             else:
                 clean[key], masked = _clean_text(value, policy)
@@ -573,7 +569,7 @@ def _clean_value(
         raise _Unwritable
     if isinstance(value, str):
         if url_key is not None:
-            return _clean_url(url_key, valid_unicode(text_of(value)), policy)
+            return _url_mask(url_key, policy)(valid_unicode(text_of(value)))
         return _clean_text(value, policy)
     if isinstance(value, float):
         real = value if type(value) is float else float.__float__(value)
@@ -612,25 +608,6 @@ def _url_mask(key: str, policy: PiiPolicy) -> Callable[[str], tuple[str, int]]:
     return policy.mask_query if key == _QUERY_ATTRIBUTE else policy.mask_url
 
 
-def _nul_hides_pii(text: str, policy: PiiPolicy) -> bool:
-    """Whether ``text`` holds PII once its NUL characters are left out.
-
-    ASCII text in UTF-16 or UTF-32 without a byte-order mark is valid UTF-8, read
-    with a NUL beside each character (``p\\x00a\\x00s\\x00s...``), which hides a
-    ``password=`` pair or an address from every check. OpenTelemetry's API before 1.45
-    decodes a ``bytes`` span attribute as UTF-8 before the exporter sees it, so such
-    bytes arrive as that text, not as bytes (:func:`_bytes_hold_pii`).
-    """
-    return "\x00" in text and policy.contains_pii(text.replace("\x00", ""))
-
-
-def _clean_url(key: str, text: str, policy: PiiPolicy) -> tuple[str, int]:
-    """The text of a URL attribute masked (:func:`_url_mask`); whole if NULs hide PII."""
-    if _nul_hides_pii(text, policy):
-        return REDACTED, 1
-    return _url_mask(key, policy)(text)
-
-
 def _bytes_hold_pii(data: bytes, policy: PiiPolicy) -> bool:
     """Whether bytes read as text hold PII; base64 would hide it from every check.
 
@@ -654,8 +631,6 @@ def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     """``text`` ready for a record: valid Unicode, PII masked; and the count masked."""
     text = text_of(text)
     text = valid_unicode(text)
-    if _nul_hides_pii(text, policy):
-        return REDACTED, 1
     if "=" in text and ("?" in text or "#" in text or ";" in text):
         if _WHOLE_URL.match(text):
             return policy.mask_url(text)  # it masks addresses, credentials, parameters too

@@ -219,6 +219,18 @@ _INVISIBLE_CHARACTERS = (
     "\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef"
 )
 _INVISIBLE = re.compile(f"[{_INVISIBLE_CHARACTERS}]")
+# What a folded form leaves out: those, and NUL. ASCII text in UTF-16 or UTF-32 without a
+# byte-order mark is valid UTF-8 with a NUL beside each character ("p\x00a\x00s\x00s"),
+# as OpenTelemetry before 1.45 decodes a bytes attribute, and as a service may decode
+# such bytes itself: a password= pair or an address in it shows only without the NULs.
+_FOLDED_AWAY = re.compile(f"[\x00{_INVISIBLE_CHARACTERS}]")
+
+
+def _foldable(text: str) -> bool:
+    """Whether ``text`` may have folded forms other than itself (see :func:`_folds`)."""
+    return not text.isascii() or "\x00" in text
+
+
 _TAGS = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)}
 _TAG = re.compile("[\U000e0020-\U000e007e]")
 # Both are zero-width, so that they take linear time on a long run of capitals
@@ -446,16 +458,16 @@ def _spellings(key: str) -> set[str]:
     """
     forms = set()
     readings = {key}  # as written: NFKC may join e + U+0301 into an é no rule splits at
-    if not key.isascii():
+    if _foldable(key):
         folded = unicodedata.normalize("NFKC", key)
         readings.add(folded)
-        if _INVISIBLE.search(folded):
+        if _FOLDED_AWAY.search(folded):
             # An invisible character may join a word (passw<soft hyphen>ord), split
             # two (customer<zero-width space>email), or hide as a letter (a Hangul
             # filler): each reading counts, and so do tag characters read as the
             # ASCII they copy.
             for text in (key, folded):
-                readings.update((_INVISIBLE.sub("", text), _INVISIBLE.sub("_", text)))
+                readings.update((_FOLDED_AWAY.sub("", text), _FOLDED_AWAY.sub("_", text)))
             readings.update(_folds(folded))
     for reading in readings:
         forms.add(normalize_key(reading))
@@ -606,8 +618,9 @@ def _search(text: str) -> re.Match[str] | None:
 
 
 def _folds(text: str) -> list[str]:
-    """The folded forms of a non-ASCII string: NFKC without invisible characters, the
-    ideographic full stop before an ASCII letter or digit read as ".".
+    """The folded forms of a non-ASCII string, or one holding NUL: NFKC without invisible
+    characters and NULs, the ideographic full stop before an ASCII letter or digit read
+    as ".".
 
     Tag characters (U+E0020 to U+E007E, an invisible copy of ASCII) are read
     both ways: left out (``bob<tag space>@x.io`` is an address) and as the ASCII
@@ -624,9 +637,9 @@ def _folds(text: str) -> list[str]:
         # an input method in full-width mode writes an address; before Japanese text
         # it ends a sentence (a mention, "@tanaka" + U+3002, is no address).
         text_nfkc = _IDEOGRAPHIC_DOT.sub(".", text_nfkc)
-    forms = [_INVISIBLE.sub("", text_nfkc)]
+    forms = [_FOLDED_AWAY.sub("", text_nfkc)]
     if _TAG.search(text_nfkc):
-        forms.append(_INVISIBLE.sub("", text_nfkc.translate(_TAGS)))
+        forms.append(_FOLDED_AWAY.sub("", text_nfkc.translate(_TAGS)))
     return [form for form in forms if form != text]
 
 
@@ -643,7 +656,7 @@ def _search_folded(text: str) -> re.Match[str] | None:
 
 def _find_pii_text(text: str) -> re.Match[str] | None:
     match = _search(text) if _has_at_sign(text) else None
-    if match is None and not text.isascii():
+    if match is None and _foldable(text):
         match = _search_folded(text)
     return match
 
@@ -746,7 +759,7 @@ def mask_text(text: str) -> tuple[str, int]:
             # address starts a match only once the address is gone), and the NFKC
             # form may hold more: then it all goes.
             return (REDACTED, count) if _find_pii_text(masked) is not None else (masked, count)
-    if not text.isascii() and _search_folded(text) is not None:
+    if _foldable(text) and _search_folded(text) is not None:
         # Found only in the NFKC form, whose positions do not map back: mask it all.
         return REDACTED, 1
     return text, 0
@@ -776,7 +789,7 @@ def mask_cut_end(text: str) -> tuple[str, int]:
     if match is not None:
         mask = _CREDENTIALS_MASK if match["credentials"] else (match["quotes"] or "") + REDACTED
         return text[: match.start()] + mask, count + 1
-    if not text.isascii() and any(_CUT_END.search(_searchable(form)) for form in _folds(text)):
+    if _foldable(text) and any(_CUT_END.search(_searchable(form)) for form in _folds(text)):
         # A full-width at sign (U+FF20) and the like, found only once folded: the
         # positions do not map back, so it all goes, as mask_text does.
         return REDACTED, count + 1
@@ -820,7 +833,7 @@ def masked_key(key: str, policy: PiiPolicy | None = None) -> str:
 def _holds_equals(text: str) -> bool:
     """Whether ``text`` holds "=", or a character its folded forms read as one (a
     full-width or small equals sign, the invisible tag copy of "=")."""
-    return "=" in text or (not text.isascii() and any("=" in form for form in _folds(text)))
+    return "=" in text or (_foldable(text) and any("=" in form for form in _folds(text)))
 
 
 @final
@@ -966,7 +979,7 @@ class PiiPolicy:
             text
         ) is not None:
             return True
-        if not text.isascii():
+        if _foldable(text):
             for folded in _folds(text):  # folded once, for both searches
                 if (_has_at_sign(folded) and _search(folded) is not None) or self._pii_parameter(
                     folded
@@ -978,7 +991,7 @@ class PiiPolicy:
     def _folded_parameter(self, text: str) -> str | None:
         """A PII ``name=value`` found only in the folded form of a non-ASCII text
         (a full-width equals sign, U+FF1D, a soft hyphen inside ``password``), or None."""
-        if text.isascii():
+        if not _foldable(text):
             return None
         for folded in _folds(text):
             parameter = self._pii_parameter(folded)
