@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import ast
 import html
+import html.entities
 import itertools
 import re
 import unicodedata
@@ -566,26 +567,54 @@ _AS_LETTERS.update(
 # letter (U+00C2 to U+00F4, or the sign U+00D7), the others a character of U+0080 to
 # U+00BF or cp1252's symbol for the byte: "zo\u00eb" becomes "zo\u00c3\u00ab", whose
 # "\u00ab" is a guillemet, no \w. Such a run is read as letters, so that it cuts no
-# address (the C1 controls among them already count, as _SILENT_CONTROLS).
+# address (the C1 controls among them already count, as _SILENT_CONTROLS). Each of its
+# characters may be written as an HTML character reference too: PHP's htmlentities(),
+# with its old default charset (ISO-8859-1), writes jos\u00e9 misread as
+# "jos&Atilde;&copy;".
 _CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
-_MOJIBAKE = re.compile(
-    "[\u00c2-\u00f4]["
-    + "".join(
-        sorted(
-            set(_CONTINUATION_BYTES.decode("latin-1"))
-            | set(_CONTINUATION_BYTES.decode("cp1252", "replace"))  # U+FFFD: 0x81, 0x8D...
-        )
+_CONTINUATIONS = "".join(
+    sorted(
+        set(_CONTINUATION_BYTES.decode("latin-1"))
+        | set(_CONTINUATION_BYTES.decode("cp1252", "replace"))  # U+FFFD: 0x81, 0x8D...
     )
-    + "]{1,3}"
 )
+
+
+def _written(characters: str, references: bool) -> str:
+    """A pattern for one of ``characters`` (none of them ASCII): as itself, or with
+    ``references`` as an HTML character reference too (named, decimal or hexadecimal,
+    with leading zeros or not)."""
+    if not references:
+        return f"[{characters}]"
+    names = sorted(
+        name[:-1]
+        for name, value in html.entities.html5.items()
+        if name.endswith(";") and len(value) == 1 and value in characters
+    )
+    decimal = "|".join(str(ord(character)) for character in characters)
+    hexadecimal = "|".join(f"{ord(character):x}" for character in characters)
+    return f"(?:[{characters}]|&(?:{'|'.join(names)}|#0*(?:{decimal})|#[Xx]0*(?i:{hexadecimal}));)"
+
+
+def _misread(references: bool) -> re.Pattern[str]:
+    """UTF-8 misread, as above: characters only, or written in references too."""
+    lead = _written("".join(map(chr, range(0xC2, 0xF5))), references)
+    return re.compile(f"{lead}{_written(_CONTINUATIONS, references)}{{1,3}}")
+
+
+_MOJIBAKE = _misread(references=False)
+_MOJIBAKE_OR_REFERENCES = _misread(references=True)  # slower: only for text with "&"
 
 
 # An HTML character reference, as an HTML page quoted in an error writes a letter
-# ("jos&eacute;@x.io", "jos&#233;@x.io"); one for a letter, a digit or an apostrophe
+# ("jos&eacute;@x.io", "jos&#233;@x.io", "jos&#x0000E9;@x.io"); one for a character that
+# a local part holds (a letter, a digit, an apostrophe, "+", "_", ".", "-", a soft
+# hyphen: "&shy;", which pages put into long words so that they wrap; a combining mark)
 # counts as letters. (One for "@" itself, "&#64;", is out of scope, as README says.)
 _CHARACTER_REFERENCE = re.compile(
-    r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[Xx][0-9A-Fa-f]{1,6});"
+    r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#0*[0-9]{1,7}|#[Xx]0*[0-9A-Fa-f]{1,6});"
 )
+_LOCAL_CHARACTER = re.compile(_UNESCAPED_LOCAL_PART)
 
 
 def _as_letters(match: re.Match[str]) -> str:
@@ -594,20 +623,25 @@ def _as_letters(match: re.Match[str]) -> str:
 
 def _reference_as_letters(match: re.Match[str]) -> str:
     character = html.unescape(match[0])
-    if len(character) == 1 and (character.isalnum() or character in "'\u2019"):
+    if len(character) == 1 and (
+        _LOCAL_CHARACTER.fullmatch(character) is not None or ord(character) in _AS_LETTERS
+    ):
         return "a" * len(match[0])
     return match[0]
 
 
 def _searchable(text: str) -> str:
     """``text`` with combining marks, letters newer than this Python's Unicode, U+FFFD,
-    UTF-8 misread as latin-1 or cp1252 and HTML references to letters as letters, for the
+    UTF-8 misread as latin-1 or cp1252 and HTML references to what a local part holds as
+    letters, for the
     address patterns; the same length, so that the positions found are the text's own."""
-    if "&" in text:
+    is_ascii = text.isascii()
+    if "&" in text and ";" in text:  # misread UTF-8 may be written in references, all ASCII
+        text = _MOJIBAKE_OR_REFERENCES.sub(_as_letters, text)
         text = _CHARACTER_REFERENCE.sub(_reference_as_letters, text)
-    if text.isascii():
-        return text
-    return _MOJIBAKE.sub(_as_letters, text).translate(_AS_LETTERS)
+    elif not is_ascii:
+        text = _MOJIBAKE.sub(_as_letters, text)
+    return text if is_ascii else text.translate(_AS_LETTERS)
 
 
 def _search(text: str) -> re.Match[str] | None:
