@@ -346,7 +346,8 @@ _AFTER_AN_ESCAPE = (
     rf"(?<!{_LEAD}{_FOLLOWING}{_FOLLOWING})(?<!{_LEAD}{_FOLLOWING}{_FOLLOWING}{_FOLLOWING})"
     r"|(?<=%)(?![0-9A-Fa-f]{2}))"
 )
-# A domain's characters, with the silent controls too (ann@exa<DEL>mple.com).
+# A domain's characters, with the silent controls too (ann@exa<DEL>mple.com); its last
+# label may be escaped as the others (json.dumps writes ivan@\u043f...\u0440\u0444 so).
 _DOMAIN_CHARACTER = rf"[\w{_SILENT_CONTROLS}-]"
 _DOMAIN_ESCAPE = rf"(?:{_PERCENT_UTF8}|{_ESCAPE})"
 _DOMAIN_LABEL = (
@@ -355,7 +356,7 @@ _DOMAIN_LABEL = (
 )
 _DOMAIN = (
     rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*"
-    rf"\.(?:(?:[^\W\d_]|{_PERCENT_UTF8})[{_SILENT_CONTROLS}]*){{2,}}"
+    rf"\.(?:(?:[^\W\d_]|{_DOMAIN_ESCAPE})[{_SILENT_CONTROLS}]*){{2,}}"
 )
 # What a cut leaves of a domain: "%" too, as a cut may end inside an encoded character.
 _DOMAIN_RUN = rf"[\w.%{_SILENT_CONTROLS}-]*(?:{_ESCAPE}[\w.%{_SILENT_CONTROLS}-]*)*"

@@ -9,6 +9,9 @@ change. All personal data here is fake.
   ``;`` before the ``@`` left no local part: the address was written whole.
 - A numeric reference with leading zeros (``&#x000000E9;``, which HTML reads as ``é``)
   was not read as one: the address was written whole.
+- A domain whose last label is backslash-escaped, as ``json.dumps`` writes
+  ``ivan@пример.рф`` (failed before these two commits too): the labels before the last
+  took escapes, the last did not, and the address was written whole.
 - A reference to a character that a local part holds, not a letter: the soft hyphen
   (``&shy;``, which pages put into long words so that they wrap), ``+``, ``_``, ``.``,
   a combining mark. The part of the address before it was written.
@@ -69,6 +72,15 @@ def test_a_reference_with_leading_zeros_is_read(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "address", ["ivan@пример.рф", "ivan.petrov@example.рф", "zoe@exemple.\u00e7a"]
+)
+def test_an_escaped_last_label_of_a_domain_counts(address: str) -> None:
+    text = f"payload: {json.dumps({'to': address})}"
+    masked, count = PiiPolicy().redact(text)
+    assert (masked, count) == ('payload: {"to": "[REDACTED]"}', 1)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         pytest.param("jean&shy;tremblay@example.com", id="soft-hyphen"),
@@ -111,6 +123,7 @@ def test_held_references_without_an_address_are_kept(text: str) -> None:
         "&#xC3;&#xA9;" * 40_000 + "@x.",
         "&#x" + "0" * 200_000,
         "&Atilde;&Atilde;&copy;&copy;." * 20_000,
+        "x@" + "\\u00e9." * 60_000,
     ],
 )
 def test_long_runs_are_read_in_linear_time(text: str) -> None:
