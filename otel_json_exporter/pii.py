@@ -360,6 +360,9 @@ _DOMAIN = (
 )
 # What a cut leaves of a domain: "%" too, as a cut may end inside an encoded character.
 _DOMAIN_RUN = rf"[\w.%{_SILENT_CONTROLS}-]*(?:{_ESCAPE}[\w.%{_SILENT_CONTROLS}-]*)*"
+# And what a cut leaves of an escape or an HTML character reference at the very end
+# ("jean@ex\\u00", "jean@ex&eac" of "jean@ex&eacute;mple.ca").
+_CUT_TAIL = r"(?:\\(?:[uxU][0-9A-Fa-f]{0,7})?|&#?[A-Za-z0-9]{0,31})?"
 _EMAIL = (
     rf"{_NOT_AFTER_LOCAL_PART}(?P<quotes>{_OPENING_QUOTES}){_LOCAL_BEFORE_AT}{_DOMAIN}"
     rf"|{_AFTER_AN_ESCAPE}{_ENCODED_RUN}%40{_DOMAIN}"
@@ -391,8 +394,8 @@ _CUT_ENCODED = (  # a backslash escape counts as a letter: it is one ("\u00e9")
 _CUT_END = re.compile(
     rf"(?P<credentials>{_CUT_CREDENTIALS})"
     rf"|{_NOT_AFTER_LOCAL_PART}(?<!//REDACTED:)(?P<quotes>{_OPENING_QUOTES})"
-    rf"(?:{_LOCAL_BEFORE_AT}{_DOMAIN_RUN}\Z|{_CUT_ENCODED})"
-    rf"|{_AFTER_AN_ESCAPE}(?:{_ENCODED_RUN}%40{_DOMAIN_RUN}\Z|{_CUT_ENCODED})"
+    rf"(?:{_LOCAL_BEFORE_AT}{_DOMAIN_RUN}{_CUT_TAIL}\Z|{_CUT_ENCODED})"
+    rf"|{_AFTER_AN_ESCAPE}(?:{_ENCODED_RUN}%40{_DOMAIN_RUN}{_CUT_TAIL}\Z|{_CUT_ENCODED})"
 )
 # Credentials already masked are matched first and skipped, so that masking is
 # idempotent and its output ("https://REDACTED:REDACTED@h.example") is not taken

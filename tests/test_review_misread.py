@@ -12,6 +12,9 @@ change. All personal data here is fake.
 - A domain whose last label is backslash-escaped, as ``json.dumps`` writes
   ``ivan@пример.рф`` (failed before these two commits too): the labels before the last
   took escapes, the last did not, and the address was written whole.
+- A cut inside a reference or a backslash escape in a domain (``jean@ex&eac`` of
+  ``jean@ex&eacute;mple.ca``, ``jean@ex\\u00``, as the SDK's length limit cuts a value):
+  what was left of the address was written.
 - A reference to a character that a local part holds, not a letter: the soft hyphen
   (``&shy;``, which pages put into long words so that they wrap), ``+``, ``_``, ``.``,
   a combining mark. The part of the address before it was written.
@@ -44,6 +47,7 @@ HTML_MISREAD = [
     pytest.param("zo&Atilde;&laquo;@example.com", id="guillemet"),
     pytest.param("fran&Atilde;&sect;ois.tremblay@exemple.ca", id="section-sign"),
     pytest.param("mary.o&acirc;&euro;&trade;brien@example.ie", id="cp1252-apostrophe"),
+    pytest.param("jean@ex&Atilde;&copy;mple.ca", id="in-the-domain"),
 ]
 
 
@@ -93,6 +97,14 @@ def test_an_escaped_last_label_of_a_domain_counts(address: str) -> None:
 )
 def test_a_reference_to_a_character_of_a_local_part_leaves_no_part_of_it(text: str) -> None:
     assert PiiPolicy().redact(f"<p>{text}</p>") == ("<p>[REDACTED]</p>", 1)
+
+
+@pytest.mark.parametrize(
+    "cut", ["jean@ex&eac", "jean@ex&#x", "jean@exemple.c&eacute", "jean@ex\\u00", "jean%40ex&e"]
+)
+def test_a_cut_inside_a_reference_or_an_escape_in_the_domain_is_masked(cut: str) -> None:
+    """``jean@ex&eacute;mple.ca`` or ``jean@ex\\u00e9mple.ca`` cut by the SDK's limit."""
+    assert mask_cut_end(f"de {cut}") == ("de [REDACTED]", 1)
 
 
 def test_held_a_misread_character_cut_short_at_the_end_still_counts() -> None:
