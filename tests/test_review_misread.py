@@ -1,7 +1,8 @@
 """A review of the misread-text fixes (f920387, 372742c): what they still let through.
 
 Each test below failed on 372742c but the ``test_held_*``, which hold what must not
-change. All personal data here is fake.
+change, and ``test_long_runs_are_read_in_linear_time``, a hang guard for the new
+patterns. All personal data here is fake.
 
 - UTF-8 misread as latin-1, then written as HTML character references: PHP's
   ``htmlentities()`` with its old default charset (ISO-8859-1) writes ``josé`` so, as
