@@ -309,7 +309,8 @@ _LOCAL_PART = "[%" + _UNESCAPED_LOCAL_PART[1:]  # and "%", which starts an escap
 # that open the run (``'bob@x.io'`` in a repr) are matched apart, possessively, and
 # kept by the masking. The "@" may be percent-encoded ("%40"), as in a URL quoted in an
 # error message ("Not Found for url: https://api.example.com/users/ann%40example.com").
-# Before an encoded "%40", the local part holds no other escape but "%2B" ("+") and a
+# Before an encoded "%40", the local part holds no other escape but "%2B" ("+"), "%27"
+# (an apostrophe: urllib.parse.quote encodes "mary.o'brien" so) and a
 # character beyond ASCII, its UTF-8 bytes encoded ("jos%C3%A9%40x.io", as a client
 # quotes josé@x.io in a path): in "cc%20%40john.doe" the "%20" is a space, and
 # "@john.doe" a mention, no address. The domain may hold such a character too.
@@ -328,7 +329,7 @@ _NOT_AFTER_LOCAL_PART = (
 _LOCAL_RUN = rf"(?:{_LOCAL_PART}|{_ESCAPE}){_LOCAL_PART}*(?:{_ESCAPE}{_LOCAL_PART}*)*"
 # A character's UTF-8 bytes, percent-encoded: a lead byte, then one to three others.
 _PERCENT_UTF8 = r"%(?:[CcDdEe][0-9A-Fa-f]|[Ff][0-4])(?:%[89ABab][0-9A-Fa-f]){1,3}"
-_ENCODED_ESCAPE = rf"(?:%2[Bb]|{_PERCENT_UTF8}|{_ESCAPE})"
+_ENCODED_ESCAPE = rf"(?:%2[7Bb]|{_PERCENT_UTF8}|{_ESCAPE})"
 _ENCODED_RUN = (
     rf"(?:{_UNESCAPED_LOCAL_PART}|{_ENCODED_ESCAPE})"
     rf"{_UNESCAPED_LOCAL_PART}*(?:{_ENCODED_ESCAPE}{_UNESCAPED_LOCAL_PART}*)*"
@@ -337,12 +338,12 @@ _LOCAL_BEFORE_AT = rf"(?:{_LOCAL_RUN}@|{_ENCODED_RUN}%40)"
 # Inside a percent-encoded run a word starts after an escape ("q=to%3Aelise%40x.io"), or
 # after a "%" that starts none ("50%\u00e9lise%40x.io"), where the look-behind above would
 # not let a match start: one before "%40" may start there, and runs only to the next
-# escape that no run holds, so that each part of a run is read once. (Not after "%2B",
+# escape that no run holds, so that each part of a run is read once. (Not after "%2B", "%27",
 # nor after the bytes of an encoded character: a run holds them.)
 _LEAD = "%[CcDdEeFf][0-9A-Fa-f]"
 _FOLLOWING = "%[89ABab][0-9A-Fa-f]"
 _AFTER_AN_ESCAPE = (
-    rf"(?:(?<=%[0-9A-Fa-f]{{2}})(?<!%2[Bb])(?<!{_LEAD}{_FOLLOWING})"
+    rf"(?:(?<=%[0-9A-Fa-f]{{2}})(?<!%2[7Bb])(?<!{_LEAD}{_FOLLOWING})"
     rf"(?<!{_LEAD}{_FOLLOWING}{_FOLLOWING})(?<!{_LEAD}{_FOLLOWING}{_FOLLOWING}{_FOLLOWING})"
     r"|(?<=%)(?![0-9A-Fa-f]{2}))"
 )
@@ -388,7 +389,7 @@ _CREDENTIALS = (
 _CUT_CREDENTIALS = rf"//[^\s/?#@:\[]*:(?![0-9]*(?:[/?#,]|\Z)){_PASSWORD_RUN}\Z"
 # A local part cut inside its "%40" ("jean%4"): only with a letter in it ("50%" stays).
 _CUT_ENCODED = (  # a backslash escape counts as a letter: it is one ("\u00e9")
-    rf"(?=(?:{_UNESCAPED_LOCAL_PART}|%2[Bb])*?(?:[^\W\d_]|{_DOMAIN_ESCAPE}))"
+    rf"(?=(?:{_UNESCAPED_LOCAL_PART}|%2[7Bb])*?(?:[^\W\d_]|{_DOMAIN_ESCAPE}))"
     rf"{_ENCODED_RUN}%4?\Z"
 )
 _CUT_END = re.compile(
@@ -568,10 +569,11 @@ _AS_LETTERS.update(
 
 # UTF-8 read as latin-1 or cp1252, as an ASGI server decodes headers and WSGI's environ
 # holds them: each character after the first becomes two to four, the first byte a
-# letter (U+00C2 to U+00F4, or the sign U+00D7), the others a character of U+0080 to
-# U+00BF or cp1252's symbol for the byte: "zo\u00eb" becomes "zo\u00c3\u00ab", whose
-# "\u00ab" is a guillemet, no \w. Such a run is read as letters, so that it cuts no
-# address (the C1 controls among them already count, as _SILENT_CONTROLS). Each of its
+# letter of U+00C2 to U+00F4 (or U+00D7, the multiplication sign), the others a
+# character of U+0080 to U+00BF or cp1252's symbol for the byte: "zo\u00eb" becomes
+# "zo\u00c3\u00ab", whose "\u00ab" is a guillemet, no \w. Such a run is read as letters,
+# so that it cuts no address (the C1 controls among them already count, as
+# _SILENT_CONTROLS). Each of its
 # characters may be written as an HTML character reference too: PHP's htmlentities(),
 # with its old default charset (ISO-8859-1), writes jos\u00e9 misread as
 # "jos&Atilde;&copy;".

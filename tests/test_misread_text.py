@@ -229,6 +229,7 @@ ENCODED = [
     pytest.param("jean@ex%C3%A9mple.ca", id="domain-after-a-plain-at"),
     pytest.param("ivan%40%D0%BF%D1%80%D0%B8%D0%BC%D0%B5%D1%80.%D1%80%D1%84", id="idn"),
     pytest.param("%F0%9F%98%80zoe%40example.com", id="four-bytes"),
+    pytest.param("mary.o%27brien%40example.ie", id="encoded-apostrophe"),  # quote("'")
     pytest.param("jos&eacute;@example.com", id="html-named"),
     pytest.param("jos&#233;@example.com", id="html-decimal"),
     pytest.param("Fran&#xE7;ois@exemple.ca", id="html-hex"),
