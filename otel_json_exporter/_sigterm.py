@@ -8,9 +8,10 @@ signal again, and Docker and Kubernetes stop a container with SIGTERM.
 
 So the first manager started on the main thread, while SIGTERM still has its default
 action, installs the handler made by :func:`_flush_then`: it flushes the global tracer
-provider (what the SDK's span processors hold reaches the exporters), then the
-managers, as the exit hook would, and then restores the default action and raises the
-signal again, so the process ends as it would have, killed by SIGTERM. A handler the
+provider (what the SDK's span processors hold reaches the exporters), then stops the
+managers (what each accepted is written, and a record another thread hands over later
+is refused rather than lost with the process), and then restores the default action
+and raises the signal again, so the process ends as it would have, killed by SIGTERM. A handler the
 application installed, before or after, is never replaced: that handler decides.
 
 A server that sets up its signals after the application is imported (gunicorn's
@@ -102,7 +103,11 @@ def _flush_then(
             return
         try:
             _flush_tracer_provider()
-            flush_managers()
+            # When the signal ends the process, the managers are stopped, not flushed:
+            # the other threads (a threaded server's requests) go on running meanwhile,
+            # and a record one of them hands over after a flush would be accepted, then
+            # lost with the process. A stopped manager refuses it (RuntimeError) instead.
+            (stop_managers if ends else flush_managers)()
         except Exception:  # the process goes on to end: say so
             logger.exception("SIGTERM: writing what was held failed")
         finally:
