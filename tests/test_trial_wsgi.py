@@ -17,6 +17,7 @@ call by which the SIGTERM handler ends the process). Timeouts are hang guards on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -59,9 +61,7 @@ SERVER = textwrap.dedent(
 
     storage, writer, processor, log = sys.argv[1:5]
     queue = int(os.environ.get("TRIAL_QUEUE", "10000"))
-    exporter = OperationSpanExporter(
-        storage, flush_interval_seconds=0.5, writer=writer, max_queue_size=queue
-    )
+    exporter = OperationSpanExporter(storage, flush_interval_seconds=0.5, writer=writer)
     provider = TracerProvider(resource=Resource.create({"service.name": "wsgi-trial"}))
     made = BatchSpanProcessor if processor == "batch" else SimpleSpanProcessor
     provider.add_span_processor(made(exporter))
@@ -73,13 +73,15 @@ SERVER = textwrap.dedent(
     # The SIGTERM handler ends the process with signal.raise_signal. Just before that
     # call, a view that waited for it records (a request thread that finishes while the
     # handler runs), and the process ends once that record was accepted or refused.
+    late = threading.Event()
     ending = threading.Event()
     recorded = threading.Event()
     real_raise_signal = signal.raise_signal
 
     def raise_signal(signum):
         ending.set()
-        recorded.wait(30)
+        if late.is_set():
+            recorded.wait(30)
         real_raise_signal(signum)
 
     signal.raise_signal = raise_signal
@@ -100,6 +102,7 @@ SERVER = textwrap.dedent(
         if path.startswith("/boom"):
             raise ValueError("boom for " + path)
         if path.startswith("/late"):
+            late.set()
             os.write(log_fd, b"waiting %d\\n" % rid)
             ending.wait(30)
             record(rid, "late")
@@ -253,3 +256,130 @@ def test_sigterm_a_record_accepted_while_the_handler_runs_is_written(
         outcomes = server.outcomes()
         assert outcomes["accepted"] | outcomes["refused"] == {7}, outcomes
         assert set(view_rids(server.storage)) == outcomes["accepted"], outcomes
+
+
+# =====================================================================================
+# Held: what was right on af8e0e4.
+# =====================================================================================
+
+# Addresses and secrets a browser or a client sends as UTF-8, each with the texts that
+# must not reach the disk: as sent, and as WSGI's environ holds it (misread as latin-1).
+ADDRESSES = [
+    "josé@example.com",
+    "андрей@пример.рф",
+    "zoë.tremblay@exämple.de",
+    "mary.o’brien@example.com",  # noqa: RUF001  # a typographic apostrophe
+    "françois-xavier@québec.ca",
+]
+
+
+def misread(text: str) -> str:
+    return text.encode("utf-8").decode("latin-1")
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_held_misread_utf8_addresses_and_credentials_never_reach_the_disk(
+    tmp_path: Path, writer: str
+) -> None:
+    """Paths, queries and captured headers holding UTF-8 addresses, cookies, tokens.
+
+    README, The PII rule: UTF-8 read as latin-1, "as ... WSGI's environ holds them and
+    the path", counts as letters of an address; Authorization and Cookie headers are
+    PII keys. Every request here reached the disk with its address masked on af8e0e4.
+    """
+    capture = {
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": ".*",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE": ".*",
+    }
+    with served(tmp_path, writer, **capture) as server:
+        sent = 0
+        for address in ADDRESSES:
+            for target, headers in [
+                (f"/users/{address}", {}),
+                (f"/users/{quote(address)}", {}),
+                (f"/search?to={address}&page=2", {}),
+                (f"/boom/{address}", {}),
+                ("/profile", {"X-Contact": address, "User-Agent": f"bot ({address})"}),
+                ("/profile", {"Referer": f"https://shop.example/login?email={address}"}),
+            ]:
+                assert server.request(target, headers).startswith("HTTP/1.0 "), target
+                sent += 1
+        secrets = {
+            "Cookie": "sessionid=s3ss10n-v4lue",
+            "Authorization": "Bearer t0k3n-v4lue",
+            "X-Api-Key": "k3y-v4lue",
+        }
+        assert server.request("/profile;jsessionid=j5e5510n-v4lue", secrets).endswith("200 OK")
+        assert server.end(signal.SIGTERM) == -signal.SIGTERM
+        text = server.disk_text()
+        records = [r for r in load_records(server.storage) if r.operation_type == "api_request"]
+    assert len(records) == sent + 1
+    for address in ADDRESSES:
+        for form in {address, misread(address), quote(address), address.split("@")[0]}:
+            assert form not in text, form
+            assert json.dumps(form)[1:-1] not in text, form
+    for value in ("s3ss10n-v4lue", "t0k3n-v4lue", "k3y-v4lue", "j5e5510n-v4lue"):
+        assert value not in text, value
+
+
+def test_held_records_say_what_each_request_did(tmp_path: Path) -> None:
+    """200, 404, 503, a view that raises, a streamed (generator) body.
+
+    README, From a span to a record: a SERVER span with an HTTP method is an
+    ``api_request`` named by the span; success is false for an ERROR status or a
+    status code of 500 or more (a 404 is a success), the error message is the
+    exception as ``Type: message``, else ``HTTP <code>``.
+    """
+    with served(tmp_path, "thread", "simple") as server:
+        for target in ("/ok", "/missing", "/unavailable", "/boom/here", "/stream"):
+            server.request(target)
+        assert server.end(signal.SIGINT) == 0
+        records = {r.operation_name: r for r in load_records(server.storage)}
+    got = {
+        name: (r.operation_type, r.success, r.error_message, r.metadata.get("http.status_code"))
+        for name, r in records.items()
+    }
+    assert got == {
+        "GET /ok": ("api_request", True, None, 200),
+        "GET /missing": ("api_request", True, None, 404),
+        "GET /unavailable": ("api_request", False, "HTTP 503", 503),
+        "GET /boom/here": ("api_request", False, "ValueError: boom for /boom/here", None),
+        "GET /stream": ("api_request", True, None, 200),
+    }
+    for record in records.values():
+        assert record.duration_ms > 0
+        assert record.metadata["service.name"] == "wsgi-trial"
+        assert record.metadata["span_kind"] == "server"
+
+
+@pytest.mark.parametrize(
+    ("writer", "processor", "signum"),
+    [
+        ("thread", "batch", signal.SIGTERM),
+        ("process", "batch", signal.SIGTERM),
+        ("process", "simple", signal.SIGINT),
+    ],
+)
+def test_held_concurrent_requests_on_a_tiny_queue_all_reach_the_disk(
+    tmp_path: Path, writer: str, processor: str, signum: int
+) -> None:
+    """300 requests from 24 clients at once, the views' manager's queue of 2; then a signal.
+
+    README: ``record_operation_sync`` under ``"block"`` waits for room on the calling
+    thread; everything accepted is written at a clean stop and by SIGTERM's handler.
+    Every request's span and its view's own record were on disk on af8e0e4.
+    """
+    count = 300
+    with served(tmp_path, writer, processor, TRIAL_QUEUE="2") as server:
+        with ThreadPoolExecutor(24) as pool:
+            statuses = list(
+                pool.map(lambda rid: server.request(f"/r/{rid}", {"X-Rid": str(rid)}), range(count))
+            )
+        assert statuses == ["HTTP/1.0 200 OK"] * count
+        assert server.end(signum) == (-signum if signum == signal.SIGTERM else 0)
+        outcomes = server.outcomes()
+        records = load_records(server.storage)
+    assert outcomes["accepted"] == set(range(count))
+    assert view_rids(server.storage) == list(range(count))
+    spans = sorted(r.operation_name for r in records if r.operation_type == "api_request")
+    assert spans == sorted(f"GET /r/{rid}" for rid in range(count))
