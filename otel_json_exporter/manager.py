@@ -404,13 +404,32 @@ class MetricsManager:
                 self._thread = None
             writing = self._writing if self._worker_alive else 0
             going_on = self._worker_alive and self._stop_waiters > 0 and not self._stop_expired()
+            # A batch the writer took before this stop() is not its attempt: the writer
+            # makes that attempt after it, deadline or not (see _next_batch).
+            attempt_due = (
+                self._worker_alive
+                and not self._stop_tried
+                and self._taken_for_stop != self._stop_generation
+            )
+        writing = min(writing, left)
+        attempt = min(self.max_batch_size, left - writing) if attempt_due else 0
         if left:
             if going_on:
                 detail = "; another stop() with a later deadline is still writing them"
+            elif writing and attempt:
+                detail = (
+                    f"; {writing} of them are in a batch still being written, and up to "
+                    f"{attempt} more in the stop's one attempt after it, which may yet "
+                    "reach the disk"
+                )
             elif writing:
                 detail = (
-                    f"; {min(writing, left)} of them are in a batch still being written, "
+                    f"; {writing} of them are in a batch still being written, "
                     "which may yet reach the disk"
+                )
+            elif attempt:
+                detail = (
+                    f"; up to {attempt} of them, the stop's one attempt, may yet reach the disk"
                 )
             else:
                 detail = ""
