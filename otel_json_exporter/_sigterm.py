@@ -11,8 +11,9 @@ action, installs the handler made by :func:`_flush_then`: it flushes the global 
 provider (what the SDK's span processors hold reaches the exporters), then stops the
 managers (what each accepted is written, and a record another thread hands over later
 is refused rather than lost with the process), and then restores the default action
-and raises the signal again, so the process ends as it would have, killed by SIGTERM. A handler the
-application installed, before or after, is never replaced: that handler decides.
+and raises the signal again, so the process ends as it would have, killed by SIGTERM.
+A handler the application installed, before or after, is never replaced: that handler
+decides.
 
 A server that sets up its signals after the application is imported (gunicorn's
 workers reset SIGTERM after the fork) leaves that handler out; :func:`install_now`,

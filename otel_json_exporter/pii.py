@@ -429,7 +429,7 @@ _PARAMETER = re.compile(r"(?<![^\s?#;&/])(?P<name>[^\s=?#;&/]+)=(?P<value>[^\s?#
 _SEGMENT_NAME = re.compile(r"[/,](?P<name>[^\s=?#;&/,]+)=")
 _VALUE_END = re.compile(r"[\s?#;&]")
 _IDEOGRAPHIC_DOT = re.compile("\u3002(?=[A-Za-z0-9])")
-_NOT_ONLY_PARAMETERS = re.compile(r"[@%/;?#,\s]")
+_NOT_ONLY_PARAMETERS = re.compile(r"[@%/;?#,\s\x00]")
 _WORD = re.compile(r"[^\W_]+")
 _TURKISH_I = {ord("\u0130"): "I", ord("\u0131"): "i"}
 _CACHE_LIMIT = 4096
@@ -573,10 +573,9 @@ _AS_LETTERS.update(
 # character of U+0080 to U+00BF or cp1252's symbol for the byte: "zo\u00eb" becomes
 # "zo\u00c3\u00ab", whose "\u00ab" is a guillemet, no \w. Such a run is read as letters,
 # so that it cuts no address (the C1 controls among them already count, as
-# _SILENT_CONTROLS). Each of its
-# characters may be written as an HTML character reference too: PHP's htmlentities(),
-# with its old default charset (ISO-8859-1), writes jos\u00e9 misread as
-# "jos&Atilde;&copy;".
+# _SILENT_CONTROLS). Each of its characters may be written as an HTML character
+# reference too: PHP's htmlentities(), with its old default charset (ISO-8859-1),
+# writes jos\u00e9 misread as "jos&Atilde;&copy;".
 _CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
 _CONTINUATIONS = "".join(
     sorted(
@@ -639,8 +638,8 @@ def _reference_as_letters(match: re.Match[str]) -> str:
 def _searchable(text: str) -> str:
     """``text`` with combining marks, letters newer than this Python's Unicode, U+FFFD,
     UTF-8 misread as latin-1 or cp1252 and HTML references to what a local part holds as
-    letters, for the
-    address patterns; the same length, so that the positions found are the text's own."""
+    letters, for the address patterns; the same length, so that the positions found are
+    the text's own."""
     is_ascii = text.isascii()
     if "&" in text and ";" in text:  # misread UTF-8 may be written in references, all ASCII
         text = _MOJIBAKE_OR_REFERENCES.sub(_as_letters, text)
@@ -1119,10 +1118,7 @@ class PiiPolicy:
         span mapping's walk (``_span_rows._clean_attributes``), which also
         makes the values JSON-ready.
         """
-        if "\x00" in text and self._text_holds_pii(text):
-            # Masked whole: its PII may show only without the NULs (UTF-16 read as UTF-8),
-            # whose positions do not map back; and bytes holding PII are masked whole,
-            # which OpenTelemetry before 1.45 hands over decoded into such a text.
+        if self._pii_beside_nuls(text):
             return REDACTED, 1
         text, masked = mask_text(text)
         text, in_parameters = self.mask_parameters(text)
@@ -1156,6 +1152,15 @@ class PiiPolicy:
         if self._text_holds_pii(masked):
             return REDACTED, max(count, 1)
         return masked, count
+
+    def _pii_beside_nuls(self, text: str) -> bool:
+        """Whether ``text`` holds NULs and PII: then it is masked whole.
+
+        Its PII may show only without the NULs (UTF-16 read as UTF-8), whose positions
+        do not map back; and bytes holding PII are masked whole, which OpenTelemetry
+        before 1.45 hands over decoded into such a text.
+        """
+        return "\x00" in text and self._text_holds_pii(text)
 
     def contains_pii(self, text: str) -> bool:
         """Whether :meth:`redact` would mask anything in ``text``."""
@@ -1250,7 +1255,7 @@ class PiiPolicy:
         ``cursor=<16 hex digits>&limit=50`` the passes cost 24,800 instructions, this
         10,600 (callgrind).
         """
-        if not _only_parameters(query) or "\x00" in query:
+        if not _only_parameters(query):
             return False
         plain_keys = self._plain_keys
         for part in query.split("&"):
@@ -1292,8 +1297,8 @@ class PiiPolicy:
         text = text_of(text)
         if (operation, text) in self._unchanged:
             return text, 0
-        if "\x00" in text and self._text_holds_pii(text):
-            return REDACTED, 1  # whole, as redact() masks such a text
+        if self._pii_beside_nuls(text):
+            return REDACTED, 1
         masked, count = mask(text)
         if not count and masked == text and _only_parameters(text):
             # Nothing for the last check to find (see _only_parameters): skip its search.
@@ -1422,7 +1427,8 @@ def _only_parameters(text: str) -> bool:
 
     ASCII without ``@`` or ``%`` (no address, plain or encoded), ``/`` (no credentials,
     path segment or nested URL), ``;``, ``?``, ``#``, ``,`` or white space (no other way
-    to start a ``name=value``): every pair :data:`_PARAMETER` could find starts the text
+    to start a ``name=value``), nor NUL (which may hide any of those: see
+    :data:`_FOLDED_AWAY`): every pair :data:`_PARAMETER` could find starts the text
     or follows ``&``, and :meth:`PiiPolicy.mask_query`'s structured pass judged each
     one. A query such as ``page=2&cursor=8f3a9c`` then needs no search after that pass:
     each unique one costs a third as much (``tests/test_pii.py`` holds the shortcut to
