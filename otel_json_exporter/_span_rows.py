@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
+from otel_json_exporter._sql import SQL_ATTRIBUTES, dialect_of, mask_sql
 from otel_json_exporter.pii import (
     REDACTED,
     PiiPolicy,
@@ -112,6 +113,8 @@ _AT = ord("@")
 _EQUALS = ord("=")
 _PERCENT = ord("%")
 _URL_KEYS = tuple(sorted(_URL_LIKE))
+_SQL_KEYS = tuple(sorted(SQL_ATTRIBUTES))
+_DB_SYSTEM = ("db.system.name", "db.system")
 # A text that is a URL or a request target and nothing else: a scheme and "//", or a
 # leading "/", and no white space after; and such a URL among words, holding a "=".
 _WHOLE_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*://|/)\S*\Z")
@@ -349,6 +352,14 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
             allowed_at += value.count("@")
             allowed_equals += value.count("=")
             allowed_percent += value.count("%")
+    for key in _SQL_KEYS:
+        value = attributes.get(key)
+        if type(value) is str:
+            if not value.isascii() or _clean_sql(value, attributes, policy) != (value, 0):
+                return None  # a literal to mask, or more
+            allowed_at += value.count("@")
+            allowed_equals += value.count("=")
+            allowed_percent += value.count("%")
     try:
         json = to_json(attributes)
     except ValueError:  # a lone surrogate; beyond ASCII anyway
@@ -522,14 +533,16 @@ def _clean_attributes(
             # attribute, URL masking (as it is once shipped to a writer process).
             value, kind = text_of(value), str  # noqa: PLW2901
         if kind is str:
-            if "@" not in value and "=" not in value and "%" not in value and value.isascii():
+            if key in SQL_ATTRIBUTES:  # its literals masked, whatever characters it holds
+                clean[key], masked = _clean_sql(value, attributes, policy)
+            elif "@" not in value and "=" not in value and "%" not in value and value.isascii():
                 # The common case, kept cheap: an ASCII string without "@" or "%40"
                 # holds no address and no credentials, and without "=" no name=value
                 # pair (a URL in a referer header, a connection string, password=...
                 # in free text); in a URL attribute "%" may encode any of them.
                 clean[key] = value
                 continue
-            if key in _URL_LIKE:
+            elif key in _URL_LIKE:
                 clean[key], masked = _url_mask(key, policy)(
                     value if value.isascii() else valid_unicode(value)
                 )
@@ -540,9 +553,11 @@ def _clean_attributes(
             continue
         else:
             try:
-                # A list of URLs under a URL attribute is masked as URLs, item by item.
-                url_key = key if key in _URL_LIKE else None
-                clean[key], masked = _clean_value(value, policy, 0, url_key)
+                # A list of URLs under a URL attribute is masked as URLs, item by item;
+                # of statements under a statement's, as statements.
+                clean[key], masked = _clean_value(
+                    value, policy, 0, _text_mask(key, attributes, policy)
+                )
             except _Unwritable:
                 masked = 1  # the attribute is dropped
         redacted += masked
@@ -550,13 +565,16 @@ def _clean_attributes(
 
 
 def _clean_value(
-    value: Any, policy: PiiPolicy, depth: int, url_key: str | None = None
+    value: Any,
+    policy: PiiPolicy,
+    depth: int,
+    text_mask: Callable[[str], tuple[str, int]] | None = None,
 ) -> tuple[Any, int]:
     """A JSON-ready copy of an attribute value (any depth) and the count redacted.
 
-    ``url_key`` names the URL attribute a sequence of texts was found under: its
-    texts are masked as URLs (or as a query). Raises :class:`_Unwritable` for a
-    value that no batch file can hold.
+    ``text_mask`` masks the texts of a sequence found under a URL or statement
+    attribute (:func:`_text_mask`), as URLs, a query or statements. Raises
+    :class:`_Unwritable` for a value that no batch file can hold.
     """
     if value is None or isinstance(value, bool):
         return value, 0
@@ -568,8 +586,8 @@ def _clean_value(
             return number, 0
         raise _Unwritable
     if isinstance(value, str):
-        if url_key is not None:
-            return _url_mask(url_key, policy)(valid_unicode(text_of(value)))
+        if text_mask is not None:
+            return text_mask(valid_unicode(text_of(value)))
         return _clean_text(value, policy)
     if isinstance(value, float):
         real = value if type(value) is float else float.__float__(value)
@@ -595,12 +613,33 @@ def _clean_value(
     if isinstance(value, (tuple, list)):
         items = []
         for item in value:
-            clean_item, masked = _clean_value(item, policy, depth + 1, url_key)
+            clean_item, masked = _clean_value(item, policy, depth + 1, text_mask)
             items.append(clean_item)
             redacted += masked
         return items, redacted
     # The SDK turns other types into str before they reach us; be as safe anyway.
     return _clean_text(str(value), policy)
+
+
+def _text_mask(
+    key: str, attributes: Mapping[str, Any], policy: PiiPolicy
+) -> Callable[[str], tuple[str, int]] | None:
+    """How the texts of a URL or statement attribute are masked; None for any other key."""
+    if key in _URL_LIKE:
+        return _url_mask(key, policy)
+    if key in SQL_ATTRIBUTES:
+        return lambda text: _clean_sql(text, attributes, policy)
+    return None
+
+
+def _clean_sql(statement: str, attributes: Mapping[str, Any], policy: PiiPolicy) -> tuple[str, int]:
+    """A statement with its literals masked (:func:`~otel_json_exporter._sql.mask_sql`),
+    read as the span's database reads it; then masked as any text is (an address in a
+    comment, a name the statement spells out)."""
+    system = attributes.get(_DB_SYSTEM[0]) or attributes.get(_DB_SYSTEM[1])
+    statement, literals = mask_sql(text_of(statement), dialect_of(system))
+    statement, masked = _clean_text(statement, policy)
+    return statement, literals + masked
 
 
 def _url_mask(key: str, policy: PiiPolicy) -> Callable[[str], tuple[str, int]]:

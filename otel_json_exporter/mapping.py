@@ -47,7 +47,9 @@ e-mail addresses inside strings become ``[REDACTED]`` and a URL's user
 credentials inside any string ``REDACTED:REDACTED``; in ``url.full``,
 ``url.original``, ``http.url`` and ``http.target`` the values of PII query,
 fragment and path (``;jsessionid=...``, ``/reset/token=...``) parameters become ``REDACTED``, and so
-do the PII parameters of ``url.query`` (see ``PiiPolicy.mask_url``). Every key
+do the PII parameters of ``url.query`` (see ``PiiPolicy.mask_url``); in
+``db.statement`` and ``db.query.text`` every literal becomes ``?``
+(:func:`~otel_json_exporter._sql.mask_sql`). Every key
 dropped and every value masked counts once in the returned redaction count.
 Values become JSON-ready: tuples become lists, bytes become base64 text (unless
 they hold PII read as text: then ``[REDACTED]``), and NaN

@@ -176,6 +176,10 @@ _CREDENTIAL_KEYS = (
 # As endings too, save after "is_" or "has_", which make a yes or no of them (is_phone).
 _IDENTIFIER_SUFFIXES = tuple("_" + key for key in (*_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS))
 _FLAG_PREFIXES = ("is_", "has_")
+# A database statement's bound values, as instrumentations record them when asked to
+# (capture_parameters): db.statement.parameters, db.query.parameter.<key> and
+# db.operation.parameter.<key>. A name, a phone number, a password: no key says which.
+_STATEMENT_VALUES = ("db_statement_parameters", "db_query_parameter_", "db_operation_parameter_")
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
     "jsessionid", "phpsessid", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS,
@@ -511,7 +515,8 @@ def _unnumbered(words: list[str]) -> list[str]:
 
 def _words_say_pii(normalized: str) -> bool:
     if (
-        normalized in _FORBIDDEN_EXACT
+        normalized.startswith(_STATEMENT_VALUES)
+        or normalized in _FORBIDDEN_EXACT
         or normalized in _CREDENTIAL_WHOLE
         or normalized.endswith(_FORBIDDEN_SUFFIXES)
     ):

@@ -87,6 +87,13 @@ _hard_texts = st.sampled_from(
         "https://a.example/x@y#top",
         "lone \ud800 surrogate",
         "x" * (MAX_ERROR_MESSAGE_LENGTH + 1),
+        # statements: literals masked under db.statement and db.query.text only
+        "SELECT a FROM t WHERE b = ? AND c = %s",
+        "SELECT 1",
+        "SELECT * FROM t WHERE name = 'Jean' -- ann@example.com",
+        'SELECT "c" FROM t WHERE d = $1',
+        "SELECT 'O\\'Brien'",
+        "mysql",
     ]
 )
 _texts = mostly(
@@ -107,6 +114,9 @@ _keys = mostly(
             "note",
             "operation.type",
             "db.system.name",
+            "db.system",
+            "db.statement",
+            "db.query.text",
         ]
     ),
     st.sampled_from(["email", "user_id", "password", "trace_id", "span_kind", "service.name"]),
