@@ -180,6 +180,22 @@ _FLAG_PREFIXES = ("is_", "has_")
 # (capture_parameters): db.statement.parameters, db.query.parameter.<key> and
 # db.operation.parameter.<key>. A name, a phone number, a password: no key says which.
 _STATEMENT_VALUES = ("db_statement_parameters", "db_query_parameter_", "db_operation_parameter_")
+# What people said to, or heard from, a generative-AI model: the conventions' opt-in
+# content (the JSON of the messages), the deprecated gen_ai.prompt and gen_ai.completion,
+# and OpenLLMetry's gen_ai.prompt.0.content. Free text, written by the very people the
+# records must not name.
+_CONVERSATION_WHOLE = frozenset(
+    {
+        "gen_ai_input_messages",
+        "gen_ai_output_messages",
+        "gen_ai_system_instructions",
+        "gen_ai_tool_call_arguments",
+        "gen_ai_tool_call_result",
+        "gen_ai_prompt",
+        "gen_ai_completion",
+    }
+)
+_CONVERSATION_PREFIXES = ("gen_ai_prompt_", "gen_ai_completion_")
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
     "jsessionid", "phpsessid", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS,
@@ -516,6 +532,8 @@ def _unnumbered(words: list[str]) -> list[str]:
 def _words_say_pii(normalized: str) -> bool:
     if (
         normalized.startswith(_STATEMENT_VALUES)
+        or normalized in _CONVERSATION_WHOLE
+        or normalized.startswith(_CONVERSATION_PREFIXES)
         or normalized in _FORBIDDEN_EXACT
         or normalized in _CREDENTIAL_WHOLE
         or normalized.endswith(_FORBIDDEN_SUFFIXES)
