@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from otel_json_exporter import MetricsManager, PiiPolicy
 
@@ -44,7 +45,7 @@ CONTENT = {
     "gen_ai.prompt.0.content": "Jean Tremblay asks",
     "gen_ai.completion.0.content": "Jean Tremblay is told",
 }
-KEPT = {
+KEPT: dict[str, AttributeValue] = {
     "gen_ai.operation.name": "chat",
     "gen_ai.provider.name": "openai",
     "gen_ai.request.model": "gpt-4o-mini",
