@@ -129,7 +129,9 @@ CLIENT_ADDRESS_KEYS = frozenset(
         # What proxies pass on: http.client_ip and the headers an instrumentation
         # captures (http.request.header.x_forwarded_for), as endings.
         "client_ip", "x_forwarded_for", "x_real_ip", "true_client_ip", "cf_connecting_ip",
-        "x_client_ip", "http.request.header.forwarded",
+        "x_client_ip", "http.request.header.forwarded", "x_original_forwarded_for",
+        "x_envoy_external_address", "x_azure_clientip", "x_appengine_user_ip",
+        "cloudfront_viewer_address", "fastly_client_ip", "remote_addr", "remote_ip",
     }
 )  # fmt: skip
 """Keys that carry a client's IP address, for ``PiiPolicy(blocked_keys=...)``.
@@ -154,9 +156,18 @@ _IDENTIFIER_KEYS = (
     "health_card_number", "national_id", "tax_id", "security_answer", "mobile_number",
     "phone_no", "pin_code",
 )  # fmt: skip
+# The headers in which an identity proxy passes on who signed in (oauth2-proxy, Azure
+# App Service, AWS ALB, Envoy's client certificate, Apache's REMOTE_USER), and where
+# they are (App Engine), as a captured header (http.request.header.x_forwarded_user).
+_IDENTITY_HEADERS = (
+    "forwarded_user", "remote_user", "auth_request_user", "x_ms_client_principal",
+    "x_ms_client_principal_name", "x_ms_client_principal_id", "x_amzn_oidc_data",
+    "x_amzn_oidc_identity", "forwarded_client_cert", "ssl_client_s_dn", "citylatlong",
+)  # fmt: skip
 _FORBIDDEN_SUFFIXES = (
     "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
     "_authorization", "_cookie", "_set_cookie", "_jsessionid", "_phpsessid",
+    *("_" + header for header in _IDENTITY_HEADERS),
 )  # fmt: skip
 # Credentials beyond the specification's words: a JSON Web Token (whose payload holds the
 # user's address, in base64), one-time passwords, OAuth authorization codes, HTTP basic
@@ -180,25 +191,35 @@ _FLAG_PREFIXES = ("is_", "has_")
 # (capture_parameters): db.statement.parameters, db.query.parameter.<key> and
 # db.operation.parameter.<key>. A name, a phone number, a password: no key says which.
 _STATEMENT_VALUES = ("db_statement_parameters", "db_query_parameter_", "db_operation_parameter_")
-# What people said to, or heard from, a generative-AI model: the conventions' opt-in
-# content (the JSON of the messages), the deprecated gen_ai.prompt and gen_ai.completion,
-# and OpenLLMetry's gen_ai.prompt.0.content. Free text, written by the very people the
-# records must not name.
-_CONVERSATION_WHOLE = frozenset(
+# Content: what people said, searched for or passed along, which instrumentations copy
+# into spans whole. Free text, or a person's own values, and no key says which.
+_CONTENT_WHOLE = frozenset(
     {
-        "gen_ai_input_messages",
-        "gen_ai_output_messages",
-        "gen_ai_system_instructions",
-        "gen_ai_tool_call_arguments",
-        "gen_ai_tool_call_result",
-        "gen_ai_prompt",
+        # A conversation with a generative-AI model: the conventions' opt-in content (the
+        # JSON of the messages), and the deprecated gen_ai.prompt and gen_ai.completion.
+        "gen_ai_input_messages", "gen_ai_output_messages", "gen_ai_system_instructions",
+        "gen_ai_tool_call_arguments", "gen_ai_tool_call_result", "gen_ai_prompt",
         "gen_ai_completion",
+        # Speech, as the OpenAI Agents instrumentation writes it (by default).
+        "gen_ai_transcription_text", "gen_ai_speech_input_text",
+        # A search, as the Redis instrumentation writes FT.SEARCH's (by default).
+        "redis_search_query",
+        # A function's result, as google-genai's instrumentation writes a tool call's.
+        "code_function_return_value",
+        # A command line, as the Click instrumentation writes it (by default).
+        "process_command_args", "process_command_line",
     }
-)
-_CONVERSATION_PREFIXES = ("gen_ai_prompt_", "gen_ai_completion_")
+)  # fmt: skip
+# What a Redis search found (redis.search.xdoc_<doc>.<field>: every field of every
+# document), and a GraphQL resolver's arguments (Strawberry's graphql.param.<arg>).
+_CONTENT_PREFIXES = ("redis_search_xdoc_", "graphql_param_")
+# OpenLLMetry's gen_ai.prompt.0.content, and google-genai's tool-call arguments
+# (code.function.parameters.<name>.value; its .type stays).
+_NUMBERED_CONTENT = re.compile(r"gen_ai_(?:prompt|completion)_[0-9]")
+_ARGUMENT = ("code_function_parameters_", "_value")
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
-    "jsessionid", "phpsessid", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS,
+    "jsessionid", "phpsessid", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS, *_IDENTITY_HEADERS,
 }  # fmt: skip
 _ALWAYS_PII_TOKENS = frozenset({"email", "username", "password", "surname"})
 _NAME_OWNERS = frozenset(
@@ -269,6 +290,7 @@ _WORD_SPELLINGS = {
     "clientid": "client_id",
     "sessionid": "session_id",
     "passwd": "password",
+    "csrftoken": "csrf_token",  # Django's cookie, and its X-CSRFToken header
     "firstname": "first_name",
     "lastname": "last_name",
     "givenname": "given_name",
@@ -532,8 +554,7 @@ def _unnumbered(words: list[str]) -> list[str]:
 def _words_say_pii(normalized: str) -> bool:
     if (
         normalized.startswith(_STATEMENT_VALUES)
-        or normalized in _CONVERSATION_WHOLE
-        or normalized.startswith(_CONVERSATION_PREFIXES)
+        or _is_content(normalized)
         or normalized in _FORBIDDEN_EXACT
         or normalized in _CREDENTIAL_WHOLE
         or normalized.endswith(_FORBIDDEN_SUFFIXES)
@@ -542,6 +563,16 @@ def _words_say_pii(normalized: str) -> bool:
     if normalized.endswith(_IDENTIFIER_SUFFIXES) and not normalized.startswith(_FLAG_PREFIXES):
         return True
     return _words_name_pii(normalized)
+
+
+def _is_content(normalized: str) -> bool:
+    """Rule 9: a key under which an instrumentation copies content whole."""
+    return (
+        normalized in _CONTENT_WHOLE
+        or normalized.startswith(_CONTENT_PREFIXES)
+        or _NUMBERED_CONTENT.match(normalized) is not None
+        or (normalized.startswith(_ARGUMENT[0]) and normalized.endswith(_ARGUMENT[1]))
+    )
 
 
 def _words_name_pii(normalized: str) -> bool:
