@@ -14,12 +14,7 @@ A literal is a quoted string (``'...'``, PostgreSQL's ``E'...'`` and
 ``0x1F``). Which quotes are strings, and whether a backslash escapes a quote
 inside one, depends on the database (``db.system.name``, or ``db.system``):
 
-* MySQL, MariaDB, ClickHouse, Couchbase, Cosmos DB and Redis: ``'...'`` and
-  ``"..."`` are strings, ``\\'`` escapes a quote.
-* MongoDB, Elasticsearch, OpenSearch and CouchDB, whose statements are documents
-  (JSON, or the Python ``repr`` of a filter that the PyMongo instrumentation writes
-  with ``capture_statement``): the same strings, but one followed by ``:`` is a key,
-  and kept (``find {'email': ?, 'age': {'$gt': ?}}``).
+* MySQL and MariaDB: ``'...'`` and ``"..."`` are strings, ``\\'`` escapes a quote.
 * Any other named system (PostgreSQL, SQLite, SQL Server, Oracle...): the SQL
   standard, ``'...'`` with ``''`` for a quote; ``"..."`` is an identifier, kept.
 * None named: the standard, but a string holding a backslash is ambiguous (a
@@ -36,29 +31,19 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["BACKSLASH_SYSTEMS", "DOCUMENT_SYSTEMS", "SQL_ATTRIBUTES", "dialect_of", "mask_sql"]
+__all__ = ["BACKSLASH_SYSTEMS", "SQL_ATTRIBUTES", "mask_sql"]
 
 SQL_ATTRIBUTES = frozenset({"db.statement", "db.query.text"})
 """Attributes holding a database statement, whose literals :func:`mask_sql` masks."""
 
-BACKSLASH_SYSTEMS = frozenset({"mysql", "mariadb", "clickhouse", "couchbase", "cosmosdb", "redis"})
+BACKSLASH_SYSTEMS = frozenset({"mysql", "mariadb"})
 """``db.system.name`` values whose strings take backslash escapes and double quotes."""
-
-DOCUMENT_SYSTEMS = frozenset({"mongodb", "elasticsearch", "opensearch", "couchdb"})
-"""``db.system.name`` values whose statements are documents: their keys are kept."""
 
 MASK = "?"
 
 _STANDARD = "standard"
 _BACKSLASH = "backslash"
-_DOCUMENT = "document"
 _UNKNOWN = "unknown"
-_QUOTES = frozenset({"'", '"'})
-_NAMES_IN_DOUBLE_QUOTES = frozenset({_STANDARD, _UNKNOWN})
-_BACKSLASH_ESCAPES = frozenset({_BACKSLASH, _DOCUMENT})
-_DIALECTS = dict.fromkeys(BACKSLASH_SYSTEMS, _BACKSLASH) | dict.fromkeys(
-    DOCUMENT_SYSTEMS, _DOCUMENT
-)
 
 # What may start a literal, or text to step over whole. A dollar quote ($$, $body$)
 # starts where no name goes on (a$b$c is a PostgreSQL name). A number starts where no
@@ -75,7 +60,6 @@ _IDENTIFIER = re.compile(r'"(?:[^"]|"")*"')
 _BACKTICKS = re.compile(r"`(?:[^`]|``)*`")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _LINE_COMMENT = re.compile(r"--[^\n]*")
-_KEY_FOLLOWS = re.compile(r"\s*:(?!:)")  # a document's key: "name": or 'name':
 _REMEMBERED = 1024  # statements found to hold no literal, per dialect: most repeat
 _clean: dict[tuple[str, str], None] = {}
 
@@ -84,7 +68,7 @@ def dialect_of(system: object) -> str:
     """How strings are read, from the span's ``db.system.name`` (or ``db.system``)."""
     if not isinstance(system, str) or not system:
         return _UNKNOWN
-    return _DIALECTS.get(system.lower(), _STANDARD)
+    return _BACKSLASH if system.lower() in BACKSLASH_SYSTEMS else _STANDARD
 
 
 def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
@@ -106,17 +90,13 @@ def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
             break
         start, token = found.start(), found[0]
         end = found.end()
-        if token in _QUOTES:
-            if token == '"' and dialect in _NAMES_IN_DOUBLE_QUOTES:  # an identifier: kept
+        if token == "'":
+            end = _string_end(text, start, dialect)
+        elif token == '"':
+            if dialect != _BACKSLASH:  # an identifier: kept
                 position = _end_of(_IDENTIFIER, text, start)
                 continue
-            if token == "'":
-                end = _string_end(text, start, dialect)
-            else:
-                end = _end_of(_BACKSLASH_DOUBLE, text, start)
-            if dialect == _DOCUMENT and _KEY_FOLLOWS.match(text, end):
-                position = end  # a document's key: kept
-                continue
+            end = _end_of(_BACKSLASH_DOUBLE, text, start)
         elif token == "`":  # a MySQL identifier: kept
             position = _end_of(_BACKTICKS, text, start)
             continue
@@ -149,7 +129,7 @@ def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
 
 def _string_end(text: str, start: int, dialect: str) -> int:
     """Where the single-quoted string opening at ``start`` ends (the text's end if never)."""
-    escapes = dialect in _BACKSLASH_ESCAPES or (
+    escapes = dialect == _BACKSLASH or (
         # PostgreSQL's E'...' takes backslash escapes: the E stands alone before the quote.
         start
         and text[start - 1] in "eE"
