@@ -22,9 +22,13 @@ inside one, depends on the database (``db.system.name``, or ``db.system``):
   statement after its opening quote is masked with it: once out of step, a
   reading could take a value for SQL.
 
-A string never closed (a statement cut short by the SDK's length limit) is masked
-to the end. Each scan is linear: every pattern below matches in one pass, never
-backtracking over what it read.
+A statement read out of step is masked from its first string to its end. That is
+what a string never closed says (a statement the SDK's length limit cut short, or
+one whose value held a quote: ``'Marie L'Heureux'`` is ``'Marie L'``, then
+``Heureux`` as SQL, then a quote that opens the rest), and a string closed against
+a word (``'L'Heureux'``, ``'Jean d'Arc'``), which no statement writes; and a name
+(``"...``) or a comment never closed. Each scan is linear: every pattern below
+matches in one pass, never backtracking over what it read.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ _IDENTIFIER = re.compile(r'"(?:[^"]|"")*"')
 _BACKTICKS = re.compile(r"`(?:[^`]|``)*`")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _LINE_COMMENT = re.compile(r"--[^\n]*")
+_WORD = re.compile(r"\w")
 _REMEMBERED = 1024  # statements found to hold no literal, per dialect: most repeat
 _clean: dict[tuple[str, str], None] = {}
 
@@ -79,9 +84,26 @@ def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
     """
     if (text, dialect) in _clean:
         return text, 0
+    spans = _literals(text, dialect)
+    if not spans:
+        if len(_clean) >= _REMEMBERED:
+            _clean.clear()
+        _clean[text, dialect] = None
+        return text, 0
     parts: list[str] = []
-    count = 0
-    kept = 0  # text[kept:match start] is copied as it is
+    kept = 0  # text[kept:span start] is copied as it is
+    for start, end in spans:
+        parts.append(text[kept:start])
+        parts.append(MASK)
+        kept = end
+    parts.append(text[kept:])
+    return "".join(parts), len(spans)
+
+
+def _literals(text: str, dialect: str) -> list[tuple[int, int]]:
+    """Where each literal of ``text`` starts and ends, in order."""
+    spans: list[tuple[int, int]] = []
+    first = -1  # where the first string starts: all after it is in doubt once out of step
     position = 0
     length = len(text)
     while position < length:
@@ -90,45 +112,53 @@ def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
             break
         start, token = found.start(), found[0]
         end = found.end()
+        string = token in "'\"$"  # a string of some kind, or maybe one
         if token == "'":
             end = _string_end(text, start, dialect)
         elif token == '"':
             if dialect != _BACKSLASH:  # an identifier: kept
-                position = _end_of(_IDENTIFIER, text, start)
-                continue
-            end = _end_of(_BACKSLASH_DOUBLE, text, start)
+                string = False
+                end = _end_of(_IDENTIFIER, text, start)
+            else:
+                end = _end_of(_BACKSLASH_DOUBLE, text, start)
         elif token == "`":  # a MySQL identifier: kept
-            position = _end_of(_BACKTICKS, text, start)
-            continue
+            end = _end_of(_BACKTICKS, text, start)
         elif token == "--":
-            position = _end_of(_LINE_COMMENT, text, start)
-            continue
+            end = _end_of(_LINE_COMMENT, text, start)
         elif token == "/*":
             close = text.find("*/", start + 2)
-            position = length if close < 0 else close + 2
-            continue
+            end = -1 if close < 0 else close + 2
         elif token == "$":
             tag = _DOLLAR_TAG.match(text, start)
             if tag is None:  # a placeholder ($1) or a name's $: nothing to mask
-                position = end
-                continue
-            close = text.find(tag[0], tag.end())
-            end = length if close < 0 else close + len(tag[0])
-        parts.append(text[kept:start])
-        parts.append(MASK)
-        count += 1
-        kept = position = end
-    if not count:
-        if len(_clean) >= _REMEMBERED:
-            _clean.clear()
-        _clean[text, dialect] = None
-        return text, 0
-    parts.append(text[kept:])
-    return "".join(parts), count
+                string = False
+            else:
+                close = text.find(tag[0], tag.end())
+                end = -1 if close < 0 else close + len(tag[0])
+        if end < 0 or (string and token != "$" and _WORD.match(text, end)):
+            # Never closed, or closed against a word: out of step from here, or from
+            # an earlier string whose value held a quote. All of it is masked.
+            return _to_the_end(spans, start if first < 0 else min(first, start), length)
+        if string:
+            if first < 0:
+                first = start
+            spans.append((start, end))
+        elif token[0].isdigit() or token[0] == ".":  # a number
+            spans.append((start, end))
+        position = end
+    return spans
+
+
+def _to_the_end(spans: list[tuple[int, int]], start: int, length: int) -> list[tuple[int, int]]:
+    """``spans`` with the text from ``start`` to its end as their last, all in it gone."""
+    while spans and spans[-1][0] >= start:
+        spans.pop()
+    spans.append((start, length))
+    return spans
 
 
 def _string_end(text: str, start: int, dialect: str) -> int:
-    """Where the single-quoted string opening at ``start`` ends (the text's end if never)."""
+    """Where the single-quoted string opening at ``start`` ends; -1 if it never does."""
     escapes = dialect == _BACKSLASH or (
         # PostgreSQL's E'...' takes backslash escapes: the E stands alone before the quote.
         start
@@ -139,11 +169,11 @@ def _string_end(text: str, start: int, dialect: str) -> int:
         return _end_of(_BACKSLASH_STRING, text, start)
     end = _end_of(_STANDARD_STRING, text, start)
     if dialect == _UNKNOWN and "\\" in text[start:end]:
-        return len(text)  # MySQL would read it otherwise: nothing after it is certain
+        return -1  # MySQL would read it otherwise: nothing after it is certain
     return end
 
 
 def _end_of(pattern: re.Pattern[str], text: str, start: int) -> int:
-    """The end of ``pattern`` matched at ``start``; the text's end if it never closes."""
+    """The end of ``pattern`` matched at ``start``; -1 if it never closes."""
     match = pattern.match(text, start)
-    return len(text) if match is None else match.end()
+    return -1 if match is None else match.end()

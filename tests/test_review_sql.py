@@ -1,0 +1,116 @@
+"""A red-team review of the SQL literal masking (873bad3): what it still let through.
+
+Each test below failed on 873bad3 but the ``test_held_*``, which hold what must not
+change, and ``test_long_statements_are_read_in_linear_time``, a hang guard for the new
+patterns. All personal data here is fake.
+
+- A string never closed is what a statement read out of step leaves: an application
+  that writes ``'Marie L'Heureux'`` in (a name with an apostrophe, common in Quebec)
+  sends ``'Marie L'``, then ``Heureux`` as SQL, then a quote that opens the rest.
+  ``Heureux`` was written (``VALUES (?Heureux??-?-??``), as the part after the
+  apostrophe of ``'Jean d'Arc'``, and a name after an unclosed ``"`` (``'5' 10"'``, a
+  height) was kept as part of an identifier to the end.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import SpanLimits
+from opentelemetry.trace import SpanKind, Tracer
+
+from otel_json_exporter._sql import dialect_of, mask_sql
+
+from ._spans import export_spans
+
+WRITERS = ["thread", "process"]
+
+
+def _export_statement(
+    tmp_path: Path,
+    writer: str,
+    attributes: dict[str, Any],
+    limits: SpanLimits | None = None,
+) -> tuple[dict[str, Any], str]:
+    """One client span holding ``attributes``, through the real SDK: its record's
+    metadata, and every record written, as JSON text."""
+
+    def make(tracer: Tracer) -> None:
+        tracer.start_span("query", kind=SpanKind.CLIENT, attributes=attributes).end()
+
+    records, _ = export_spans(tmp_path, make, writer=writer, limits=limits)
+    (record,) = records
+    return record["metadata"], json.dumps(records, ensure_ascii=False)
+
+
+def _never_written(masked: str, *values: str) -> None:
+    for value in values:
+        assert value not in masked, "a value of the statement was kept"
+
+
+# -- a statement read out of step -----------------------------------------------------
+
+OUT_OF_STEP = [
+    pytest.param(
+        "postgresql",
+        "INSERT INTO people VALUES ('Marie L'Heureux', '416-555-0199')",
+        ("Heureux", "416", "555"),
+        id="apostrophe-in-a-name",
+    ),
+    pytest.param(
+        "postgresql", "INSERT INTO people VALUES ('Jean d'Arc', 'x')", ("Arc",), id="d-apostrophe"
+    ),
+    pytest.param(
+        "mysql",
+        "INSERT INTO people VALUES ('Jones'', 'Jean Tremblay')",
+        ("Jean", "Tremblay"),
+        id="quote-at-the-end",
+    ),
+    pytest.param(
+        "postgresql",
+        "INSERT INTO people (height, name) VALUES ('5' 10\"', 'Jean Tremblay')",
+        ("Tremblay",),
+        id="unclosed-identifier",
+    ),
+]
+
+
+@pytest.mark.parametrize(("system", "statement", "values"), OUT_OF_STEP)
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_statement_read_out_of_step_keeps_no_value(
+    tmp_path: Path, writer: str, system: str, statement: str, values: tuple[str, ...]
+) -> None:
+    metadata, written = _export_statement(
+        tmp_path, writer, {"db.system": system, "db.statement": statement}
+    )
+    _never_written(written, *values)
+    assert metadata["db.statement"].startswith("INSERT INTO people")
+
+
+# -- hang guard -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT " + "'a'b" * 50_000,
+        "SELECT " + "/* */" * 50_000 + "/*",
+        "SELECT " + '"a' * 100_000,
+        "SELECT " + "`a" * 100_000,
+        "SELECT " + "'a'\"" * 50_000,
+    ],
+)
+def test_long_statements_are_read_in_linear_time(statement: str) -> None:
+    done = threading.Event()
+
+    def read() -> None:
+        for system in (None, "postgresql", "mysql", "sqlite"):
+            mask_sql(statement, dialect_of(system))
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(60)  # a hang guard, not a timing
