@@ -12,15 +12,18 @@ identifiers, placeholders (``?``, ``$1``, ``%s``, ``%(name)s``, ``:name``,
 A literal is a quoted string (``'...'``, PostgreSQL's ``E'...'`` and
 ``$tag$...$tag$``, MySQL's ``"..."``), or a number (``42``, ``-1.5e3``,
 ``0x1F``). Which quotes are strings, and whether a backslash escapes a quote
-inside one, depends on the database (``db.system.name``, or ``db.system``):
+inside one, depends on the database: each :class:`_Reading` is how one reads a
+statement, chosen by the span's ``db.system.name`` (or ``db.system``, read as its
+text) among those known (:data:`_SYSTEMS`):
 
 * MySQL and MariaDB: ``'...'`` and ``"..."`` are strings, ``\\'`` escapes a quote.
-* Any other named system (PostgreSQL, SQLite, SQL Server, Oracle...): the SQL
-  standard, ``'...'`` with ``''`` for a quote; ``"..."`` is an identifier, kept.
-* None named: the standard, but a string holding a backslash is ambiguous (a
-  MySQL ``'O\\'Brien'`` ends elsewhere than a standard one), and the rest of the
-  statement after its opening quote is masked with it: once out of step, a
-  reading could take a value for SQL.
+* PostgreSQL, SQLite, SQL Server, Oracle: the SQL standard, ``'...'`` with ``''``
+  for a quote; ``"..."`` is an identifier, kept.
+* Any other system (ClickHouse and Snowflake take ``\\'`` in a string), a name
+  the SDK's length limit cut, or none named: the statement is read every way
+  above, and what any reading takes for a literal is masked (overlapping
+  literals as one). A MySQL ``'O\\'Brien'`` ends elsewhere than a standard one;
+  ``"Jean Tremblay"`` is a string to MySQL.
 
 A statement read out of step is masked from its first string to its end. That is
 what a string never closed says (a statement the SDK's length limit cut short, or
@@ -28,34 +31,32 @@ one whose value held a quote: ``'Marie L'Heureux'`` is ``'Marie L'``, then
 ``Heureux`` as SQL, then a quote that opens the rest), and a string closed against
 a word (``'L'Heureux'``, ``'Jean d'Arc'``), which no statement writes; and a name
 (``"...``) or a comment never closed. Each scan is linear: every pattern below
-matches in one pass, never backtracking over what it read.
+matches in one pass, never backtracking over what it read, and a statement is
+read at most once per reading.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
+from dataclasses import dataclass, field
 
-__all__ = ["BACKSLASH_SYSTEMS", "SQL_ATTRIBUTES", "mask_sql"]
+from otel_json_exporter.records import text_of
+
+__all__ = ["SQL_ATTRIBUTES", "dialect_of", "mask_sql"]
 
 SQL_ATTRIBUTES = frozenset({"db.statement", "db.query.text"})
 """Attributes holding a database statement, whose literals :func:`mask_sql` masks."""
 
-BACKSLASH_SYSTEMS = frozenset({"mysql", "mariadb"})
-"""``db.system.name`` values whose strings take backslash escapes and double quotes."""
-
 MASK = "?"
 
-_STANDARD = "standard"
-_BACKSLASH = "backslash"
 _UNKNOWN = "unknown"
 
-# What may start a literal, or text to step over whole. A dollar quote ($$, $body$)
-# starts where no name goes on (a$b$c is a PostgreSQL name). A number starts where no
-# word, placeholder sign or dot is glued before it (t2, $1, ?1, :1, @p1, a.5 stay), and
-# ends where no word character follows (a MySQL name such as 1st_half is not a number).
-_START = re.compile(
-    r"""['"`]|(?<![\w$])\$|--|/\*"""
-    r"|(?<![\w$?:@.])(?:0[xX][0-9A-Fa-f]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$])"
+# A number starts where no word, placeholder sign or dot is glued before it (t2, $1, ?1,
+# :1, @p1, a.5 stay), and ends where no word character follows (a MySQL name such as
+# 1st_half is not a number).
+_NUMBER = (
+    r"(?<![\w$?:@.])(?:0[xX][0-9A-Fa-f]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$])"
 )
 _STANDARD_STRING = re.compile(r"'(?:[^']|'')*'")
 _BACKSLASH_STRING = re.compile(r"'(?:[^'\\]|\\.|'')*'", re.DOTALL)
@@ -69,11 +70,53 @@ _REMEMBERED = 1024  # statements found to hold no literal, per dialect: most rep
 _clean: dict[tuple[str, str], None] = {}
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """How one database reads a statement: what starts a string, a name, a comment."""
+
+    backslash: bool = False  # '...' and "..." take backslash escapes (MySQL, MariaDB)
+    double_strings: bool = False  # "..." is a string (MySQL), not a name
+    e_strings: bool = False  # E'...' takes backslash escapes (PostgreSQL)
+    start: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # What may start a literal, or text to step over whole. A dollar quote ($$,
+        # $body$: PostgreSQL's, masked in any reading) starts where no name goes on
+        # (a$b$c is a PostgreSQL name).
+        start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\$|{_NUMBER}""")
+        object.__setattr__(self, "start", start)
+
+
+_POSTGRESQL = _Reading(e_strings=True)
+_MYSQL = _Reading(backslash=True, double_strings=True)
+_STANDARD = _Reading(e_strings=True)
+_READINGS: dict[str, tuple[_Reading, ...]] = {
+    "postgresql": (_POSTGRESQL,),
+    "mysql": (_MYSQL,),
+    "sqlite": (_STANDARD,),
+    "mssql": (_STANDARD,),
+    "oracle": (_STANDARD,),
+    _UNKNOWN: (_POSTGRESQL, _MYSQL),
+}
+_SYSTEMS = {
+    "postgresql": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+    "mssql": "mssql",
+    "microsoft.sql_server": "mssql",
+    "oracle": "oracle",
+    "oracle.db": "oracle",
+}
+"""``db.system.name`` (and older ``db.system``) values read by their own rules; any other
+is read every way."""
+
+
 def dialect_of(system: object) -> str:
-    """How strings are read, from the span's ``db.system.name`` (or ``db.system``)."""
-    if not isinstance(system, str) or not system:
+    """How a statement is read, from the span's ``db.system.name`` (or ``db.system``)."""
+    if not isinstance(system, str):
         return _UNKNOWN
-    return _BACKSLASH if system.lower() in BACKSLASH_SYSTEMS else _STANDARD
+    return _SYSTEMS.get(text_of(system).lower(), _UNKNOWN)
 
 
 def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
@@ -84,7 +127,17 @@ def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
     """
     if (text, dialect) in _clean:
         return text, 0
-    spans = _literals(text, dialect)
+    readings = _READINGS.get(dialect, _READINGS[_UNKNOWN])
+    if len(readings) == 1:
+        spans = _literals(text, readings[0])
+    else:  # what any reading takes for a literal; those that overlap as one
+        spans = []
+        for start, end in heapq.merge(*(_literals(text, reading) for reading in readings)):
+            if spans and start < spans[-1][1]:
+                if end > spans[-1][1]:
+                    spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
     if not spans:
         if len(_clean) >= _REMEMBERED:
             _clean.clear()
@@ -100,27 +153,29 @@ def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
     return "".join(parts), len(spans)
 
 
-def _literals(text: str, dialect: str) -> list[tuple[int, int]]:
-    """Where each literal of ``text`` starts and ends, in order."""
+def _literals(text: str, reading: _Reading) -> list[tuple[int, int]]:
+    """Where each literal of ``text``, as ``reading`` reads it, starts and ends, in order."""
     spans: list[tuple[int, int]] = []
     first = -1  # where the first string starts: all after it is in doubt once out of step
     position = 0
     length = len(text)
+    search = reading.start.search
     while position < length:
-        found = _START.search(text, position)
+        found = search(text, position)
         if found is None:
             break
         start, token = found.start(), found[0]
         end = found.end()
         string = token in "'\"$"  # a string of some kind, or maybe one
         if token == "'":
-            end = _string_end(text, start, dialect)
+            end = _string_end(text, start, reading)
         elif token == '"':
-            if dialect != _BACKSLASH:  # an identifier: kept
+            if reading.double_strings:
+                pattern = _BACKSLASH_DOUBLE if reading.backslash else _IDENTIFIER
+            else:  # an identifier: kept
                 string = False
-                end = _end_of(_IDENTIFIER, text, start)
-            else:
-                end = _end_of(_BACKSLASH_DOUBLE, text, start)
+                pattern = _IDENTIFIER
+            end = _end_of(pattern, text, start)
         elif token == "`":  # a MySQL identifier: kept
             end = _end_of(_BACKTICKS, text, start)
         elif token == "--":
@@ -157,20 +212,17 @@ def _to_the_end(spans: list[tuple[int, int]], start: int, length: int) -> list[t
     return spans
 
 
-def _string_end(text: str, start: int, dialect: str) -> int:
+def _string_end(text: str, start: int, reading: _Reading) -> int:
     """Where the single-quoted string opening at ``start`` ends; -1 if it never does."""
-    escapes = dialect == _BACKSLASH or (
+    if reading.backslash or (
         # PostgreSQL's E'...' takes backslash escapes: the E stands alone before the quote.
-        start
+        reading.e_strings
+        and start
         and text[start - 1] in "eE"
         and (start == 1 or not (text[start - 2].isalnum() or text[start - 2] in "_$"))
-    )
-    if escapes:
+    ):
         return _end_of(_BACKSLASH_STRING, text, start)
-    end = _end_of(_STANDARD_STRING, text, start)
-    if dialect == _UNKNOWN and "\\" in text[start:end]:
-        return -1  # MySQL would read it otherwise: nothing after it is certain
-    return end
+    return _end_of(_STANDARD_STRING, text, start)
 
 
 def _end_of(pattern: re.Pattern[str], text: str, start: int) -> int:

@@ -10,6 +10,13 @@ patterns. All personal data here is fake.
   ``Heureux`` was written (``VALUES (?Heureux??-?-??``), as the part after the
   apostrophe of ``'Jean d'Arc'``, and a name after an unclosed ``"`` (``'5' 10"'``, a
   height) was kept as part of an identifier to the end.
+- Only MySQL and MariaDB were read with backslash escapes: every other named system
+  by the SQL standard. ClickHouse and Snowflake take ``\\'`` in a string, so
+  ``'it\\'s', 'Jean Tremblay'`` wrote ``Jean Tremblay``. A ``db.system.name`` the SDK's
+  length limit cut (``mariad``) was such a name too, and a ``str`` subclass naming the
+  system was asked its ``lower()``, which the process writer never sees: the writers
+  wrote different statements. With no system named, ``"Jean Tremblay"`` (a string in
+  MySQL) was kept as a name.
 """
 
 from __future__ import annotations
@@ -89,6 +96,58 @@ def test_a_statement_read_out_of_step_keeps_no_value(
     )
     _never_written(written, *values)
     assert metadata["db.statement"].startswith("INSERT INTO people")
+
+
+# -- systems ----------------------------------------------------------------------------
+
+BACKSLASHED = "SELECT * FROM people WHERE note = 'it\\'s' AND name = 'Jean Tremblay'"
+
+
+@pytest.mark.parametrize("system", ["clickhouse", "snowflake", "some.new_database"])
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_system_read_with_other_rules_is_read_every_way(
+    tmp_path: Path, writer: str, system: str
+) -> None:
+    metadata, written = _export_statement(
+        tmp_path, writer, {"db.system.name": system, "db.query.text": BACKSLASHED}
+    )
+    _never_written(written, "Jean", "Tremblay")
+    assert metadata["db.query.text"].startswith("SELECT * FROM people WHERE note = ?")
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_system_name_the_sdk_cut_is_not_taken_for_another(tmp_path: Path, writer: str) -> None:
+    """``mariadb`` cut to ``mariad`` was read by the standard: ``"Jean"`` a name."""
+    metadata, written = _export_statement(
+        tmp_path,
+        writer,
+        {"db.system.name": "mariadb", "db.statement": '"Jean"'},
+        limits=SpanLimits(max_attribute_length=6),
+    )
+    _never_written(written, "Jean")
+    assert metadata["db.statement"] == "?"
+
+
+class _Named(str):
+    """A system's name whose ``lower()`` says another: the process writer sees only its text."""
+
+    def lower(self) -> str:
+        return "postgresql"
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_system_is_read_by_its_text(tmp_path: Path, writer: str) -> None:
+    statement = "SELECT 'it\\'s', 'Jean Tremblay' FROM people"
+    metadata, written = _export_statement(
+        tmp_path, writer, {"db.system": _Named("mysql"), "db.statement": statement}
+    )
+    _never_written(written, "Jean", "Tremblay")
+    assert metadata["db.statement"] == "SELECT ?, ? FROM people"
+
+
+def test_with_no_system_named_a_double_quoted_string_is_masked() -> None:
+    masked, count = mask_sql('SELECT * FROM people WHERE name = "Jean Tremblay"')
+    assert (masked, count) == ("SELECT * FROM people WHERE name = ?", 1)
 
 
 # -- hang guard -------------------------------------------------------------------------
