@@ -55,16 +55,15 @@ _UNKNOWN = "unknown"
 # A number starts where no word, placeholder sign or dot is glued before it (t2, $1, ?1,
 # :1, @p1, a.5 stay), and ends where no word character follows (a MySQL name such as
 # 1st_half is not a number).
-_NUMBER = (
-    r"(?<![\w$?:@.])(?:0[xX][0-9A-Fa-f]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$])"
-)
+_NUMBER = r"(?<![\w$?:@.])(?:0[xX][0-9A-Fa-f]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$])"
 _STANDARD_STRING = re.compile(r"'(?:[^']|'')*'")
 _BACKSLASH_STRING = re.compile(r"'(?:[^'\\]|\\.|'')*'", re.DOTALL)
 _BACKSLASH_DOUBLE = re.compile(r'"(?:[^"\\]|\\.|"")*"', re.DOTALL)
 _IDENTIFIER = re.compile(r'"(?:[^"]|"")*"')
 _BACKTICKS = re.compile(r"`(?:[^`]|``)*`")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
-_LINE_COMMENT = re.compile(r"--[^\n]*")
+_CODE_AFTER_DASHES = re.compile(r"[^\x00- \x7f]")  # MySQL: "--" then no white space
+_CODE_COMMENT = re.compile(r"/\*M?!")
 _WORD = re.compile(r"\w")
 _REMEMBERED = 1024  # statements found to hold no literal, per dialect: most repeat
 _clean: dict[tuple[str, str], None] = {}
@@ -77,18 +76,22 @@ class _Reading:
     backslash: bool = False  # '...' and "..." take backslash escapes (MySQL, MariaDB)
     double_strings: bool = False  # "..." is a string (MySQL), not a name
     e_strings: bool = False  # E'...' takes backslash escapes (PostgreSQL)
+    # MySQL's comments: "#" to the line's end; "--" only before white space (5--1 is a
+    # subtraction); /*! ... */ and MariaDB's /*M! ... */ hold code, masked whole.
+    mysql_comments: bool = False
     start: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # What may start a literal, or text to step over whole. A dollar quote ($$,
         # $body$: PostgreSQL's, masked in any reading) starts where no name goes on
         # (a$b$c is a PostgreSQL name).
-        start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\$|{_NUMBER}""")
+        hash_comments = "|#" if self.mysql_comments else ""
+        start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\${hash_comments}|{_NUMBER}""")
         object.__setattr__(self, "start", start)
 
 
 _POSTGRESQL = _Reading(e_strings=True)
-_MYSQL = _Reading(backslash=True, double_strings=True)
+_MYSQL = _Reading(backslash=True, double_strings=True, mysql_comments=True)
 _STANDARD = _Reading(e_strings=True)
 _READINGS: dict[str, tuple[_Reading, ...]] = {
     "postgresql": (_POSTGRESQL,),
@@ -178,11 +181,17 @@ def _literals(text: str, reading: _Reading) -> list[tuple[int, int]]:
             end = _end_of(pattern, text, start)
         elif token == "`":  # a MySQL identifier: kept
             end = _end_of(_BACKTICKS, text, start)
-        elif token == "--":
-            end = _end_of(_LINE_COMMENT, text, start)
+        elif token in {"--", "#"}:
+            if reading.mysql_comments and token == "--" and _CODE_AFTER_DASHES.match(text, end):
+                position = start + 1  # a minus sign, and what follows it
+                continue
+            close = text.find("\n", end)
+            end = length if close < 0 else close
         elif token == "/*":
             close = text.find("*/", start + 2)
             end = -1 if close < 0 else close + 2
+            if reading.mysql_comments and _CODE_COMMENT.match(text, start):
+                string = True  # code that MySQL runs: masked whole, as a string is
         elif token == "$":
             tag = _DOLLAR_TAG.match(text, start)
             if tag is None:  # a placeholder ($1) or a name's $: nothing to mask
@@ -190,7 +199,7 @@ def _literals(text: str, reading: _Reading) -> list[tuple[int, int]]:
             else:
                 close = text.find(tag[0], tag.end())
                 end = -1 if close < 0 else close + len(tag[0])
-        if end < 0 or (string and token != "$" and _WORD.match(text, end)):
+        if end < 0 or (string and token in "'\"" and _WORD.match(text, end)):
             # Never closed, or closed against a word: out of step from here, or from
             # an earlier string whose value held a quote. All of it is masked.
             return _to_the_end(spans, start if first < 0 else min(first, start), length)

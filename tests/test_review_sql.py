@@ -17,6 +17,9 @@ patterns. All personal data here is fake.
   system was asked its ``lower()``, which the process writer never sees: the writers
   wrote different statements. With no system named, ``"Jean Tremblay"`` (a string in
   MySQL) was kept as a name.
+- MySQL's ``#`` comments were read as SQL (an apostrophe in one put the rest out of
+  step), ``--`` glued to a number (``balance--4165550199``, a subtraction in MySQL)
+  was taken for a comment, and ``/*! ... */``, which MySQL runs, was kept as one.
 """
 
 from __future__ import annotations
@@ -150,6 +153,35 @@ def test_with_no_system_named_a_double_quoted_string_is_masked() -> None:
     assert (masked, count) == ("SELECT * FROM people WHERE name = ?", 1)
 
 
+# -- MySQL ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (
+            "SELECT * FROM people # it's\nWHERE name = 'Jean Tremblay'",
+            "SELECT * FROM people # it's\nWHERE name = ?",
+        ),
+        (
+            "UPDATE accounts SET balance = balance--4165550199 WHERE id = 7",
+            "UPDATE accounts SET balance = balance--? WHERE id = ?",
+        ),
+        ("SELECT a FROM t WHERE b = 5--'Jean Tremblay'", "SELECT a FROM t WHERE b = ?--?"),
+        ("SELECT /*!50000 'Jean Tremblay', */ 1", "SELECT ? ?"),
+        ("SELECT /*M!100100 'Jean Tremblay', */ 1", "SELECT ? ?"),
+    ],
+)
+@pytest.mark.parametrize("system", ["mysql", "mariadb", None])
+def test_mysql_comments_are_read_as_mysql_reads_them(
+    system: str | None, statement: str, expected: str
+) -> None:
+    masked, _ = mask_sql(statement, dialect_of(system))
+    _never_written(masked, "Tremblay", "4165550199")
+    if system is not None:
+        assert masked == expected
+
+
 # -- hang guard -------------------------------------------------------------------------
 
 
@@ -161,6 +193,10 @@ def test_with_no_system_named_a_double_quoted_string_is_masked() -> None:
         "SELECT " + '"a' * 100_000,
         "SELECT " + "`a" * 100_000,
         "SELECT " + "'a'\"" * 50_000,
+        "SELECT " + "#'\n" * 70_000,
+        "SELECT " + "-" * 200_000,
+        "SELECT " + "--'" * 70_000,
+        "SELECT " + "/*!" * 70_000,
     ],
 )
 def test_long_statements_are_read_in_linear_time(statement: str) -> None:
