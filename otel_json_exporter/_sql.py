@@ -18,7 +18,10 @@ text) among those known (:data:`_SYSTEMS`):
 
 * MySQL and MariaDB: ``'...'`` and ``"..."`` are strings, ``\\'`` escapes a quote.
 * PostgreSQL, SQLite, SQL Server, Oracle: the SQL standard, ``'...'`` with ``''``
-  for a quote; ``"..."`` is an identifier, kept.
+  for a quote; ``"..."`` is an identifier, kept. But SQLite reads ``"Jean
+  Tremblay"`` as a string where no column has that name, and SQL Server with
+  ``QUOTED_IDENTIFIER OFF`` always: there it is masked, unless it stands where only
+  a name can (``"people"."name"``, ``FROM "people"``). Their ``[names]`` are kept.
 * Any other system (ClickHouse and Snowflake take ``\\'`` in a string), a name
   the SDK's length limit cut, or none named: the statement is read every way
   above, and what any reading takes for a literal is masked (overlapping
@@ -61,6 +64,14 @@ _BACKSLASH_STRING = re.compile(r"'(?:[^'\\]|\\.|'')*'", re.DOTALL)
 _BACKSLASH_DOUBLE = re.compile(r'"(?:[^"\\]|\\.|"")*"', re.DOTALL)
 _IDENTIFIER = re.compile(r'"(?:[^"]|"")*"')
 _BACKTICKS = re.compile(r"`(?:[^`]|``)*`")
+_BRACKETS = re.compile(r"\[[^\]]*\]")
+_DOUBLED_BRACKETS = re.compile(r"\[(?:[^\]]|\]\])*\]")
+# Where only a name can stand before a double-quoted text (FROM "people"), read in the
+# 40 characters before it.
+_NAME_BEFORE = re.compile(
+    r"(?<![\w$])(?:from|join|into|update|set|table|references|index|view|trigger|as|exists)\s+\Z",
+    re.IGNORECASE,
+)
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _CODE_AFTER_DASHES = re.compile(r"[^\x00- \x7f]")  # MySQL: "--" then no white space
 _CODE_COMMENT = re.compile(r"/\*M?!")
@@ -74,7 +85,11 @@ class _Reading:
     """How one database reads a statement: what starts a string, a name, a comment."""
 
     backslash: bool = False  # '...' and "..." take backslash escapes (MySQL, MariaDB)
-    double_strings: bool = False  # "..." is a string (MySQL), not a name
+    # "...": a "name" (the standard), a "string" (MySQL), or "either" (SQLite, where no
+    # column has that name; SQL Server with QUOTED_IDENTIFIER OFF): masked, but where
+    # only a name can stand (_named).
+    doubles: str = "name"
+    brackets: str = ""  # [name]: "plain" (SQLite), "doubled" (SQL Server, "]]" in one)
     e_strings: bool = False  # E'...' takes backslash escapes (PostgreSQL)
     # MySQL's comments: "#" to the line's end; "--" only before white space (5--1 is a
     # subtraction); /*! ... */ and MariaDB's /*M! ... */ hold code, masked whole.
@@ -85,21 +100,23 @@ class _Reading:
         # What may start a literal, or text to step over whole. A dollar quote ($$,
         # $body$: PostgreSQL's, masked in any reading) starts where no name goes on
         # (a$b$c is a PostgreSQL name).
-        hash_comments = "|#" if self.mysql_comments else ""
-        start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\${hash_comments}|{_NUMBER}""")
+        more = ("|#" if self.mysql_comments else "") + (r"|\[" if self.brackets else "")
+        start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\${more}|{_NUMBER}""")
         object.__setattr__(self, "start", start)
 
 
 _POSTGRESQL = _Reading(e_strings=True)
-_MYSQL = _Reading(backslash=True, double_strings=True, mysql_comments=True)
-_STANDARD = _Reading(e_strings=True)
+_MYSQL = _Reading(backslash=True, doubles="string", mysql_comments=True)
+_SQLITE = _Reading(doubles="either", brackets="plain")
+_SQL_SERVER = _Reading(doubles="either", brackets="doubled")
+_ORACLE = _Reading()
 _READINGS: dict[str, tuple[_Reading, ...]] = {
     "postgresql": (_POSTGRESQL,),
     "mysql": (_MYSQL,),
-    "sqlite": (_STANDARD,),
-    "mssql": (_STANDARD,),
-    "oracle": (_STANDARD,),
-    _UNKNOWN: (_POSTGRESQL, _MYSQL),
+    "sqlite": (_SQLITE,),
+    "mssql": (_SQL_SERVER,),
+    "oracle": (_ORACLE,),
+    _UNKNOWN: (_POSTGRESQL, _MYSQL, _SQLITE, _SQL_SERVER, _ORACLE),
 }
 _SYSTEMS = {
     "postgresql": "postgresql",
@@ -173,14 +190,16 @@ def _literals(text: str, reading: _Reading) -> list[tuple[int, int]]:
         if token == "'":
             end = _string_end(text, start, reading)
         elif token == '"':
-            if reading.double_strings:
-                pattern = _BACKSLASH_DOUBLE if reading.backslash else _IDENTIFIER
-            else:  # an identifier: kept
-                string = False
-                pattern = _IDENTIFIER
-            end = _end_of(pattern, text, start)
+            end = _end_of(_BACKSLASH_DOUBLE if reading.backslash else _IDENTIFIER, text, start)
+            if reading.doubles == "name" or (
+                reading.doubles == "either" and end >= 0 and _named(text, start, end)
+            ):
+                string = False  # an identifier: kept
         elif token == "`":  # a MySQL identifier: kept
             end = _end_of(_BACKTICKS, text, start)
+        elif token == "[":  # a SQL Server or SQLite identifier: kept
+            pattern = _DOUBLED_BRACKETS if reading.brackets == "doubled" else _BRACKETS
+            end = _end_of(pattern, text, start)
         elif token in {"--", "#"}:
             if reading.mysql_comments and token == "--" and _CODE_AFTER_DASHES.match(text, end):
                 position = start + 1  # a minus sign, and what follows it
@@ -219,6 +238,17 @@ def _to_the_end(spans: list[tuple[int, int]], start: int, length: int) -> list[t
         spans.pop()
     spans.append((start, length))
     return spans
+
+
+def _named(text: str, start: int, end: int) -> bool:
+    """Whether the double-quoted text at ``text[start:end]`` stands where only a name can:
+    before or after a dot ("people"."name"), before a parenthesis (a function, a
+    table's columns), or after a word that a name follows (FROM, JOIN, INTO, SET...)."""
+    return (
+        text[end : end + 1] in (".", "(")
+        or text[start - 1 : start] == "."
+        or _NAME_BEFORE.search(text, max(start - 40, 0), start) is not None
+    )
 
 
 def _string_end(text: str, start: int, reading: _Reading) -> int:

@@ -20,22 +20,30 @@ patterns. All personal data here is fake.
 - MySQL's ``#`` comments were read as SQL (an apostrophe in one put the rest out of
   step), ``--`` glued to a number (``balance--4165550199``, a subtraction in MySQL)
   was taken for a comment, and ``/*! ... */``, which MySQL runs, was kept as one.
+- SQLite reads ``"Jean Tremblay"`` as a string where no column has that name (on by
+  default, and in Python's sqlite3), SQL Server with ``QUOTED_IDENTIFIER OFF``: both
+  were kept as names. ``[it's]`` (SQL Server's and SQLite's brackets) put the
+  statement out of step.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import SpanLimits
+from opentelemetry.instrumentation.dbapi import instrument_connection
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Tracer
 
+from otel_json_exporter import OperationSpanExporter
 from otel_json_exporter._sql import dialect_of, mask_sql
 
-from ._spans import export_spans
+from ._spans import export_spans, records_in
 
 WRITERS = ["thread", "process"]
 
@@ -182,6 +190,57 @@ def test_mysql_comments_are_read_as_mysql_reads_them(
         assert masked == expected
 
 
+# -- SQLite and SQL Server --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_sqlite_double_quoted_strings_from_a_real_database(tmp_path: Path, writer: str) -> None:
+    """Python's sqlite3 reads ``"Jean Tremblay"`` as a string: no column has that name."""
+    exporter = OperationSpanExporter(storage_path=tmp_path, writer=writer)  # type: ignore[arg-type]
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    connection = instrument_connection(
+        "tests", sqlite3.connect(":memory:"), "sqlite", tracer_provider=provider
+    )
+    cursor = connection.cursor()
+    cursor.execute('CREATE TABLE "people" ("name" TEXT, "phone" TEXT)')
+    cursor.execute('INSERT INTO "people" VALUES ("Jean Tremblay", "416-555-0199")')
+    cursor.execute('SELECT "people"."phone" FROM "people" WHERE "name" = "Jean Tremblay"')
+    assert cursor.fetchall() == [("416-555-0199",)]  # the database read strings
+    connection.close()
+    provider.shutdown()
+    records = records_in(tmp_path)
+    _never_written(json.dumps(records), "Tremblay", "416", "555")
+    assert [record["metadata"]["db.statement"] for record in records] == [
+        'CREATE TABLE "people" (? TEXT, ? TEXT)',
+        'INSERT INTO "people" VALUES (?, ?)',
+        'SELECT "people"."phone" FROM "people" WHERE ? = ?',
+    ]
+
+
+@pytest.mark.parametrize("system", ["sqlite", "mssql", "microsoft.sql_server", None])
+def test_double_quotes_and_brackets_in_sqlite_and_sql_server(system: str | None) -> None:
+    dialect = dialect_of(system)
+    masked, _ = mask_sql("SELECT [it's], 'Jean Tremblay', [x'y] FROM people", dialect)
+    _never_written(masked, "Tremblay")
+    masked, _ = mask_sql('UPDATE people SET phone = "4165550199" WHERE name = "Jean"', dialect)
+    _never_written(masked, "4165550199", "Jean")
+
+
+def test_held_names_where_no_string_can_be_stay_in_sqlite() -> None:
+    """Django quotes every name: those no database reads as a string are kept."""
+    statement = (
+        'SELECT "auth_user"."id", "auth_user"."username" FROM "auth_user" '
+        'INNER JOIN "groups" ON ("auth_user"."id" = "groups"."user_id") '
+        'WHERE "auth_user"."username" = %s LIMIT 21'
+    )
+    assert mask_sql(statement, dialect_of("sqlite")) == (statement.replace("21", "?"), 1)
+    assert mask_sql("SELECT [name], [it's] FROM [people]", dialect_of("mssql")) == (
+        "SELECT [name], [it's] FROM [people]",
+        0,
+    )
+
+
 # -- hang guard -------------------------------------------------------------------------
 
 
@@ -197,13 +256,17 @@ def test_mysql_comments_are_read_as_mysql_reads_them(
         "SELECT " + "-" * 200_000,
         "SELECT " + "--'" * 70_000,
         "SELECT " + "/*!" * 70_000,
+        "SELECT " + "[" * 100_000,
+        "SELECT " + "[a" * 100_000,
+        "SELECT " + 'FROM "a"' * 30_000,
+        "SELECT " + '"a" ' * 70_000,
     ],
 )
 def test_long_statements_are_read_in_linear_time(statement: str) -> None:
     done = threading.Event()
 
     def read() -> None:
-        for system in (None, "postgresql", "mysql", "sqlite"):
+        for system in (None, "postgresql", "mysql", "sqlite", "mssql"):
             mask_sql(statement, dialect_of(system))
         done.set()
 
