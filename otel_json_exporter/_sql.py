@@ -64,6 +64,7 @@ _BACKSLASH_STRING = re.compile(r"'(?:[^'\\]|\\.|'')*'", re.DOTALL)
 _BACKSLASH_DOUBLE = re.compile(r'"(?:[^"\\]|\\.|"")*"', re.DOTALL)
 _IDENTIFIER = re.compile(r'"(?:[^"]|"")*"')
 _BACKTICKS = re.compile(r"`(?:[^`]|``)*`")
+_Q_CLOSERS = {"[": "]", "{": "}", "(": ")", "<": ">"}
 _BRACKETS = re.compile(r"\[[^\]]*\]")
 _DOUBLED_BRACKETS = re.compile(r"\[(?:[^\]]|\]\])*\]")
 # Where only a name can stand before a double-quoted text (FROM "people"), read in the
@@ -91,6 +92,7 @@ class _Reading:
     doubles: str = "name"
     brackets: str = ""  # [name]: "plain" (SQLite), "doubled" (SQL Server, "]]" in one)
     e_strings: bool = False  # E'...' takes backslash escapes (PostgreSQL)
+    q_quotes: bool = False  # q'[...]', q'!...!': Oracle's, any quote inside (N too: nq'')
     # MySQL's comments: "#" to the line's end; "--" only before white space (5--1 is a
     # subtraction); /*! ... */ and MariaDB's /*M! ... */ hold code, masked whole.
     mysql_comments: bool = False
@@ -109,7 +111,7 @@ _POSTGRESQL = _Reading(e_strings=True)
 _MYSQL = _Reading(backslash=True, doubles="string", mysql_comments=True)
 _SQLITE = _Reading(doubles="either", brackets="plain")
 _SQL_SERVER = _Reading(doubles="either", brackets="doubled")
-_ORACLE = _Reading()
+_ORACLE = _Reading(q_quotes=True)
 _READINGS: dict[str, tuple[_Reading, ...]] = {
     "postgresql": (_POSTGRESQL,),
     "mysql": (_MYSQL,),
@@ -253,6 +255,17 @@ def _named(text: str, start: int, end: int) -> bool:
 
 def _string_end(text: str, start: int, reading: _Reading) -> int:
     """Where the single-quoted string opening at ``start`` ends; -1 if it never does."""
+    if (
+        reading.q_quotes
+        and _alone(text, start - 1, "qQ")
+        and start + 1 < len(text)
+        and text[start + 1] not in " \t\r\n"
+    ):
+        # Oracle's q'<delimiter>...<delimiter>': it ends at its closing delimiter and a
+        # quote, and holds any quote before them ([, {, ( and < close with ], }, ), >).
+        closer = _Q_CLOSERS.get(text[start + 1], text[start + 1]) + "'"
+        close = text.find(closer, start + 2)
+        return -1 if close < 0 else close + 2
     if reading.backslash or (
         # PostgreSQL's E'...' takes backslash escapes: the E stands alone before the quote.
         reading.e_strings
@@ -268,3 +281,13 @@ def _end_of(pattern: re.Pattern[str], text: str, start: int) -> int:
     """The end of ``pattern`` matched at ``start``; -1 if it never closes."""
     match = pattern.match(text, start)
     return -1 if match is None else match.end()
+
+
+def _alone(text: str, at: int, letters: str) -> bool:
+    """Whether ``text[at]`` is one of ``letters`` and no name goes on before it: the
+    prefix of a string (Oracle's ``q`` or ``nq``), not a name's last letter."""
+    if at < 0 or text[at] not in letters:
+        return False
+    if at and letters == "qQ" and text[at - 1] in "nN":
+        at -= 1  # nq'...': a national character string, quoted so
+    return not at or not (text[at - 1].isalnum() or text[at - 1] in "_$#")

@@ -24,6 +24,7 @@ patterns. All personal data here is fake.
   default, and in Python's sqlite3), SQL Server with ``QUOTED_IDENTIFIER OFF``: both
   were kept as names. ``[it's]`` (SQL Server's and SQLite's brackets) put the
   statement out of step.
+- Oracle's ``q'[it's]'`` put the statement out of step.
 """
 
 from __future__ import annotations
@@ -241,6 +242,24 @@ def test_held_names_where_no_string_can_be_stay_in_sqlite() -> None:
     )
 
 
+# -- Oracle -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("system", ["oracle", "oracle.db", None])
+def test_oracle_quotes_of_its_own(system: str | None) -> None:
+    for statement in (
+        "SELECT q'[it's]' AS a, 'Jean Tremblay' AS b, 'x' FROM dual",
+        "SELECT Q'{it's}', 'Jean Tremblay', nq'!x'y!' FROM dual",
+        "SELECT q'<a'b>', q'(c'd)', 'Jean Tremblay' FROM dual",
+    ):
+        masked, _ = mask_sql(statement, dialect_of(system))
+        _never_written(masked, "Tremblay")
+    assert mask_sql("SELECT q'[it's]', 'Jean' FROM dual", dialect_of("oracle")) == (
+        "SELECT q?, ? FROM dual",
+        2,
+    )
+
+
 # -- hang guard -------------------------------------------------------------------------
 
 
@@ -260,13 +279,15 @@ def test_held_names_where_no_string_can_be_stay_in_sqlite() -> None:
         "SELECT " + "[a" * 100_000,
         "SELECT " + 'FROM "a"' * 30_000,
         "SELECT " + '"a" ' * 70_000,
+        "SELECT " + "q'[" * 70_000,
+        "SELECT " + "nq'!" * 70_000,
     ],
 )
 def test_long_statements_are_read_in_linear_time(statement: str) -> None:
     done = threading.Event()
 
     def read() -> None:
-        for system in (None, "postgresql", "mysql", "sqlite", "mssql"):
+        for system in (None, "postgresql", "mysql", "sqlite", "mssql", "oracle"):
             mask_sql(statement, dialect_of(system))
         done.set()
 
