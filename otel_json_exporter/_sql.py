@@ -73,7 +73,10 @@ _NAME_BEFORE = re.compile(
     r"(?<![\w$])(?:from|join|into|update|set|table|references|index|view|trigger|as|exists)\s+\Z",
     re.IGNORECASE,
 )
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+# PostgreSQL's tag: a letter, "_" or any character beyond ASCII, then digits too.
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+_LINE_END = re.compile(r"[\n\r]")
+_COMMENT_MARK = re.compile(r"/\*|\*/")
 _CODE_AFTER_DASHES = re.compile(r"[^\x00- \x7f]")  # MySQL: "--" then no white space
 _CODE_COMMENT = re.compile(r"/\*M?!")
 _WORD = re.compile(r"\w")
@@ -93,6 +96,8 @@ class _Reading:
     brackets: str = ""  # [name]: "plain" (SQLite), "doubled" (SQL Server, "]]" in one)
     e_strings: bool = False  # E'...' takes backslash escapes (PostgreSQL)
     q_quotes: bool = False  # q'[...]', q'!...!': Oracle's, any quote inside (N too: nq'')
+    nested: bool = False  # /* /* */ */ is one comment (PostgreSQL, SQL Server)
+    carriage_returns: bool = False  # a "--" comment ends at "\r" too (PostgreSQL)
     # MySQL's comments: "#" to the line's end; "--" only before white space (5--1 is a
     # subtraction); /*! ... */ and MariaDB's /*M! ... */ hold code, masked whole.
     mysql_comments: bool = False
@@ -107,10 +112,10 @@ class _Reading:
         object.__setattr__(self, "start", start)
 
 
-_POSTGRESQL = _Reading(e_strings=True)
+_POSTGRESQL = _Reading(e_strings=True, nested=True, carriage_returns=True)
 _MYSQL = _Reading(backslash=True, doubles="string", mysql_comments=True)
 _SQLITE = _Reading(doubles="either", brackets="plain")
-_SQL_SERVER = _Reading(doubles="either", brackets="doubled")
+_SQL_SERVER = _Reading(doubles="either", brackets="doubled", nested=True)
 _ORACLE = _Reading(q_quotes=True)
 _READINGS: dict[str, tuple[_Reading, ...]] = {
     "postgresql": (_POSTGRESQL,),
@@ -206,11 +211,18 @@ def _literals(text: str, reading: _Reading) -> list[tuple[int, int]]:
             if reading.mysql_comments and token == "--" and _CODE_AFTER_DASHES.match(text, end):
                 position = start + 1  # a minus sign, and what follows it
                 continue
-            close = text.find("\n", end)
+            if reading.carriage_returns:
+                line_end = _LINE_END.search(text, end)
+                close = -1 if line_end is None else line_end.start()
+            else:
+                close = text.find("\n", end)
             end = length if close < 0 else close
         elif token == "/*":
-            close = text.find("*/", start + 2)
-            end = -1 if close < 0 else close + 2
+            if reading.nested:
+                end = _nested_comment_end(text, start)
+            else:
+                close = text.find("*/", start + 2)
+                end = -1 if close < 0 else close + 2
             if reading.mysql_comments and _CODE_COMMENT.match(text, start):
                 string = True  # code that MySQL runs: masked whole, as a string is
         elif token == "$":
@@ -240,6 +252,17 @@ def _to_the_end(spans: list[tuple[int, int]], start: int, length: int) -> list[t
         spans.pop()
     spans.append((start, length))
     return spans
+
+
+def _nested_comment_end(text: str, start: int) -> int:
+    """Where the comment opening at ``start`` ends, each ``/*`` in it closed by a ``*/``
+    of its own; -1 if it never does."""
+    depth = 0
+    for mark in _COMMENT_MARK.finditer(text, start):
+        depth += 1 if mark[0] == "/*" else -1
+        if not depth:
+            return mark.end()
+    return -1
 
 
 def _named(text: str, start: int, end: int) -> bool:

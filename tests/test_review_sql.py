@@ -25,6 +25,9 @@ patterns. All personal data here is fake.
   were kept as names. ``[it's]`` (SQL Server's and SQLite's brackets) put the
   statement out of step.
 - Oracle's ``q'[it's]'`` put the statement out of step.
+- PostgreSQL: a ``/* /* */ */`` comment nests, a ``--`` comment ends at a carriage
+  return, and a dollar quote's tag may hold any letter beyond ASCII (``$é$``): each was
+  read otherwise, and the value after it written.
 """
 
 from __future__ import annotations
@@ -260,6 +263,34 @@ def test_oracle_quotes_of_its_own(system: str | None) -> None:
     )
 
 
+# -- PostgreSQL -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (
+            "SELECT /* a /* b */ it's */ 1, 'Jean Tremblay' FROM people",
+            "SELECT /* a /* b */ it's */ ?, ? FROM people",
+        ),
+        (
+            "SELECT * FROM people -- note\rWHERE name = 'Jean Tremblay'",
+            "SELECT * FROM people -- note\rWHERE name = ?",
+        ),
+        ("SELECT $é$Jean Tremblay$é$, $€1$x$€1$", "SELECT ?, ?"),
+        ("SELECT 1 /* a /* b */ FROM people WHERE name = 'Jean Tremblay'", "SELECT ? ?"),
+    ],
+)
+@pytest.mark.parametrize("system", ["postgresql", None])
+def test_postgresql_comments_and_dollar_quotes(
+    system: str | None, statement: str, expected: str
+) -> None:
+    masked, _ = mask_sql(statement, dialect_of(system))
+    _never_written(masked, "Tremblay")
+    if system is not None:
+        assert masked == expected
+
+
 # -- hang guard -------------------------------------------------------------------------
 
 
@@ -281,6 +312,10 @@ def test_oracle_quotes_of_its_own(system: str | None) -> None:
         "SELECT " + '"a" ' * 70_000,
         "SELECT " + "q'[" * 70_000,
         "SELECT " + "nq'!" * 70_000,
+        "SELECT " + "/*" * 100_000,
+        "SELECT " + "/*/" * 70_000 + "*/" * 70_000,
+        "SELECT " + "--\r'" * 50_000,
+        "SELECT " + "$é" * 100_000,
     ],
 )
 def test_long_statements_are_read_in_linear_time(statement: str) -> None:
