@@ -55,10 +55,17 @@ MASK = "?"
 
 _UNKNOWN = "unknown"
 
-# A number starts where no word, placeholder sign or dot is glued before it (t2, $1, ?1,
-# :1, @p1, a.5 stay), and ends where no word character follows (a MySQL name such as
-# 1st_half is not a number).
-_NUMBER = r"(?<![\w$?:@.])(?:0[xX][0-9A-Fa-f]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$])"
+# A number starts where no word or placeholder sign is glued before it (t2, $1, ?1, :1,
+# @p1 stay; SQL Server's $12.50 is money). It may hold "_" (416_555_0199, PostgreSQL
+# 16), or be 0x1F, 0b101, 0o17; and a word glued after it is no part of it (PostgreSQL
+# before 15 and SQL Server read 4165550199abc as a number and a name) but in MySQL,
+# whose names may start with digits (1st_half).
+_NUMBER = (
+    r"(?:0[xX][0-9A-Fa-f_]+|0[oObB][0-9_]+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?)"
+)
+_MYSQL_NUMBER = (
+    r"(?:0[xX][0-9A-Fa-f]+|0[bB][01]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$])"
+)
 _STANDARD_STRING = re.compile(r"'(?:[^']|'')*'")
 _BACKSLASH_STRING = re.compile(r"'(?:[^'\\]|\\.|'')*'", re.DOTALL)
 _BACKSLASH_DOUBLE = re.compile(r'"(?:[^"\\]|\\.|"")*"', re.DOTALL)
@@ -98,6 +105,8 @@ class _Reading:
     q_quotes: bool = False  # q'[...]', q'!...!': Oracle's, any quote inside (N too: nq'')
     nested: bool = False  # /* /* */ */ is one comment (PostgreSQL, SQL Server)
     carriage_returns: bool = False  # a "--" comment ends at "\r" too (PostgreSQL)
+    money: bool = False  # $12.50 is a number (SQL Server)
+    digit_names: bool = False  # a name may start with digits: 1st_half (MySQL)
     # MySQL's comments: "#" to the line's end; "--" only before white space (5--1 is a
     # subtraction); /*! ... */ and MariaDB's /*M! ... */ hold code, masked whole.
     mysql_comments: bool = False
@@ -108,14 +117,16 @@ class _Reading:
         # $body$: PostgreSQL's, masked in any reading) starts where no name goes on
         # (a$b$c is a PostgreSQL name).
         more = ("|#" if self.mysql_comments else "") + (r"|\[" if self.brackets else "")
-        start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\${more}|{_NUMBER}""")
+        glued = r"\w?:@" if self.money else r"\w$?:@"
+        number = _MYSQL_NUMBER if self.digit_names else _NUMBER
+        start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\${more}|(?<![{glued}]){number}""")
         object.__setattr__(self, "start", start)
 
 
 _POSTGRESQL = _Reading(e_strings=True, nested=True, carriage_returns=True)
-_MYSQL = _Reading(backslash=True, doubles="string", mysql_comments=True)
+_MYSQL = _Reading(backslash=True, doubles="string", mysql_comments=True, digit_names=True)
 _SQLITE = _Reading(doubles="either", brackets="plain")
-_SQL_SERVER = _Reading(doubles="either", brackets="doubled", nested=True)
+_SQL_SERVER = _Reading(doubles="either", brackets="doubled", nested=True, money=True)
 _ORACLE = _Reading(q_quotes=True)
 _READINGS: dict[str, tuple[_Reading, ...]] = {
     "postgresql": (_POSTGRESQL,),

@@ -28,6 +28,10 @@ patterns. All personal data here is fake.
 - PostgreSQL: a ``/* /* */ */`` comment nests, a ``--`` comment ends at a carriage
   return, and a dollar quote's tag may hold any letter beyond ASCII (``$é$``): each was
   read otherwise, and the value after it written.
+- Numbers: ``416_555_0199`` (PostgreSQL 16), ``0b1010``, ``0o17``, a number glued to a
+  word (``4165550199abc``: PostgreSQL before 15 and SQL Server read a number and an
+  alias), SQL Server's money (``$85000``), and a number after a dot
+  (``1.2.4165550199``) were kept.
 """
 
 from __future__ import annotations
@@ -291,6 +295,36 @@ def test_postgresql_comments_and_dollar_quotes(
         assert masked == expected
 
 
+# -- numbers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("system", "statement", "expected"),
+    [
+        ("postgresql", "SELECT * FROM people WHERE phone = 416_555_0199", "... = ?"),
+        (
+            "postgresql",
+            "SELECT * FROM people WHERE code = 0b1010 OR code = 0o17",
+            "... = ? OR code = ?",
+        ),
+        ("postgresql", "SELECT * FROM people WHERE id = 4165550199abc", "... = ?abc"),
+        ("mssql", "SELECT * FROM people WHERE salary = $85000", "... = $?"),
+        ("postgresql", "SELECT * FROM people WHERE v = 1.2.4165550199", "... = ?.?"),
+        ("mysql", "SELECT * FROM people WHERE code = 0b1010", "... = ?"),
+    ],
+)
+def test_numbers_of_every_form_are_masked(system: str, statement: str, expected: str) -> None:
+    masked, _ = mask_sql(statement, dialect_of(system))
+    assert masked == expected.replace("...", statement.split(" = ", 1)[0])
+
+
+def test_held_names_and_placeholders_with_digits_stay() -> None:
+    statement = "SELECT t2.a, 1st_half FROM t2 WHERE a = $1 AND b = ?1 AND c = :2 AND d = @p1"
+    assert mask_sql(statement, dialect_of("mysql")) == (statement, 0)
+    postgres = "SELECT t2.a FROM t2 WHERE a = $1 AND b = $2::int AND c = %(b_1)s"
+    assert mask_sql(postgres, dialect_of("postgresql")) == (postgres, 0)
+
+
 # -- hang guard -------------------------------------------------------------------------
 
 
@@ -316,6 +350,10 @@ def test_postgresql_comments_and_dollar_quotes(
         "SELECT " + "/*/" * 70_000 + "*/" * 70_000,
         "SELECT " + "--\r'" * 50_000,
         "SELECT " + "$é" * 100_000,
+        "SELECT " + "1_" * 100_000,
+        "SELECT " + "0b" * 100_000,
+        "SELECT " + "1.1." * 50_000 + "a",
+        "SELECT " + "1" * 200_000 + "e",
     ],
 )
 def test_long_statements_are_read_in_linear_time(statement: str) -> None:
