@@ -556,9 +556,9 @@ def _clean_attributes(
         else:
             try:
                 # A list of URLs under a URL attribute is masked as URLs, item by item;
-                # of statements under a statement's, as statements.
+                # of statements under a statement's, as statements (bytes too).
                 clean[key], masked = _clean_value(
-                    value, policy, 0, _text_mask(key, attributes, policy)
+                    value, policy, 0, _text_mask(key, attributes, policy), key in SQL_ATTRIBUTES
                 )
             except _Unwritable:
                 masked = 1  # the attribute is dropped
@@ -571,12 +571,14 @@ def _clean_value(
     policy: PiiPolicy,
     depth: int,
     text_mask: Callable[[str], tuple[str, int]] | None = None,
+    statement: bool = False,
 ) -> tuple[Any, int]:
     """A JSON-ready copy of an attribute value (any depth) and the count redacted.
 
     ``text_mask`` masks the texts of a sequence found under a URL or statement
-    attribute (:func:`_text_mask`), as URLs, a query or statements. Raises
-    :class:`_Unwritable` for a value that no batch file can hold.
+    attribute (:func:`_text_mask`), as URLs, a query or statements; under a
+    statement's (``statement``), bytes are read as UTF-8 text and masked so too.
+    Raises :class:`_Unwritable` for a value that no batch file can hold.
     """
     if value is None or isinstance(value, bool):
         return value, 0
@@ -596,6 +598,10 @@ def _clean_value(
         return (real, 0) if math.isfinite(real) else (str(real), 0)
     if isinstance(value, bytes):
         data = bytes(value)  # a subclass: its bytes, whatever its methods say
+        if statement and text_mask is not None:
+            # A statement's values stay readable in base64: its text is masked instead,
+            # as OpenTelemetry before 1.45 decodes bytes into text on the span.
+            return text_mask(data.decode("utf-8", "replace"))
         if _bytes_hold_pii(data, policy):
             return REDACTED, 1
         return base64.b64encode(data).decode("ascii"), 0
@@ -615,7 +621,7 @@ def _clean_value(
     if isinstance(value, (tuple, list)):
         items = []
         for item in value:
-            clean_item, masked = _clean_value(item, policy, depth + 1, text_mask)
+            clean_item, masked = _clean_value(item, policy, depth + 1, text_mask, statement)
             items.append(clean_item)
             redacted += masked
         return items, redacted

@@ -32,6 +32,8 @@ patterns. All personal data here is fake.
   word (``4165550199abc``: PostgreSQL before 15 and SQL Server read a number and an
   alias), SQL Server's money (``$85000``), and a number after a dot
   (``1.2.4165550199``) were kept.
+- A statement given as ``bytes`` (OpenTelemetry 1.45 keeps them) was written as its
+  base64, the name readable in it.
 """
 
 from __future__ import annotations
@@ -323,6 +325,22 @@ def test_held_names_and_placeholders_with_digits_stay() -> None:
     assert mask_sql(statement, dialect_of("mysql")) == (statement, 0)
     postgres = "SELECT t2.a FROM t2 WHERE a = $1 AND b = $2::int AND c = %(b_1)s"
     assert mask_sql(postgres, dialect_of("postgresql")) == (postgres, 0)
+
+
+# -- bytes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_statement_given_as_bytes_is_masked(tmp_path: Path, writer: str) -> None:
+    statement = b"SELECT * FROM people WHERE name = 'Jean Tremblay'"
+    metadata, written = _export_statement(
+        tmp_path,
+        writer,
+        {"db.system": "postgresql", "db.statement": statement, "db.query.text": [statement]},
+    )
+    assert metadata["db.statement"] == "SELECT * FROM people WHERE name = ?"
+    assert metadata["db.query.text"] == ["SELECT * FROM people WHERE name = ?"]
+    _never_written(written, "Tremblay", "VHJlbWJsYXk", "SmVhbiBUcmVtYmxheS")
 
 
 # -- hang guard -------------------------------------------------------------------------
