@@ -88,6 +88,7 @@ _CODE_AFTER_DASHES = re.compile(r"[^\x00- \x7f]")  # MySQL: "--" then no white s
 _CODE_COMMENT = re.compile(r"/\*M?!")
 _WORD = re.compile(r"\w")
 _REMEMBERED = 1024  # statements found to hold no literal, per dialect: most repeat
+_REMEMBERED_LENGTH = 10_000  # ... up to this long: longer ones would fill memory
 _clean: dict[tuple[str, str], None] = {}
 
 
@@ -177,9 +178,10 @@ def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
             else:
                 spans.append((start, end))
     if not spans:
-        if len(_clean) >= _REMEMBERED:
-            _clean.clear()
-        _clean[text, dialect] = None
+        if len(text) <= _REMEMBERED_LENGTH:
+            if len(_clean) >= _REMEMBERED:
+                _clean.clear()
+            _clean[text, dialect] = None
         return text, 0
     parts: list[str] = []
     kept = 0  # text[kept:span start] is copied as it is

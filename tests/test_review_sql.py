@@ -34,6 +34,8 @@ patterns. All personal data here is fake.
   (``1.2.4165550199``) were kept.
 - A statement given as ``bytes`` (OpenTelemetry 1.45 keeps them) was written as its
   base64, the name readable in it.
+- ``mask_sql`` remembered the last 1,024 statements that held no literal, each however
+  long: megabytes each, kept for the life of the process.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Tracer
 
-from otel_json_exporter import OperationSpanExporter
+from otel_json_exporter import OperationSpanExporter, _sql
 from otel_json_exporter._sql import dialect_of, mask_sql
 
 from ._spans import export_spans, records_in
@@ -341,6 +343,16 @@ def test_a_statement_given_as_bytes_is_masked(tmp_path: Path, writer: str) -> No
     assert metadata["db.statement"] == "SELECT * FROM people WHERE name = ?"
     assert metadata["db.query.text"] == ["SELECT * FROM people WHERE name = ?"]
     _never_written(written, "Tremblay", "VHJlbWJsYXk", "SmVhbiBUcmVtYmxheS")
+
+
+def test_only_short_statements_are_remembered() -> None:
+    long = "SELECT a FROM t WHERE b = ?" + " " * 1_000_000
+    for dialect in ("postgresql", "mysql", "unknown"):
+        assert mask_sql(long, dialect) == (long, 0)
+        assert (long, dialect) not in _sql._clean
+    short = "SELECT a FROM t WHERE b = ?"
+    mask_sql(short, "postgresql")
+    assert (short, "postgresql") in _sql._clean
 
 
 # -- hang guard -------------------------------------------------------------------------
