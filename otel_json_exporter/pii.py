@@ -82,6 +82,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from otel_json_exporter._marks import MARK_RANGES, NEWER_WORD_RANGES
+from otel_json_exporter._sql import mask_sql
 from otel_json_exporter.records import RecordRow, text_of
 
 __all__ = [
@@ -801,6 +802,17 @@ _DATABASE_VALUES = re.compile(
     r"|(?P<entry>\bDuplicate entry ')(?!REDACTED)(?s:.)*?(?=' for key|\Z)"
     rf"|(?P<incorrect>\b[Ii]ncorrect {_WORD_RUN} value: ')(?!REDACTED)"
     r"(?:[^\n]{0,4000}?(?=' for column)|[^\n]*?(?='[ \t]*(?:\n|\Z)|\n|\Z))"
+    # A syntax error quotes the statement, values and all: SQLite's 'near "...": syntax
+    # error' and 'unrecognized token: "..."', PostgreSQL's 'at or near "..."' (to the
+    # line's last quote) and its "LINE 1: <the statement>", MySQL's "near '<the rest of
+    # the statement>' at line 1". Not closed on its line, the quote runs to the end.
+    r'|(?P<near>\bnear "|\bunrecognized token: ")(?!REDACTED)'
+    r'(?:[^\n]*?(?=": syntax error|"[ \t]*(?:\n|\Z))|(?s:.)*)'
+    r"|(?P<rest>\bnear ')(?!REDACTED)(?:[^\n]*?(?=' at line \d)|(?s:.)*)"
+    r"|(?P<line>(?m:^)LINE \d{1,9}: )(?!REDACTED)[^\n]*"
+    # SQLAlchemy's "[SQL: ...]": the statement, its literals masked as a span's are.
+    r"|(?P<statement>\[SQL: )"
+    r"(?:(?s:.)*?(?=\]\n\[parameters: |\]\n\(Background on this error|\]\Z)|(?s:.)*)"
 )
 _CLOSING = {"parameters": "]"}  # the other patterns stop before their closing mark
 
@@ -814,6 +826,11 @@ def holds_database_values(text: str) -> bool:
         or "invalid input " in text
         or "Duplicate entry" in text
         or "ncorrect " in text
+        or 'near "' in text
+        or "near '" in text
+        or "unrecognized token" in text
+        or "LINE " in text
+        or "[SQL: " in text
     )
 
 
@@ -824,17 +841,26 @@ def mask_database_values(text: str) -> tuple[str, int]:
     name, a phone number, a password, unlabelled, so that no key rule can tell
     them. SQLAlchemy's ``[parameters: ...]`` becomes ``[parameters: REDACTED]``,
     PostgreSQL's ``Key (email)=(...)`` ``Key (email)=(REDACTED)``, and so on for
-    the formats listed above. Run before the other masking, which would take
-    ``(name)=(Jean`` for a ``name=value`` and break the pattern.
+    the formats listed above; in SQLAlchemy's ``[SQL: ...]`` each literal becomes
+    ``?`` (:func:`~otel_json_exporter._sql.mask_sql`). Run before the other masking,
+    which would take ``(name)=(Jean`` for a ``name=value`` and break the pattern.
     """
     if not holds_database_values(text):
         return text, 0
 
+    masked = 0
+
     def mask(match: re.Match[str]) -> str:
+        nonlocal masked
         kind = match.lastgroup or ""
+        if kind == "statement":
+            statement, literals = mask_sql(match[0][len(match[kind]) :])
+            masked += literals
+            return match[kind] + statement
+        masked += 1
         return match[kind] + "REDACTED" + _CLOSING.get(kind, "")
 
-    return _DATABASE_VALUES.subn(mask, text)
+    return _DATABASE_VALUES.sub(mask, text), masked
 
 
 def mask_text(text: str) -> tuple[str, int]:
