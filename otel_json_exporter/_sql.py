@@ -10,18 +10,23 @@ identifiers, placeholders (``?``, ``$1``, ``%s``, ``%(name)s``, ``:name``,
 ``@p1``) and comments.
 
 A literal is a quoted string (``'...'``, PostgreSQL's ``E'...'`` and
-``$tag$...$tag$``, MySQL's ``"..."``), or a number (``42``, ``-1.5e3``,
-``0x1F``). Which quotes are strings, and whether a backslash escapes a quote
-inside one, depends on the database: each :class:`_Reading` is how one reads a
-statement, chosen by the span's ``db.system.name`` (or ``db.system``, read as its
-text) among those known (:data:`_SYSTEMS`):
+``$tag$...$tag$``, Oracle's ``q'[...]'``, MySQL's ``"..."``), or a number (``42``,
+``1.5e3``, ``0x1F``, ``416_555_0199``, SQL Server's money ``$12.50``; a sign before
+it stays). Which quotes are strings, and whether a backslash escapes a quote inside
+one, depends on the database: each :class:`_Reading` is how one reads a statement,
+chosen by the span's ``db.system.name`` (or ``db.system``, read as its text) among
+those known (:data:`_SYSTEMS`):
 
-* MySQL and MariaDB: ``'...'`` and ``"..."`` are strings, ``\\'`` escapes a quote.
+* MySQL and MariaDB: ``'...'`` and ``"..."`` are strings, ``\\'`` escapes a quote;
+  ``#`` starts a comment, ``--`` only before white space; ``/*! ... */`` is code,
+  masked whole; a name may start with digits (``1st_half``).
 * PostgreSQL, SQLite, SQL Server, Oracle: the SQL standard, ``'...'`` with ``''``
   for a quote; ``"..."`` is an identifier, kept. But SQLite reads ``"Jean
   Tremblay"`` as a string where no column has that name, and SQL Server with
   ``QUOTED_IDENTIFIER OFF`` always: there it is masked, unless it stands where only
   a name can (``"people"."name"``, ``FROM "people"``). Their ``[names]`` are kept.
+  PostgreSQL's (and SQL Server's) comments nest, its ``--`` comments end at a
+  carriage return too; Oracle's ``q'[...]'`` holds any quote.
 * Any other system (ClickHouse and Snowflake take ``\\'`` in a string), a name
   the SDK's length limit cut, or none named: the statement is read every way
   above, and what any reading takes for a literal is masked (overlapping
