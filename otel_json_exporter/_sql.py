@@ -27,6 +27,11 @@ those known (:data:`_SYSTEMS`):
   a name can (``"people"."name"``, ``FROM "people"``). Their ``[names]`` are kept.
   PostgreSQL's (and SQL Server's) comments nest, its ``--`` comments end at a
   carriage return too; Oracle's ``q'[...]'`` holds any quote.
+* MongoDB, Elasticsearch, OpenSearch and CouchDB, whose statements are documents
+  (JSON, or the Python ``repr`` of a filter that the PyMongo instrumentation writes
+  with ``capture_statement``): ``'...'`` and ``"..."`` are strings with backslash
+  escapes, but one followed by ``:`` is a key, kept (``find {'email': ?, 'age':
+  {'$gt': ?}}``; a body the Elasticsearch instrumentation sanitized keeps its keys).
 * Any other system (ClickHouse and Snowflake take ``\\'`` in a string), a name
   the SDK's length limit cut, or none named: the statement is read every way
   above, and what any reading takes for a literal is masked (overlapping
@@ -92,6 +97,7 @@ _COMMENT_MARK = re.compile(r"/\*|\*/")
 _CODE_AFTER_DASHES = re.compile(r"[^\x00- \x7f]")  # MySQL: "--" then no white space
 _CODE_COMMENT = re.compile(r"/\*M?!")
 _WORD = re.compile(r"\w")
+_KEY_FOLLOWS = re.compile(r"\s*:(?!:)")  # a document's key: "name": or 'name':
 _REMEMBERED = 1024  # statements found to hold no literal, per dialect: most repeat
 _REMEMBERED_LENGTH = 10_000  # ... up to this long: longer ones would fill memory
 _clean: dict[tuple[str, str], None] = {}
@@ -116,6 +122,9 @@ class _Reading:
     # MySQL's comments: "#" to the line's end; "--" only before white space (5--1 is a
     # subtraction); /*! ... */ and MariaDB's /*M! ... */ hold code, masked whole.
     mysql_comments: bool = False
+    # A document (MongoDB's filter as Python writes it, a JSON body): a string followed
+    # by ":" is a key, kept; a number may follow a ":" (no ":1" placeholders there).
+    document: bool = False
     start: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -123,7 +132,7 @@ class _Reading:
         # $body$: PostgreSQL's, masked in any reading) starts where no name goes on
         # (a$b$c is a PostgreSQL name).
         more = ("|#" if self.mysql_comments else "") + (r"|\[" if self.brackets else "")
-        glued = r"\w?:@" if self.money else r"\w$?:@"
+        glued = r"\w" if self.document else r"\w?:@" if self.money else r"\w$?:@"
         number = _MYSQL_NUMBER if self.digit_names else _NUMBER
         start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\${more}|(?<![{glued}]){number}""")
         object.__setattr__(self, "start", start)
@@ -134,12 +143,14 @@ _MYSQL = _Reading(backslash=True, doubles="string", mysql_comments=True, digit_n
 _SQLITE = _Reading(doubles="either", brackets="plain")
 _SQL_SERVER = _Reading(doubles="either", brackets="doubled", nested=True, money=True)
 _ORACLE = _Reading(q_quotes=True)
+_DOCUMENT = _Reading(backslash=True, doubles="string", document=True)
 _READINGS: dict[str, tuple[_Reading, ...]] = {
     "postgresql": (_POSTGRESQL,),
     "mysql": (_MYSQL,),
     "sqlite": (_SQLITE,),
     "mssql": (_SQL_SERVER,),
     "oracle": (_ORACLE,),
+    "document": (_DOCUMENT,),
     _UNKNOWN: (_POSTGRESQL, _MYSQL, _SQLITE, _SQL_SERVER, _ORACLE),
 }
 _SYSTEMS = {
@@ -151,6 +162,10 @@ _SYSTEMS = {
     "microsoft.sql_server": "mssql",
     "oracle": "oracle",
     "oracle.db": "oracle",
+    "mongodb": "document",
+    "elasticsearch": "document",
+    "opensearch": "document",
+    "couchdb": "document",
 }
 """``db.system.name`` (and older ``db.system``) values read by their own rules; any other
 is read every way."""
@@ -250,6 +265,8 @@ def _literals(text: str, reading: _Reading) -> list[tuple[int, int]]:
             else:
                 close = text.find(tag[0], tag.end())
                 end = -1 if close < 0 else close + len(tag[0])
+        if reading.document and string and end >= 0 and _KEY_FOLLOWS.match(text, end):
+            string = False  # a document's key: kept
         if end < 0 or (string and token in "'\"" and _WORD.match(text, end)):
             # Never closed, or closed against a word: out of step from here, or from
             # an earlier string whose value held a quote. All of it is masked.
