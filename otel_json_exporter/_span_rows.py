@@ -22,12 +22,13 @@ from __future__ import annotations
 import base64
 import math
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic_core import to_json
 
-from otel_json_exporter._sql import SQL_ATTRIBUTES, dialect_of, mask_sql
+from otel_json_exporter._sql import SQL_ATTRIBUTES, dialect_of, known_clean, mask_sql
 from otel_json_exporter.pii import (
     REDACTED,
     PiiPolicy,
@@ -357,8 +358,12 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         for key in _SQL_KEYS:
             value = attributes.get(key)
             if type(value) is str:
-                if not value.isascii() or _clean_sql(value, attributes, policy) != (value, 0):
-                    return None  # a literal to mask, or more
+                if not (
+                    value.isascii()
+                    and known_clean(value, dialect_of(_db_system(attributes)))
+                    and _clean_sql(value, attributes, policy) == (value, 0)
+                ):
+                    return None  # seen first, a literal to mask, or more: the full path
                 allowed_at += value.count("@")
                 allowed_equals += value.count("=")
                 allowed_percent += value.count("%")
@@ -640,14 +645,37 @@ def _text_mask(
     return None
 
 
+def _db_system(attributes: Mapping[str, Any]) -> Any:
+    """The span's database system: ``db.system.name``, else ``db.system``."""
+    return attributes.get(_DB_SYSTEM[0]) or attributes.get(_DB_SYSTEM[1])
+
+
+_statement_texts: weakref.WeakKeyDictionary[PiiPolicy, dict[str, tuple[str, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+_REMEMBERED_STATEMENTS = 1024  # per policy (equal policies share them: same blocked keys)
+_REMEMBERED_STATEMENT_LENGTH = 4096
+
+
 def _clean_sql(statement: str, attributes: Mapping[str, Any], policy: PiiPolicy) -> tuple[str, int]:
     """A statement with its literals masked (:func:`~otel_json_exporter._sql.mask_sql`),
     read as the span's database reads it; then masked as any text is (an address in a
     comment, a name the statement spells out)."""
-    system = attributes.get(_DB_SYSTEM[0]) or attributes.get(_DB_SYSTEM[1])
-    statement, literals = mask_sql(text_of(statement), dialect_of(system))
-    statement, masked = _clean_text(statement, policy)
-    return statement, literals + masked
+    statement, literals = mask_sql(text_of(statement), dialect_of(_db_system(attributes)))
+    # Masked as text once per statement and policy: with its literals masked, the same
+    # few statements come again and again, and the text masking of one (a "%s" or
+    # "=" in it takes the full passes) costs more than the rest of its span's mapping.
+    remembered = _statement_texts.get(policy)
+    if remembered is None:
+        remembered = _statement_texts.setdefault(policy, {})
+    known = remembered.get(statement)
+    if known is None:
+        known = _clean_text(statement, policy)
+        if len(statement) <= _REMEMBERED_STATEMENT_LENGTH:
+            if len(remembered) >= _REMEMBERED_STATEMENTS:
+                remembered.clear()  # bounded: arbitrary statements must not grow memory
+            remembered[statement] = known
+    return known[0], literals + known[1]
 
 
 def _url_mask(key: str, policy: PiiPolicy) -> Callable[[str], tuple[str, int]]:

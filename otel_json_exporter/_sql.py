@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 from otel_json_exporter.records import text_of
 
-__all__ = ["SQL_ATTRIBUTES", "dialect_of", "mask_sql"]
+__all__ = ["SQL_ATTRIBUTES", "dialect_of", "known_clean", "mask_sql"]
 
 SQL_ATTRIBUTES = frozenset({"db.statement", "db.query.text"})
 """Attributes holding a database statement, whose literals :func:`mask_sql` masks."""
@@ -176,6 +176,15 @@ def dialect_of(system: object) -> str:
     if not isinstance(system, str):
         return _UNKNOWN
     return _SYSTEMS.get(text_of(system).lower(), _UNKNOWN)
+
+
+def known_clean(text: str, dialect: str) -> bool:
+    """Whether :func:`mask_sql` has found ``text`` to hold no literal (and remembers it).
+
+    The span mapping's plain path asks this first: a statement seen for the first
+    time, or one holding literals, takes the full path, which masks it once.
+    """
+    return (text, dialect) in _clean
 
 
 def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:

@@ -293,3 +293,20 @@ def test_a_statement_without_literals_keeps_the_plain_path() -> None:
 def test_a_policy_can_still_block_the_statement_whole() -> None:
     policy = PiiPolicy(blocked_keys={"db.statement"})
     assert policy.is_pii_key("db.statement")
+
+
+def test_a_statement_masked_as_text_once_is_masked_by_each_policy_its_own_way() -> None:
+    """The text masking of a statement is remembered per policy: a policy that blocks
+    more must never be given what a laxer one made of the same statement."""
+    statement = "SELECT a FROM t WHERE tenant=%s AND b = 7"
+    attributes = {"db.system.name": "postgresql", "db.query.text": statement}
+    ids = (7, 9, None)
+    snapshot: SpanSnapshot = ("q", 2, 10**18, None, True, None, attributes, *ids, None, None, None)
+    lax, strict = PiiPolicy(), PiiPolicy(blocked_keys={"tenant"})
+    for _ in range(2):  # the second time from what each policy remembers
+        assert snapshot_to_row(snapshot, lax)[0][6]["db.query.text"] == (
+            "SELECT a FROM t WHERE tenant=%s AND b = ?"
+        )
+        assert snapshot_to_row(snapshot, strict)[0][6]["db.query.text"] == (
+            "SELECT a FROM t WHERE tenant=REDACTED AND b = ?"
+        )
