@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from otel_json_exporter._sql import SQL_ATTRIBUTES, dialect_of, known_clean, mask_sql
+from otel_json_exporter._sql import GRAPHQL, SQL_ATTRIBUTES, dialect_of, known_clean, mask_sql
 from otel_json_exporter.pii import (
     REDACTED,
     PiiPolicy,
@@ -115,6 +115,13 @@ _EQUALS = ord("=")
 _PERCENT = ord("%")
 _URL_KEYS = tuple(sorted(_URL_LIKE))
 _SQL_KEYS = tuple(sorted(SQL_ATTRIBUTES))
+# A GraphQL document, whose literals are masked as a statement's: the conventions'
+# graphql.document, and Strawberry's "query" (with "component": "graphql"). Their
+# spans, one an operation, take the full path.
+_GRAPHQL_DOCUMENT = "graphql.document"
+_GRAPHQL_QUERY = "query"
+_STATEMENT_KEYS = SQL_ATTRIBUTES | {_GRAPHQL_DOCUMENT, _GRAPHQL_QUERY}
+_NOT_ON_THE_PLAIN_PATH = _ADDED_KEYS | {_GRAPHQL_DOCUMENT, _GRAPHQL_QUERY}
 _QUERY_TEXT, _STATEMENT = _SQL_KEYS  # each looked up alone: the cheapest test for all spans
 _DB_SYSTEM = ("db.system.name", "db.system")
 # A text that is a URL or a request target and nothing else: a scheme and "//", or a
@@ -328,7 +335,7 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         and attributes.keys() <= plain_keys
         # An attribute under an added key's name is replaced by the added value,
         # after the full path has counted what it masked in it.
-        and attributes.keys().isdisjoint(_ADDED_KEYS)
+        and attributes.keys().isdisjoint(_NOT_ON_THE_PLAIN_PATH)
     ):
         return None
     kind_name = KIND_NAMES.get(kind)
@@ -361,7 +368,8 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
                 if not (
                     value.isascii()
                     and known_clean(value, dialect_of(_db_system(attributes)))
-                    and _clean_sql(value, attributes, policy) == (value, 0)
+                    and _clean_statement(value, dialect_of(_db_system(attributes)), policy)
+                    == (value, 0)
                 ):
                     return None  # seen first, a literal to mask, or more: the full path
                 allowed_at += value.count("@")
@@ -540,8 +548,9 @@ def _clean_attributes(
             # attribute, URL masking (as it is once shipped to a writer process).
             value, kind = text_of(value), str  # noqa: PLW2901
         if kind is str:
-            if key in SQL_ATTRIBUTES:  # its literals masked, whatever characters it holds
-                clean[key], masked = _clean_sql(value, attributes, policy)
+            if key in _STATEMENT_KEYS and (dialect := _dialect(key, attributes)) is not None:
+                # its literals masked, whatever characters it holds
+                clean[key], masked = _clean_statement(value, dialect, policy)
             elif "@" not in value and "=" not in value and "%" not in value and value.isascii():
                 # The common case, kept cheap: an ASCII string without "@" or "%40"
                 # holds no address and no credentials, and without "=" no name=value
@@ -562,8 +571,9 @@ def _clean_attributes(
             try:
                 # A list of URLs under a URL attribute is masked as URLs, item by item;
                 # of statements under a statement's, as statements (bytes too).
+                dialect = _dialect(key, attributes) if key in _STATEMENT_KEYS else None
                 clean[key], masked = _clean_value(
-                    value, policy, 0, _text_mask(key, attributes, policy), key in SQL_ATTRIBUTES
+                    value, policy, 0, _text_mask(key, attributes, policy), dialect is not None
                 )
             except _Unwritable:
                 masked = 1  # the attribute is dropped
@@ -640,8 +650,19 @@ def _text_mask(
     """How the texts of a URL or statement attribute are masked; None for any other key."""
     if key in _URL_LIKE:
         return _url_mask(key, policy)
+    dialect = _dialect(key, attributes) if key in _STATEMENT_KEYS else None
+    if dialect is not None:
+        return lambda text: _clean_statement(text, dialect, policy)
+    return None
+
+
+def _dialect(key: str, attributes: Mapping[str, Any]) -> str | None:
+    """How the statement under ``key`` is read (:func:`~otel_json_exporter._sql.mask_sql`);
+    None when ``key`` holds no statement (a ``query`` not a GraphQL span's)."""
     if key in SQL_ATTRIBUTES:
-        return lambda text: _clean_sql(text, attributes, policy)
+        return dialect_of(_db_system(attributes))
+    if key == _GRAPHQL_DOCUMENT or attributes.get("component") == "graphql":
+        return GRAPHQL
     return None
 
 
@@ -657,11 +678,11 @@ _REMEMBERED_STATEMENTS = 1024  # per policy (equal policies share them: same blo
 _REMEMBERED_STATEMENT_LENGTH = 4096
 
 
-def _clean_sql(statement: str, attributes: Mapping[str, Any], policy: PiiPolicy) -> tuple[str, int]:
+def _clean_statement(statement: str, dialect: str, policy: PiiPolicy) -> tuple[str, int]:
     """A statement with its literals masked (:func:`~otel_json_exporter._sql.mask_sql`),
-    read as the span's database reads it; then masked as any text is (an address in a
-    comment, a name the statement spells out)."""
-    statement, literals = mask_sql(text_of(statement), dialect_of(_db_system(attributes)))
+    read as ``dialect`` (the span's database's, or GraphQL's); then masked as any text
+    is (an address in a comment, a name the statement spells out)."""
+    statement, literals = mask_sql(text_of(statement), dialect)
     # Masked as text once per statement and policy: with its literals masked, the same
     # few statements come again and again, and the text masking of one (a "%s" or
     # "=" in it takes the full passes) costs more than the rest of its span's mapping.

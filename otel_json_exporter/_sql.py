@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 from otel_json_exporter.records import text_of
 
-__all__ = ["SQL_ATTRIBUTES", "dialect_of", "known_clean", "mask_sql"]
+__all__ = ["GRAPHQL", "SQL_ATTRIBUTES", "dialect_of", "known_clean", "mask_sql"]
 
 SQL_ATTRIBUTES = frozenset({"db.statement", "db.query.text"})
 """Attributes holding a database statement, whose literals :func:`mask_sql` masks."""
@@ -64,6 +64,8 @@ SQL_ATTRIBUTES = frozenset({"db.statement", "db.query.text"})
 MASK = "?"
 
 _UNKNOWN = "unknown"
+GRAPHQL = "graphql"
+"""The dialect of a GraphQL document (``graphql.document``; Strawberry's ``query``)."""
 
 # A number starts where no word or placeholder sign is glued before it (t2, $1, ?1, :1,
 # @p1 stay; SQL Server's $12.50 is money). It may hold "_" (416_555_0199, PostgreSQL
@@ -144,6 +146,8 @@ _SQLITE = _Reading(doubles="either", brackets="plain")
 _SQL_SERVER = _Reading(doubles="either", brackets="doubled", nested=True, money=True)
 _ORACLE = _Reading(q_quotes=True)
 _DOCUMENT = _Reading(backslash=True, doubles="string", document=True)
+# A GraphQL document: "..." (and """...""") strings with backslash escapes, # comments.
+_GRAPHQL = _Reading(backslash=True, doubles="string", mysql_comments=True)
 _READINGS: dict[str, tuple[_Reading, ...]] = {
     "postgresql": (_POSTGRESQL,),
     "mysql": (_MYSQL,),
@@ -151,6 +155,7 @@ _READINGS: dict[str, tuple[_Reading, ...]] = {
     "mssql": (_SQL_SERVER,),
     "oracle": (_ORACLE,),
     "document": (_DOCUMENT,),
+    GRAPHQL: (_GRAPHQL,),
     _UNKNOWN: (_POSTGRESQL, _MYSQL, _SQLITE, _SQL_SERVER, _ORACLE),
 }
 _SYSTEMS = {
