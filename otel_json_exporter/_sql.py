@@ -125,8 +125,11 @@ class _Reading:
     # subtraction); /*! ... */ and MariaDB's /*M! ... */ hold code, masked whole.
     mysql_comments: bool = False
     # A document (MongoDB's filter as Python writes it, a JSON body): a string followed
-    # by ":" is a key, kept; a number may follow a ":" (no ":1" placeholders there).
+    # by ":" is a key, kept.
     document: bool = False
+    # ?1, :1, @p1, $1 are placeholders, their digits kept. Not in a document or in
+    # GraphQL, where a value may follow ":" with no space (phone:4165550199).
+    placeholders: bool = True
     start: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -134,7 +137,7 @@ class _Reading:
         # $body$: PostgreSQL's, masked in any reading) starts where no name goes on
         # (a$b$c is a PostgreSQL name).
         more = ("|#" if self.mysql_comments else "") + (r"|\[" if self.brackets else "")
-        glued = r"\w" if self.document else r"\w?:@" if self.money else r"\w$?:@"
+        glued = r"\w" if not self.placeholders else r"\w?:@" if self.money else r"\w$?:@"
         number = _MYSQL_NUMBER if self.digit_names else _NUMBER
         start = re.compile(rf"""['"`]|--|/\*|(?<![\w$])\${more}|(?<![{glued}]){number}""")
         object.__setattr__(self, "start", start)
@@ -145,9 +148,9 @@ _MYSQL = _Reading(backslash=True, doubles="string", mysql_comments=True, digit_n
 _SQLITE = _Reading(doubles="either", brackets="plain")
 _SQL_SERVER = _Reading(doubles="either", brackets="doubled", nested=True, money=True)
 _ORACLE = _Reading(q_quotes=True)
-_DOCUMENT = _Reading(backslash=True, doubles="string", document=True)
+_DOCUMENT = _Reading(backslash=True, doubles="string", document=True, placeholders=False)
 # A GraphQL document: "..." (and """...""") strings with backslash escapes, # comments.
-_GRAPHQL = _Reading(backslash=True, doubles="string", mysql_comments=True)
+_GRAPHQL = _Reading(backslash=True, doubles="string", mysql_comments=True, placeholders=False)
 _READINGS: dict[str, tuple[_Reading, ...]] = {
     "postgresql": (_POSTGRESQL,),
     "mysql": (_MYSQL,),

@@ -97,3 +97,27 @@ def test_a_query_attribute_of_another_kind_is_not_read_as_graphql() -> None:
     ids = (7, 9, None)
     snapshot: SpanSnapshot = ("op", 0, 10**18, None, True, None, attributes, *ids, None, None, None)
     assert snapshot_to_row(snapshot, PiiPolicy())[0][6]["query"] == 'status:"open" limit 50'
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        # A document written without spaces (a minified one, or one typed into curl):
+        # a number right after ":" is a value there, no placeholder as ":1" is in SQL.
+        ("{customer(phone:4165550199,limit:5){city}}", "{customer(phone:?,limit:?){city}}"),
+        ('{customer(name:"Jean",age:-42){city}}', "{customer(name:?,age:-?){city}}"),
+        ("{customer(filter:{age:42}){city}}", "{customer(filter:{age:?}){city}}"),
+    ],
+)
+def test_a_number_right_after_a_colon_is_masked(document: str, expected: str) -> None:
+    for attributes in (
+        {"graphql.document": document},
+        {"component": "graphql", "query": document},
+    ):
+        ids = (7, 9, None)
+        snapshot: SpanSnapshot = (
+            "op", 1, 10**18, None, True, None, attributes, *ids, None, None, None
+        )  # fmt: skip
+        metadata = snapshot_to_row(snapshot, PiiPolicy())[0][6]
+        assert "4165550199" not in json.dumps(metadata)
+        assert metadata[next(iter(attributes.keys() - {"component"}))] == expected
