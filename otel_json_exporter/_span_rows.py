@@ -661,14 +661,15 @@ def _dialect(key: str, attributes: Mapping[str, Any]) -> str | None:
     None when ``key`` holds no statement (a ``query`` not a GraphQL span's)."""
     if key in SQL_ATTRIBUTES:
         return dialect_of(_db_system(attributes))
-    if key == _GRAPHQL_DOCUMENT or attributes.get("component") == "graphql":
+    # Values by their text, as the writer process sees them (a str subclass's == aside).
+    if key == _GRAPHQL_DOCUMENT or text_of(attributes.get("component")) == "graphql":
         return GRAPHQL
     return None
 
 
 def _db_system(attributes: Mapping[str, Any]) -> Any:
     """The span's database system: ``db.system.name``, else ``db.system``."""
-    return attributes.get(_DB_SYSTEM[0]) or attributes.get(_DB_SYSTEM[1])
+    return text_of(attributes.get(_DB_SYSTEM[0])) or text_of(attributes.get(_DB_SYSTEM[1]))
 
 
 _statement_texts: weakref.WeakKeyDictionary[PiiPolicy, dict[str, tuple[str, int]]] = (

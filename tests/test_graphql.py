@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from opentelemetry.trace import SpanKind, Tracer
 
 from otel_json_exporter import PiiPolicy
 from otel_json_exporter._span_rows import SpanSnapshot, snapshot_to_row
 
-from ._spans import records_in
+from ._spans import export_spans, records_in
 
 WRITERS = ["thread", "process"]
 
@@ -121,3 +122,23 @@ def test_a_number_right_after_a_colon_is_masked(document: str, expected: str) ->
         metadata = snapshot_to_row(snapshot, PiiPolicy())[0][6]
         assert "4165550199" not in json.dumps(metadata)
         assert metadata[next(iter(attributes.keys() - {"component"}))] == expected
+
+
+class _Shy(str):
+    """A component's name that says it equals nothing: the process writer sees its text."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_graphql_span_is_told_by_its_components_text(tmp_path: Path, writer: str) -> None:
+    def make(tracer: Tracer) -> None:
+        attributes = {"component": _Shy("graphql"), "query": '{customer(name: "Jean") {city}}'}
+        tracer.start_span("GraphQL Query", kind=SpanKind.SERVER, attributes=attributes).end()
+
+    (record,), _ = export_spans(tmp_path, make, writer=writer)
+    assert "Jean" not in json.dumps(record)
+    assert record["metadata"]["query"] == "{customer(name: ?) {city}}"
