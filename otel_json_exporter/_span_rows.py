@@ -362,14 +362,14 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
             allowed_equals += value.count("=")
             allowed_percent += value.count("%")
     if _STATEMENT in attributes or _QUERY_TEXT in attributes:  # a database span
+        dialect = dialect_of(_db_system(attributes))
         for key in _SQL_KEYS:
             value = attributes.get(key)
             if type(value) is str:
                 if not (
                     value.isascii()
-                    and known_clean(value, dialect_of(_db_system(attributes)))
-                    and _clean_statement(value, dialect_of(_db_system(attributes)), policy)
-                    == (value, 0)
+                    and known_clean(value, dialect)
+                    and _clean_statement(value, dialect, policy) == (value, 0)
                 ):
                     return None  # seen first, a literal to mask, or more: the full path
                 allowed_at += value.count("@")
@@ -571,10 +571,9 @@ def _clean_attributes(
             try:
                 # A list of URLs under a URL attribute is masked as URLs, item by item;
                 # of statements under a statement's, as statements (bytes too).
-                dialect = _dialect(key, attributes) if key in _STATEMENT_KEYS else None
-                clean[key], masked = _clean_value(
-                    value, policy, 0, _text_mask(key, attributes, policy), dialect is not None
-                )
+                text_mask = _text_mask(key, attributes, policy)
+                statement = text_mask is not None and key in _STATEMENT_KEYS
+                clean[key], masked = _clean_value(value, policy, 0, text_mask, statement)
             except _Unwritable:
                 masked = 1  # the attribute is dropped
         redacted += masked

@@ -50,6 +50,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from otel_json_exporter import OperationSpanExporter, PiiPolicy, _sql
-from otel_json_exporter._sql import dialect_of, mask_sql
+from otel_json_exporter._sql import GRAPHQL, dialect_of, mask_sql
 from otel_json_exporter.pii import mask_database_values
 
 from ._spans import export_spans, records_in
@@ -88,6 +90,23 @@ def _export_statement(
 def _never_written(masked: str, *values: str) -> None:
     for value in values:
         assert value not in masked, "a value of the statement was kept"
+
+
+@contextmanager
+def _instrumented_sqlite(tmp_path: Path, writer: str) -> Iterator[sqlite3.Cursor]:
+    """A cursor of an in-memory sqlite3 connection behind the DB-API instrumentation,
+    its spans exported to ``tmp_path`` by ``writer``: all written when the block ends."""
+    exporter = OperationSpanExporter(storage_path=tmp_path, writer=writer)  # type: ignore[arg-type]
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    connection = instrument_connection(
+        "tests", sqlite3.connect(":memory:"), "sqlite", tracer_provider=provider
+    )
+    try:
+        yield connection.cursor()
+    finally:
+        connection.close()
+        provider.shutdown()
 
 
 # -- a statement read out of step -----------------------------------------------------
@@ -216,19 +235,11 @@ def test_mysql_comments_are_read_as_mysql_reads_them(
 @pytest.mark.parametrize("writer", WRITERS)
 def test_sqlite_double_quoted_strings_from_a_real_database(tmp_path: Path, writer: str) -> None:
     """Python's sqlite3 reads ``"Jean Tremblay"`` as a string: no column has that name."""
-    exporter = OperationSpanExporter(storage_path=tmp_path, writer=writer)  # type: ignore[arg-type]
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    connection = instrument_connection(
-        "tests", sqlite3.connect(":memory:"), "sqlite", tracer_provider=provider
-    )
-    cursor = connection.cursor()
-    cursor.execute('CREATE TABLE "people" ("name" TEXT, "phone" TEXT)')
-    cursor.execute('INSERT INTO "people" VALUES ("Jean Tremblay", "416-555-0199")')
-    cursor.execute('SELECT "people"."phone" FROM "people" WHERE "name" = "Jean Tremblay"')
-    assert cursor.fetchall() == [("416-555-0199",)]  # the database read strings
-    connection.close()
-    provider.shutdown()
+    with _instrumented_sqlite(tmp_path, writer) as cursor:
+        cursor.execute('CREATE TABLE "people" ("name" TEXT, "phone" TEXT)')
+        cursor.execute('INSERT INTO "people" VALUES ("Jean Tremblay", "416-555-0199")')
+        cursor.execute('SELECT "people"."phone" FROM "people" WHERE "name" = "Jean Tremblay"')
+        assert cursor.fetchall() == [("416-555-0199",)]  # the database read strings
     records = records_in(tmp_path)
     _never_written(json.dumps(records), "Tremblay", "416-555", "555-0199")
     assert [record["metadata"]["db.statement"] for record in records] == [
@@ -369,23 +380,15 @@ def test_only_short_statements_are_remembered() -> None:
 def test_a_real_sqlite_syntax_error_keeps_no_value(tmp_path: Path, writer: str) -> None:
     """``'Marie L'Heureux'`` written in: the statement fails, and both its text and the
     error's quote of it are written."""
-    exporter = OperationSpanExporter(storage_path=tmp_path, writer=writer)  # type: ignore[arg-type]
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    connection = instrument_connection(
-        "tests", sqlite3.connect(":memory:"), "sqlite", tracer_provider=provider
-    )
-    cursor = connection.cursor()
-    cursor.execute("CREATE TABLE people (name TEXT, phone TEXT)")
-    for statement in (
-        "INSERT INTO people VALUES ('Marie L'Heureux', '416-555-0199')",
-        "SELECT * FROM people WHERE name = 'Jean ' Tremblay'",
-        "SELECT * FROM people WHERE name = 'Jean Tremblay",
-    ):
-        with pytest.raises(sqlite3.Error):
-            cursor.execute(statement)
-    connection.close()
-    provider.shutdown()
+    with _instrumented_sqlite(tmp_path, writer) as cursor:
+        cursor.execute("CREATE TABLE people (name TEXT, phone TEXT)")
+        for statement in (
+            "INSERT INTO people VALUES ('Marie L'Heureux', '416-555-0199')",
+            "SELECT * FROM people WHERE name = 'Jean ' Tremblay'",
+            "SELECT * FROM people WHERE name = 'Jean Tremblay",
+        ):
+            with pytest.raises(sqlite3.Error):
+                cursor.execute(statement)
     records = records_in(tmp_path)
     _never_written(json.dumps(records, ensure_ascii=False), "Heureux", "Tremblay", "416-555")
     assert [record["success"] for record in records] == [True, False, False, False]
@@ -494,8 +497,9 @@ def test_long_statements_are_read_in_linear_time(statement: str) -> None:
     done = threading.Event()
 
     def read() -> None:
-        for system in (None, "postgresql", "mysql", "sqlite", "mssql", "oracle"):
-            mask_sql(statement, dialect_of(system))
+        systems = (None, "postgresql", "mysql", "sqlite", "mssql", "oracle", "mongodb")
+        for dialect in (*map(dialect_of, systems), GRAPHQL):
+            mask_sql(statement, dialect)
         done.set()
 
     threading.Thread(target=read, daemon=True).start()
