@@ -810,6 +810,13 @@ _DATABASE_VALUES = re.compile(
     r'(?:[^\n]*?(?=": syntax error|"[ \t]*(?:\n|\Z))|(?s:.)*)'
     r"|(?P<rest>\bnear ')(?!REDACTED)(?:[^\n]*?(?=' at line \d)|(?s:.)*)"
     r"|(?P<line>(?m:^)LINE \d{1,9}: )(?!REDACTED)[^\n]*"
+    # PostgreSQL's "QUERY:  <statement>" and 'CONTEXT:  SQL statement "<statement>"',
+    # after an error in a function's statement (to the line's last quote); SQL Server's
+    # "Unclosed quotation mark after the character string '<the rest>'." (to the line's
+    # last "'."). Not closed on its line, the quote runs to the end.
+    r"|(?P<query>(?m:^)QUERY: {1,2})(?!REDACTED)[^\n]*"
+    r'|(?P<context>\bSQL statement ")(?!REDACTED)(?:[^\n]*(?="[ \t]*(?:\n|\Z))|(?s:.)*)'
+    r"|(?P<unclosed>\bafter the character string ')(?!REDACTED)(?:[^\n]*(?='\.)|(?s:.)*)"
     # SQLAlchemy's "[SQL: ...]": the statement, its literals masked as a span's are.
     r"|(?P<statement>\[SQL: )"
     r"(?:(?s:.)*?(?=\]\n\[parameters: |\]\n\(Background on this error|\]\Z)|(?s:.)*)"
@@ -830,6 +837,9 @@ def holds_database_values(text: str) -> bool:
         or "near '" in text
         or "unrecognized token" in text
         or "LINE " in text
+        or "QUERY: " in text
+        or 'SQL statement "' in text
+        or "character string '" in text
         or "[SQL: " in text
     )
 

@@ -427,6 +427,26 @@ def test_a_real_sqlite_syntax_error_keeps_no_value(tmp_path: Path, writer: str) 
             "You have an error in your SQL syntax; ... near 'REDACTED",
         ),
         ('unrecognized token: "\'Jean Tremblay"', 'unrecognized token: "REDACTED"'),
+        # SQL Server (pyodbc): the rest of the statement after an unclosed quote
+        (
+            "('42000', \"[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]"
+            "Unclosed quotation mark after the character string 'Heureux', '416-555-0199')'."
+            ' (105) (SQLExecDirectW)")',
+            "('42000', \"[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]"
+            "Unclosed quotation mark after the character string 'REDACTED'."
+            ' (105) (SQLExecDirectW)")',
+        ),
+        # PostgreSQL's QUERY: and CONTEXT: lines, from a function's statement
+        (
+            'invalid input syntax for type integer: "x"\n'
+            "QUERY:  SELECT 1 FROM people WHERE name = 'Jean Tremblay'\n"
+            "CONTEXT:  SQL statement \"INSERT INTO people VALUES ('Jean Tremblay', 4165550199)\"\n"
+            "PL/pgSQL function add_person() line 3 at SQL statement",
+            'invalid input syntax for type integer: "REDACTED"\n'
+            "QUERY:  REDACTED\n"
+            'CONTEXT:  SQL statement "REDACTED"\n'
+            "PL/pgSQL function add_person() line 3 at SQL statement",
+        ),
         (
             "(sqlite3.IntegrityError) UNIQUE constraint failed: people.phone\n"
             "[SQL: INSERT INTO people VALUES ('Jean Tremblay', 4165550199)]\n"
@@ -516,6 +536,11 @@ def test_long_database_errors_are_read_in_linear_time() -> None:
             "LINE 1: \n" * 100_000,
             "[SQL: " * 100_000,
             "[SQL: ]\n" * 100_000,
+            "QUERY:  \n" * 100_000,
+            'SQL statement "' * 100_000,
+            'SQL statement "x\n' * 100_000,
+            "after the character string '" * 100_000,
+            "after the character string 'x\n" * 100_000,
         ):
             mask_database_values(text)
         done.set()
