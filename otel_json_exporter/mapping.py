@@ -49,7 +49,9 @@ credentials inside any string ``REDACTED:REDACTED``; in ``url.full``,
 fragment and path (``;jsessionid=...``, ``/reset/token=...``) parameters become ``REDACTED``, and so
 do the PII parameters of ``url.query`` (see ``PiiPolicy.mask_url``); in
 ``db.statement`` and ``db.query.text`` every literal becomes ``?``
-(:func:`~otel_json_exporter._sql.mask_sql`). Every key
+(:func:`~otel_json_exporter._sql.mask_sql`), read as the span's database reads it,
+and in a GraphQL document (``graphql.document``, and Strawberry's ``query`` on a
+span whose ``component`` is ``graphql``) as GraphQL reads it. Every key
 dropped and every value masked counts once in the returned redaction count.
 Values become JSON-ready: tuples become lists, bytes become base64 text (unless
 they hold PII read as text: then ``[REDACTED]``), and NaN

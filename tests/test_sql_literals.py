@@ -291,8 +291,14 @@ def test_a_statement_without_literals_keeps_the_plain_path() -> None:
 
 
 def test_a_policy_can_still_block_the_statement_whole() -> None:
-    policy = PiiPolicy(blocked_keys={"db.statement"})
-    assert policy.is_pii_key("db.statement")
+    """README's advice for statements written with values: the mapping drops it whole."""
+    attributes = {"db.system.name": "sqlite", "db.statement": "SELECT a FROM t WHERE b = ?"}
+    ids = (7, 9, None)
+    snapshot: SpanSnapshot = ("q", 2, 10**18, None, True, None, attributes, *ids, None, None, None)
+    row, redacted = snapshot_to_row(snapshot, PiiPolicy(blocked_keys={"db.statement"}))
+    assert "db.statement" not in row[6]
+    assert row[6]["db.system.name"] == "sqlite"
+    assert redacted == 1
 
 
 def test_a_statement_masked_as_text_once_is_masked_by_each_policy_its_own_way() -> None:
