@@ -476,7 +476,7 @@ _NOT_ONLY_PARAMETERS = re.compile(r"[@%/;?#,\s\x00]")
 _WORD = re.compile(r"[^\W_]+")
 _TURKISH_I = {ord("\u0130"): "I", ord("\u0131"): "i"}
 _CACHE_LIMIT = 4096
-_REMEMBERED_TEXT_LENGTH = 256
+_REMEMBERED_TEXT_LENGTH = 1024
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 

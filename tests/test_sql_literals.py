@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Tracer
 
 from otel_json_exporter import MetricsManager, OperationSpanExporter, PiiPolicy
+from otel_json_exporter import _sql as sql_module
 from otel_json_exporter._span_rows import SpanSnapshot, plain_queued_row, snapshot_to_row
 from otel_json_exporter._sql import dialect_of, mask_sql
 from otel_json_exporter.mapping import span_to_record
@@ -316,3 +318,65 @@ def test_a_statement_masked_as_text_once_is_masked_by_each_policy_its_own_way() 
         assert snapshot_to_row(snapshot, strict)[0][6]["db.query.text"] == (
             "SELECT a FROM t WHERE tenant=REDACTED AND b = ?"
         )
+
+
+DJANGO = (
+    'SELECT "auth_user"."id", "auth_user"."username", "auth_user"."email" FROM "auth_user" '
+    'WHERE "auth_user"."id" = %s LIMIT 21'
+)
+
+
+def test_a_statement_with_literals_that_comes_again_is_masked_the_same_from_memory() -> None:
+    """An ORM's statement holding a constant (Django's ``LIMIT 21``) is read twice, then
+    masked from memory: the same text and count every time, and for each dialect its own."""
+    statement = f"{DJANGO} /* {uuid.uuid4().hex} */"  # seen by no other test
+    first = mask_sql(statement, "postgresql")
+    assert first[1] == 1
+    assert first[0].startswith(DJANGO.replace("LIMIT 21", "LIMIT ? /* "))
+    assert (statement, "postgresql") not in sql_module._masked  # seen once: not kept
+    assert mask_sql(statement, "postgresql") == first
+    assert sql_module._masked[statement, "postgresql"] == first  # seen twice: kept
+    for _ in range(3):
+        assert mask_sql(statement, "postgresql") == first
+    # MySQL reads "..." as strings: its own reading, never PostgreSQL's from memory.
+    assert mask_sql(statement, "mysql") != first
+    assert mask_sql(statement, "mysql") == mask_sql(statement, "mysql")
+
+
+def test_a_value_written_into_a_statement_seen_once_is_not_kept_in_memory() -> None:
+    """What the mask remembers of a statement seen once is a hash, never its text."""
+    value = "Marie-Ève Lavoie 514-555-0142"
+    statement = f"INSERT INTO people (name) VALUES ('{value}')"
+    assert mask_sql(statement, "postgresql") == ("INSERT INTO people (name) VALUES (?)", 1)
+    assert all(value not in text for text, _ in sql_module._masked)
+    assert all(type(fingerprint) is int for fingerprint in sql_module._seen_once)
+
+
+def test_what_the_mask_remembers_is_bounded() -> None:
+    """Arbitrary statements, each seen twice, never grow the memory past its bounds."""
+    for number in range(sql_module._REMEMBERED + 10):
+        statement = f"SELECT a FROM t WHERE b = {number}"
+        mask_sql(statement, "sqlite")
+        assert mask_sql(statement, "sqlite") == ("SELECT a FROM t WHERE b = ?", 1)
+        assert len(sql_module._masked) <= sql_module._REMEMBERED
+        assert len(sql_module._seen_once) <= sql_module._SEEN_ONCE
+    long_statement = "SELECT 'x' " + "-" * sql_module._REMEMBERED_MASKED_LENGTH
+    for _ in range(2):
+        mask_sql(long_statement, "sqlite")
+    assert (long_statement, "sqlite") not in sql_module._masked
+
+
+def test_a_django_statement_with_a_constant_is_mapped_the_same_every_time() -> None:
+    """A span whose statement holds a constant takes the full path each time; from
+    memory the second time on, it writes the same row."""
+    policy = PiiPolicy()
+    attributes = {"db.system.name": "postgresql", "db.query.text": DJANGO}
+    ids = (7, 9, None)
+    snapshot: SpanSnapshot = ("q", 2, 10**18, None, True, None, attributes, *ids, None, None, None)
+    rows = [snapshot_to_row(snapshot, policy) for _ in range(4)]
+    assert all(row == rows[0] for row in rows)
+    assert rows[0][0][6]["db.query.text"] == DJANGO.replace("LIMIT 21", "LIMIT ?")
+    assert rows[0][1] == 1
+    policy.check_row(rows[0][0])
+    # The manager's check remembers the masked statement clean, as it does shorter texts.
+    assert ("text", rows[0][0][6]["db.query.text"]) in policy._unchanged
