@@ -206,7 +206,8 @@ def mask_sql(text: str, dialect: str = _UNKNOWN) -> tuple[str, int]:
     """``text`` with each literal replaced by ``?``, and how many were replaced.
 
     ``dialect`` is :func:`dialect_of` the span's database system. Returns
-    ``text`` itself when it holds no literal.
+    ``text`` itself when it holds no literal. A statement without literals is
+    remembered at once, one with literals once seen twice (:func:`_remember_masked`).
     """
     key = (text, dialect)
     if key in _clean:
