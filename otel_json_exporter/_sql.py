@@ -251,8 +251,8 @@ def _remember_masked(key: tuple[str, str], masked: tuple[str, int]) -> None:
     Reading a long statement costs tens of microseconds (Django's ``auth_user``
     query, which quotes every name: 23 µs; 0.15 µs remembered), and an ORM sends the
     same few again and again. A statement seen once leaves only its hash, which
-    ``hash()`` keys afresh in every process. Both memories are bounded: when full,
-    they start again empty.
+    ``hash()`` keys afresh in every process (unless ``PYTHONHASHSEED`` fixes it).
+    Both memories are bounded: when full, they start again empty.
     """
     fingerprint = hash(key)
     if fingerprint in _seen_once:
