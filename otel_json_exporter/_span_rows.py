@@ -122,6 +122,7 @@ _GRAPHQL_DOCUMENT = "graphql.document"
 _GRAPHQL_QUERY = "query"
 _STATEMENT_KEYS = SQL_ATTRIBUTES | {_GRAPHQL_DOCUMENT, _GRAPHQL_QUERY}
 _NOT_ON_THE_PLAIN_PATH = _ADDED_KEYS | {_GRAPHQL_DOCUMENT, _GRAPHQL_QUERY}
+_STATEMENT_OR_URL_KEYS = _STATEMENT_KEYS | _URL_LIKE  # their texts are masked their own way
 _QUERY_TEXT, _STATEMENT = _SQL_KEYS  # each looked up alone: the cheapest test for all spans
 _DB_SYSTEM = ("db.system.name", "db.system")
 # A text that is a URL or a request target and nothing else: a scheme and "//", or a
@@ -271,7 +272,8 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
     """The queued row of a span that the mapping masks nothing in; None when that is not plain.
 
     The common span has ASCII texts without ``@`` or ``=``, and attributes of
-    ``str``, ``int`` and ``bool`` under keys the policy has cleared
+    ``str``, ``int``, ``bool`` and tuples of ``str`` (a captured header's values) under
+    keys the policy has cleared
     (:attr:`PiiPolicy.plain_keys <otel_json_exporter.pii.PiiPolicy.plain_keys>`),
     its URL attributes left as they are by masking. For it, :func:`snapshot_to_row`,
     the manager's :meth:`~otel_json_exporter.pii.PiiPolicy.check_row` and
@@ -325,9 +327,10 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
         # whose hash and == cannot lie or raise. (A loop costs less here than sets
         # of the types.)
         value_type = type(value)
-        if type(key) is not str or (
-            value_type is not str and value_type is not int and value_type is not bool
-        ):
+        if (
+            type(key) is not str
+            or (value_type is not str and value_type is not int and value_type is not bool)
+        ) and not _plain_texts(key, value):
             return None
     plain_keys = policy.plain_keys
     if not (
@@ -410,12 +413,32 @@ def plain_queued_row(snapshot: SpanSnapshot, policy: PiiPolicy) -> QueuedRow | N
     return (operation_type, name, duration_ms, timestamp_us, success, error, head + added)
 
 
+def _plain_texts(key: object, value: object) -> bool:
+    """Whether ``value`` is a tuple of exact ``str`` under a key whose texts are masked as
+    any text is (not a URL's, nor a statement's): a header an instrumentation captured,
+    ``("application/json",)``. Its JSON is searched with the rest of the attributes'; the
+    full path would write it as a list of the same texts."""
+    return (
+        type(value) is tuple
+        and type(key) is str
+        and key not in _STATEMENT_OR_URL_KEYS
+        and all(type(item) is str for item in value)
+    )
+
+
 def _may_be_cut(cut: tuple[int | None, bool], attributes: Mapping[str, Any]) -> bool:
     """Whether the error text, or a text among the attributes, may have been cut short."""
     cut_at, error_cut = cut
     return error_cut or (
         cut_at is not None
-        and any(type(value) is str and len(value) >= cut_at for value in attributes.values())
+        and any(
+            (type(value) is str and len(value) >= cut_at)
+            or (
+                type(value) is tuple
+                and any(type(item) is str and len(item) >= cut_at for item in value)
+            )
+            for value in attributes.values()
+        )
     )
 
 

@@ -128,6 +128,10 @@ _values = mostly(
     st.floats(allow_nan=True, allow_infinity=True),
     st.binary(max_size=6),
     st.sampled_from([Status500.BAD_GATEWAY, Region.CA, ("a", "b"), 10**5000]),
+    # sequences, as a captured header's values: texts (plain or not), and other items
+    st.tuples(_texts).map(tuple) | st.lists(_texts, max_size=3).map(tuple),
+    st.lists(st.one_of(_texts, st.integers(), st.builds(Sneaky, _texts)), max_size=3).map(tuple),
+    st.lists(_texts, max_size=2),
     weight=10,
 )
 _ids = mostly(st.integers(min_value=0, max_value=2**128 - 1), st.none(), st.just(-5), st.just(True))
@@ -411,3 +415,94 @@ async def test_fastapi_server_spans_take_the_plain_path_unless_they_hold_pii() -
         outcomes.append((plain is not None, full_path(snapshot, policy)))
     assert [plain for plain, _ in outcomes] == [True, True, False]
     assert [expected[1] for _, expected in outcomes if expected is not None] == [0, 0, 1]
+
+
+_HEADER_VALUES = st.lists(_texts, max_size=3).map(tuple)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(
+            [
+                "http.request.header.accept",
+                "http.request.header.user_agent",
+                "http.response.header.content_type",
+                "http.request.header.authorization",
+                "url.full",
+                "http.target",
+                "db.statement",
+                "query",
+            ]
+        ),
+        _HEADER_VALUES,
+        min_size=1,
+    ),
+    others=st.dictionaries(st.sampled_from(["http.route", "note"]), _texts),
+    cut=st.sampled_from([None, (4, False), (60, False), (None, True)]),
+)
+def test_captured_headers_take_the_plain_path_only_as_the_full_path_writes_them(
+    headers: dict[str, tuple[str, ...]], others: dict[str, str], cut: Any
+) -> None:
+    """A tuple of texts (a captured header's values) is plain only where the full path
+    writes it as it is: under a key masked as any text, no text cut, nothing to mask."""
+    policy = PiiPolicy()
+    learn(policy)
+    attributes: dict[str, Any] = {**others, **headers}
+    snapshot = (*made_snapshot(attributes=attributes, trace_id=7, span_id=9)[:12], cut)
+    full_path(snapshot, policy)  # the policy learns the keys, as from earlier spans
+    plain = assert_agrees(snapshot, policy)
+    special = {"url.full", "http.target", "db.statement", "query"}
+    if plain is not None:
+        assert not special & headers.keys()  # masked their own way: the full path's
+        event("plain_queued_row: a row with captured headers")
+    else:
+        event("plain_queued_row: None")
+
+
+async def test_fastapi_spans_with_captured_headers_take_the_plain_path() -> None:
+    """Real server spans capturing every request and response header, over httpx: the
+    headers' values (tuples of texts) keep the span on the plain path, unless one holds
+    PII, and the authorization header is dropped by the full path."""
+    captured = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "shop"}), shutdown_on_exit=False
+    )
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    app = FastAPI()
+
+    @app.get("/orders/{order_id}")
+    async def order(order_id: int) -> dict[str, int]:
+        return {"order_id": order_id}
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=provider,
+        http_capture_headers_server_request=[".*"],
+        http_capture_headers_server_response=[".*"],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+        headers = [
+            {"accept": "application/json"},
+            {"accept": "application/json", "x-region": "ca-central"},
+            {"accept": "application/json", "x-contact": "ann@example.com"},
+            {"accept": "application/json", "authorization": "Bearer abc"},
+        ]
+        for number, sent in enumerate(headers):
+            assert (await client.get(f"/orders/{number}", headers=sent)).status_code == 200
+    provider.shutdown()
+    policy = PiiPolicy()
+    outcomes = []
+    for span in captured.get_finished_spans():
+        if not default_span_filter(span):
+            continue
+        assert type((span.attributes or {}).get("http.request.header.accept")) is tuple
+        snapshot = snapshot_of(span)
+        full_path(snapshot, policy)  # the policy learns the keys, as from earlier spans
+        plain = assert_agrees(snapshot, policy)
+        expected = full_path(snapshot, policy)
+        assert expected is not None
+        outcomes.append((plain is not None, expected[1]))
+    # plain, plain, an address masked by the full path, a PII key dropped by it
+    assert outcomes == [(True, 0), (True, 0), (False, 1), (False, 1)]
