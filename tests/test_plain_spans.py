@@ -385,8 +385,9 @@ class TestRealSpans:
         assert (assert_agrees(snapshot, policy) is not None) == plain
 
 
-async def test_fastapi_server_spans_take_the_plain_path_unless_they_hold_pii() -> None:
-    """Real server spans of a FastAPI app, over httpx: the common request is plain."""
+def orders_app(**instrument_options: Any) -> tuple[FastAPI, TracerProvider, InMemorySpanExporter]:
+    """A FastAPI app with one route, instrumented with ``instrument_options``; its tracer
+    provider, and the exporter that keeps its finished spans."""
     captured = InMemorySpanExporter()
     provider = TracerProvider(
         resource=Resource.create({"service.name": "shop"}), shutdown_on_exit=False
@@ -398,7 +399,13 @@ async def test_fastapi_server_spans_take_the_plain_path_unless_they_hold_pii() -
     async def order(order_id: int, page: int = 1) -> dict[str, int]:
         return {"order_id": order_id, "page": page}
 
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, **instrument_options)
+    return app, provider, captured
+
+
+async def test_fastapi_server_spans_take_the_plain_path_unless_they_hold_pii() -> None:
+    """Real server spans of a FastAPI app, over httpx: the common request is plain."""
+    app, provider, captured = orders_app()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
         for path in ("/orders/1?page=2&sort=date", "/orders/2", "/orders/3?email=ann%40ex.com"):
@@ -464,22 +471,8 @@ async def test_fastapi_spans_with_captured_headers_take_the_plain_path() -> None
     """Real server spans capturing every request and response header, over httpx: the
     headers' values (tuples of texts) keep the span on the plain path, unless one holds
     PII, and the authorization header is dropped by the full path."""
-    captured = InMemorySpanExporter()
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": "shop"}), shutdown_on_exit=False
-    )
-    provider.add_span_processor(SimpleSpanProcessor(captured))
-    app = FastAPI()
-
-    @app.get("/orders/{order_id}")
-    async def order(order_id: int) -> dict[str, int]:
-        return {"order_id": order_id}
-
-    FastAPIInstrumentor.instrument_app(
-        app,
-        tracer_provider=provider,
-        http_capture_headers_server_request=[".*"],
-        http_capture_headers_server_response=[".*"],
+    app, provider, captured = orders_app(
+        http_capture_headers_server_request=[".*"], http_capture_headers_server_response=[".*"]
     )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
