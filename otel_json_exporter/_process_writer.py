@@ -32,6 +32,9 @@ What keeps this safe:
 * If the child dies, the batches in flight count as failed and are written
   again by a new child. A batch the dead child had already written is then
   written twice: records are never lost, but may, in that case only, be doubled.
+* A batch no child can take (none could be started; or the manager stops, or
+  the interpreter exits, with none running) is written in this process, by the
+  same ``BatchWriter`` after the same mapping (:func:`rows_of`).
 * The child ignores SIGINT and SIGTERM (a Ctrl-C or a service manager reaches
   the whole process group, while the application may still be flushing) and
   exits when its input closes: when the manager stops, or the parent dies.
@@ -297,11 +300,18 @@ class ProcessBatchWriter:
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], following: Following, policy: PiiPolicy
+        self,
+        directory: str | os.PathLike[str],
+        following: Following,
+        policy: PiiPolicy,
+        ending: Callable[[], bool] = lambda: False,
     ) -> None:
         self.directory = Path(directory)
         self._following = following
+        self._ending = ending  # the manager stops, or the process exits: see _child_takes_it
         self._policy = policy  # the child maps spans with the manager's own PII rule
+        self._here = BatchWriter(self.directory)  # for batches no child can take
+        self._no_child = False  # one could not be started: write here until prepare()
         self._lock = threading.Lock()  # one conversation with the child at a time
         self._process: subprocess.Popen[bytes] | None = None
         self._to_child = -1  # our ends of its stdin and stdout pipes while it runs
@@ -312,6 +322,7 @@ class ProcessBatchWriter:
     def prepare(self) -> None:
         """Check the directory here (StorageError says what is wrong), then start the child."""
         BatchWriter(self.directory).prepare()
+        self._no_child = False
         process = self._process
         if process is not None and process.poll() is None:
             return  # running; the lock may be held by a write that waits for a slow disk
@@ -364,6 +375,8 @@ class ProcessBatchWriter:
                 self._in_flight = ahead
                 self._recover()
                 ahead = None
+            if ahead is None and not self._child_takes_it():
+                return self._write_here(rows)
             batch = ahead if ahead is not None else list(rows)
             # Encoded before anything is sent: a batch that cannot be fails alone
             # (the manager drops its bad rows after three tries), and one that cannot
@@ -382,7 +395,6 @@ class ProcessBatchWriter:
                     self._deferred = exc
             try:
                 if first is not None:
-                    self._ensure_child()
                     write_all(self._to_child, first)
                 if second is not None:
                     write_all(self._to_child, second)
@@ -421,6 +433,44 @@ class ProcessBatchWriter:
             process.returncode = 0  # not ours to wait for: the parent reaps it
 
     # -- the conversation ---------------------------------------------------------
+
+    def _child_takes_it(self) -> bool:
+        """(Lock held, nothing in flight.) Whether a child, started if need be, writes the batch.
+
+        If not, the batch is written in this process, by the same code: once a
+        child could not be started (an executable that is not Python, a
+        machine too busy to start one in time), until the manager starts
+        again; and when the manager stops or the interpreter exits with no
+        child running, where starting one would only delay the last batches
+        (a forked worker that ends before its first batch starts none).
+        """
+        if self._no_child:
+            return False
+        process = self._process
+        if self._ending() and (process is None or process.poll() is not None):
+            if process is not None:
+                logger.warning("%s; the last batches are written here", self._lost().strerror)
+            return False
+        try:
+            self._ensure_child()
+        except WriterProcessError as exc:
+            logger.warning(
+                "%s; batches are written in this process until the manager starts again",
+                exc.strerror,
+            )
+            self._no_child = True
+            return False
+        return True
+
+    def _write_here(self, items: Sequence[QueuedItem]) -> WrittenBatch:
+        """What the child does with a batch, done in this process: map its spans, write it."""
+        rows, rejected, redacted = rows_of(items, self._policy)
+        if not rows:
+            return WrittenBatch(None, None, 0, 0, rejected, redacted)
+        written = self._here.write_rows(rows)
+        return WrittenBatch(
+            written.path, written.batch_id, written.records, written.bytes, rejected, redacted
+        )
 
     def _answer(self) -> WrittenBatch:
         assert self._process is not None

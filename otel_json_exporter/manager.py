@@ -101,6 +101,7 @@ _RETENTION_EVERY = 3600.0
 _EXIT_FLUSH_TIMEOUT = 10.0
 
 _MANAGERS: weakref.WeakSet[MetricsManager] = weakref.WeakSet()
+_exiting = False  # the interpreter's exit flush has begun (_flush_at_exit)
 
 # The blocking calls' error: a thread with no event loop starts a manager with start_sync().
 _NOT_RUNNING = "MetricsManager is not running; start it first: start_sync(), or await start()"
@@ -210,7 +211,9 @@ class MetricsManager:
         self._batch_writer: BatchWriter | ProcessBatchWriter = (
             BatchWriter(self.storage_path)
             if writer == "thread"
-            else ProcessBatchWriter(self.storage_path, self._following, self.pii_policy)
+            else ProcessBatchWriter(
+                self.storage_path, self._following, self.pii_policy, self._ending
+            )
         )
         self._reset_state()
         # Rows (a third of a model's memory), and spans the writer process maps.
@@ -1049,6 +1052,11 @@ class MetricsManager:
                 wake = min(wake, self._stop_deadline)
             self._cond.wait(max(wake - now, 0.0))
 
+    def _ending(self) -> bool:
+        """Whether the manager stops or the interpreter exits: a process writer then starts
+        no child for the last batches, and writes them in this process if none runs."""
+        return not self._accepting or _exiting
+
     def _following(self, taken: int) -> list[QueuedItem] | None:
         """The batch after the first ``taken`` queued rows, if it is due now (process writer)."""
         with self._lock:
@@ -1265,6 +1273,8 @@ def _flush_at_exit() -> None:
     starts no thread at exit, so there a stop() that gave up cannot try again, and
     what it holds is logged.
     """
+    global _exiting  # noqa: PLW0603  # set once, never cleared
+    _exiting = True
     managers = list(_MANAGERS)
     for manager in managers:
         if not manager.is_running:

@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanContext
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanContext, SpanKind
 
-from otel_json_exporter import MetricsManager, _process_writer
+from otel_json_exporter import MetricsManager, OperationSpanExporter, _process_writer
 from otel_json_exporter._process_writer import WriterProcessError
 from otel_json_exporter.mapping import snapshot_of
 from otel_json_exporter.records import OperationRecord, build_row, queued_row
@@ -419,6 +420,112 @@ def test_a_forked_child_gets_its_own_writer_process(tmp_path: Path) -> None:
     records = load_records(storage)
     for tag in ("parent", "child"):
         assert [r.metadata["rid"] for r in records if r.operation_name == tag] == list(range(1500))
+
+
+def fake_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make ``sys.executable`` a program that exits at once; returns where it notes each start."""
+    starts = tmp_path / "starts"
+    fake = tmp_path / "not-python"
+    fake.write_text(f"#!/bin/sh\necho started >> {starts}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    return starts
+
+
+async def kill_child(manager: MetricsManager) -> None:
+    child = manager._batch_writer._process  # type: ignore[union-attr]
+    assert child is not None
+    os.kill(child.pid, signal.SIGKILL)
+    await eventually(lambda: child.poll() is not None)
+
+
+class TestWithNoChild:
+    """Batches that no child can take are written in the application's process, by the same code."""
+
+    async def test_when_no_child_can_be_started_the_batches_are_written_here(
+        self,
+        storage: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        manager = make(storage)
+        await manager.start()
+        await record(manager, range(5))
+        await manager.flush(timeout=30)
+        starts = fake_python(tmp_path, monkeypatch)
+        await kill_child(manager)
+        for first in (5, 10, 15):
+            await record(manager, range(first, first + 5))
+            await manager.flush(timeout=30)
+        assert starts.read_text() == "started\n"  # tried once, not for every batch
+        assert "the writer process did not start" in caplog.text
+        assert "batches are written in this process until the manager starts again" in caplog.text
+        stats = manager.stats()
+        assert (stats.total_persisted, stats.write_errors, stats.queue_size) == (20, 0, 0)
+        await manager.stop(timeout=30)
+        assert rids_on_disk(load_records(storage)) == list(range(20))
+        monkeypatch.undo()
+        await manager.start()  # a new start tries a child again
+        assert running(child_pid(manager))
+        await record(manager, range(20, 25))
+        await manager.stop(timeout=30)
+        assert rids_on_disk(load_records(storage)) == list(range(25))
+
+    async def test_a_stop_with_no_child_running_starts_none(
+        self,
+        storage: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        manager = make(storage)
+        await manager.start()
+        await record(manager, range(30))  # a batch not due yet: none in flight
+        starts = fake_python(tmp_path, monkeypatch)
+        await kill_child(manager)
+        await manager.stop(timeout=30)
+        assert not starts.exists()
+        assert "the writer process exited (exit code -9); the last batches are written here" in (
+            caplog.text
+        )
+        assert rids_on_disk(load_records(storage)) == list(range(30))
+        assert manager.stats().write_errors == 0
+
+    def test_spans_written_here_are_mapped_as_export_maps_them(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        here, mapped_in_export = tmp_path / "here", tmp_path / "export"
+        with_child = OperationSpanExporter(here, writer="process", flush_interval_seconds=60)
+        without = OperationSpanExporter(mapped_in_export, flush_interval_seconds=60)
+        provider = TracerProvider()
+        for exporter in (with_child, without):
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        starts = fake_python(tmp_path, monkeypatch)
+        asyncio.run(kill_child(with_child.manager))
+        tracer = provider.get_tracer("orders")
+        for number in range(40):
+            name = f"GET /orders/{number}"
+            with tracer.start_as_current_span(name, kind=SpanKind.SERVER) as span:
+                span.set_attribute("http.request.method", "GET")
+                span.set_attribute("http.response.status_code", 200 if number % 5 else 500)
+                span.set_attribute(
+                    "url.full", f"https://shop.example/orders?email=jane{number}@x.ca"
+                )
+                span.set_attribute("user.email", f"jane{number}@x.ca")
+                span.set_attribute("cloud.region", Region.CA)
+                span.set_attribute("note", f"paid by jane{number}@x.ca" if number % 2 else "paid")
+        assert provider.force_flush(30_000)
+        assert with_child.force_flush()
+        assert without.force_flush()
+        assert starts.read_text() == "started\n"
+        expected, written = load_records(mapped_in_export), load_records(here)
+        assert len(written) == 40
+        assert [r.model_dump() for r in written] == [r.model_dump() for r in expected]
+        assert not any(b"jane" in path.read_bytes() for path in here.iterdir())
+        assert with_child.manager.stats().pii_redacted == without.manager.stats().pii_redacted
+        assert with_child.manager.stats().pii_redacted >= 40
+        provider.shutdown()
 
 
 class TestReviewFindings:

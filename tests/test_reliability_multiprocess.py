@@ -117,6 +117,8 @@ manager.start_sync()
 
 
 def child(tag):
+    if len(sys.argv) > 3:
+        sys.executable = sys.argv[3]  # a program that notes each writer process started
     async def record():
         for index in range(5):
             await manager.record_operation("job", tag, float(index))
@@ -160,6 +162,33 @@ class TestForkedChildrenThatForgetStop:
         # finalizer writes the records. A forked child starts its own writer (and, with
         # writer="process", its own writer process), leaving the parent's alone.
         assert names == {"mp-child": 5, "fork-child": 5, "parent": 5}
+
+    def test_children_that_end_before_their_first_batch_start_no_writer_process(
+        self, tmp_path: Path
+    ) -> None:
+        script = tmp_path / "forked.py"
+        script.write_text(_FORKED_CHILD)
+        starts = tmp_path / "starts"
+        noting = tmp_path / "noting-python"
+        noting.write_text(f'#!/bin/sh\necho started >> {starts}\nexec {sys.executable} "$@"\n')
+        noting.chmod(0o755)
+        storage = tmp_path / "metrics"
+        done = subprocess.run(
+            [sys.executable, str(script), str(storage), "process", str(noting)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        names = Counter(
+            record.operation_name for batch in load_batches(storage) for record in batch.records
+        )
+        assert names == {"mp-child": 5, "fork-child": 5, "parent": 5}
+        # Their exit flush wrote their records in their own process: a writer process
+        # would take 0.13 s to start there, and far longer beside many such children.
+        assert not starts.exists()
+        assert "WARNING" not in done.stderr
 
 
 class TestKilledWriters:
