@@ -817,6 +817,24 @@ _DATABASE_VALUES = re.compile(
     r"|(?P<query>(?m:^)QUERY: {1,2})(?!REDACTED)[^\n]*"
     r'|(?P<context>\bSQL statement ")(?!REDACTED)(?:[^\n]*(?="[ \t]*(?:\n|\Z))|(?s:.)*)'
     r"|(?P<unclosed>\bafter the character string ')(?!REDACTED)(?:[^\n]*(?='\.)|(?s:.)*)"
+    # More that quote a value: PostgreSQL's 'value "..." is out of range for type ...',
+    # 'date/time field value out of range: "..."' (an interval's too, and a time zone's
+    # displacement), 'malformed array literal: "..."' (a record's, a range's...),
+    # to_date's 'invalid value "..." for "MM"', a JSON value's 'Token "..." is invalid'
+    # and '..., but found "..."' (to their ending, or the line's last quote) and its
+    # "JSON data, line 1: ..." (to the line's end); SQL Server's "The duplicate key value
+    # is (...)", "Truncated value: '...'" and "converting the nvarchar value '...' to data
+    # type", and Elasticsearch's "Preview of field's value: '...'" (to the line's last
+    # closing mark); MongoDB's "dup key: { ... }" and its "'keyValue': {...}" (to the
+    # line's end: pymongo's full error repeats them).
+    r'|(?P<quoted>\bvalue "|\b(?:field value|displacement) out of range: "'
+    r'|\bmalformed \w{1,32} literal: "|\bToken "|\bbut found ")(?!REDACTED)'
+    r'[^\n]*?(?=" is out of range|" for "|" is invalid|"\.?[ \t]*(?:\n|\Z)|\n|\Z)'
+    r"|(?P<json>\bJSON data, line \d{1,9}: )(?!REDACTED)[^\n]*"
+    r"|(?P<duplicate>\bduplicate key value is \()(?!REDACTED)(?:[^\n]*(?=\)\.)|[^\n]*)"
+    r"|(?P<single>\bTruncated value: '|\bconverting the \w{1,32} value '"
+    r"|\bPreview of field's value: ')(?!REDACTED)(?:[^\n]*(?='[^'\n]*(?:\n|\Z))|[^\n]*)"
+    r"|(?P<mongo>\bdup key: |['\"]keyValue['\"]: )(?!REDACTED)[^\n]*"
     # SQLAlchemy's "[SQL: ...]": the statement, its literals masked as a span's are.
     r"|(?P<statement>\[SQL: )"
     r"(?:(?s:.)*?(?=\]\n\[parameters: |\]\n\(Background on this error|\]\Z)|(?s:.)*)"
@@ -841,6 +859,19 @@ def holds_database_values(text: str) -> bool:
         or 'SQL statement "' in text
         or "character string '" in text
         or "[SQL: " in text
+        or '" is out of range' in text
+        or 'out of range: "' in text
+        or ' literal: "' in text
+        or 'invalid value "' in text
+        or 'Token "' in text
+        or 'but found "' in text
+        or "JSON data, line " in text
+        or "duplicate key value is (" in text
+        or "Truncated value: '" in text
+        or "Conversion failed when converting the " in text
+        or "Preview of field's value: '" in text
+        or "dup key: " in text
+        or "keyValue" in text
     )
 
 
