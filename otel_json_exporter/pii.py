@@ -155,7 +155,7 @@ _IDENTIFIER_KEYS = (
     "card_security_code", "account_number", "bank_account", "routing_number",
     "driver_license", "drivers_license", "driver_license_number", "driving_licence",
     "health_card_number", "national_id", "tax_id", "security_answer", "mobile_number",
-    "phone_no", "pin_code",
+    "phone_no", "pin_code", "birthday", "national_insurance_number",
 )  # fmt: skip
 # The headers in which an identity proxy passes on who signed in (oauth2-proxy, Azure
 # App Service, AWS ALB, Envoy's client certificate, Apache's REMOTE_USER), and where
@@ -164,6 +164,7 @@ _IDENTITY_HEADERS = (
     "forwarded_user", "remote_user", "auth_request_user", "x_ms_client_principal",
     "x_ms_client_principal_name", "x_ms_client_principal_id", "x_amzn_oidc_data",
     "x_amzn_oidc_identity", "forwarded_client_cert", "ssl_client_s_dn", "citylatlong",
+    "x_user", "x_auth_user",
 )  # fmt: skip
 _FORBIDDEN_SUFFIXES = (
     "_password", "_token", "_secret", "_key", "_user_id", "_client_id", "_session_id",
@@ -183,7 +184,8 @@ _CREDENTIAL_WHOLE = frozenset(
 # These whole or as endings: the headers that carry them (X-Goog-IAP-JWT-Assertion).
 _CREDENTIAL_KEYS = (
     "jwt_assertion", "otp_code", "auth_code", "authorization_code", "x_auth", "x_otp",
-    "x_jwt", "x_amz_signature", "x_goog_signature", "x_amz_credential",
+    "x_jwt", "x_amz_signature", "x_goog_signature", "x_amz_credential", "verification_code",
+    "client_assertion",
 )  # fmt: skip
 # As endings too, save after "is_" or "has_", which make a yes or no of them (is_phone).
 _IDENTIFIER_SUFFIXES = tuple("_" + key for key in (*_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS))
@@ -221,6 +223,9 @@ _ARGUMENT = ("code_function_parameters_", "_value")
 _FORBIDDEN_EXACT = FORBIDDEN_KEYS | {
     "authorization", "cookie", "set_cookie", "enduser_id", "enduser_pseudo_id",
     "jsessionid", "phpsessid", *_IDENTIFIER_KEYS, *_CREDENTIAL_KEYS, *_IDENTITY_HEADERS,
+    # The semantic conventions' other names for a person: the session before this one,
+    # and the user name that owns a process or a file.
+    "session_previous_id", "process_owner", "file_owner_name",
 }  # fmt: skip
 _ALWAYS_PII_TOKENS = frozenset({"email", "username", "password", "surname"})
 _NAME_OWNERS = frozenset(

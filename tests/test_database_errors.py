@@ -38,8 +38,7 @@ QUOTED_VALUES = [
         'DETAIL:  Array value must start with "{" or dimension information.',
     ),
     (  # to_date()
-        'InvalidDatetimeFormat: invalid value "Jean" for "MM"\n'
-        "DETAIL:  Value must be an integer.",
+        'InvalidDatetimeFormat: invalid value "Jean" for "MM"\nDETAIL:  Value must be an integer.',
         'InvalidDatetimeFormat: invalid value "REDACTED" for "MM"\n'
         "DETAIL:  Value must be an integer.",
     ),

@@ -628,3 +628,49 @@ async def test_an_invisible_character_inside_an_address_in_names_and_errors(
     assert "jean" not in written
     message = await _refused(tmp_path / "no", {"jean\u00adpierre.dupont@example.com": 1})
     assert "jean" not in message
+
+
+# == A red-team review (2026-12-08): names of a person the rule let pass ===============
+# The semantic conventions' session.previous_id (as identifying as session.id),
+# process.owner and file.owner.name (a user name); a birthday, the UK's National
+# Insurance number; the X-User and X-Auth-User headers that auth proxies set; OAuth's
+# client_assertion (a JWT) and a verification code. Each was written from a span.
+
+NAMES_OF_A_PERSON = {
+    "session.previous_id": "5b2d9e1c-sess-previous",
+    "process.owner": "jean.tremblay",
+    "file.owner.name": "jtremblay",
+    "user.birthday": "1985-03-14",
+    "national_insurance_number": "QQ123456C",
+    "http.request.header.x_user": ("jean.tremblay",),
+    "http.request.header.x_auth_user": ("jean.tremblay",),
+    "client_assertion": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJqZWFuIn0.c2ln",
+    "verification_code": "482913",
+}
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_names_of_a_person_are_dropped_from_spans(tmp_path: Path, writer: str) -> None:
+    exporter = OperationSpanExporter(storage_path=tmp_path, writer=writer)  # type: ignore[arg-type]
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("GET /me") as span:
+        span.set_attributes(NAMES_OF_A_PERSON)
+        span.set_attribute("user.roles", ("admin",))  # what a person may do: kept
+    provider.shutdown()
+    text = _disk_text(tmp_path)
+    for key, value in NAMES_OF_A_PERSON.items():
+        assert key not in text
+        assert (value if isinstance(value, str) else value[0]) not in text
+    assert '"user.roles":["admin"]' in text
+
+
+@pytest.mark.parametrize("key", ["is_birthday", "birthday_count", "file.owner.id", "max_user"])
+def test_their_neighbours_pass(key: str) -> None:
+    assert not DEFAULT_POLICY.is_pii_key(key)
+
+
+async def test_names_of_a_person_are_refused_in_metadata(tmp_path: Path) -> None:
+    for key in NAMES_OF_A_PERSON:
+        message = await _refused(tmp_path / "no", {key: "x"})
+        assert f"metadata key {key!r} is PII" in message
