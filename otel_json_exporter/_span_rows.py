@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,7 +34,6 @@ from otel_json_exporter.pii import (
     holds_database_values,
     mask_cut_end,
     mask_database_values,
-    percent_decoded,
 )
 from otel_json_exporter.records import (
     INTEGER_LIMIT,
@@ -125,15 +123,6 @@ _NOT_ON_THE_PLAIN_PATH = _ADDED_KEYS | {_GRAPHQL_DOCUMENT, _GRAPHQL_QUERY}
 _STATEMENT_OR_URL_KEYS = _STATEMENT_KEYS | _URL_LIKE  # their texts are masked their own way
 _QUERY_TEXT, _STATEMENT = _SQL_KEYS  # each looked up alone: the cheapest test for all spans
 _DB_SYSTEM = ("db.system.name", "db.system")
-# A text that is a URL or a request target and nothing else: a scheme and "//", or a
-# leading "/", and no white space after; and such a URL among words, holding a "=".
-_WHOLE_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*://|/)\S*\Z")
-# A URL among words: a scheme and "//" where a word starts, or a "/" after white space, a
-# quote, a bracket, "=" or ","; up to white space, a quote or a closing bracket. With "=".
-_URL_IN_TEXT = re.compile(
-    r"(?:(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://|(?<![^\s'\"`(\[<{=,])/)"
-    r"[^\s'\"`<>)\]}=]*=[^\s'\"`<>)\]}]*"
-)
 _MAX_SPAN_NANOSECONDS = 10**300  # far beyond any span, far inside what a float holds
 _KIND_BYTES = {name: name.encode("ascii") for name in KIND_NAMES.values()}
 
@@ -748,35 +737,7 @@ def _bytes_hold_pii(data: bytes, policy: PiiPolicy) -> bool:
 
 def _clean_text(text: str, policy: PiiPolicy) -> tuple[str, int]:
     """``text`` ready for a record: valid Unicode, PII masked; and the count masked."""
-    text = text_of(text)
-    text = valid_unicode(text)
-    if "=" in text and ("?" in text or "#" in text or ";" in text):
-        if _WHOLE_URL.match(text):
-            return policy.mask_url(text)  # it masks addresses, credentials, parameters too
-        # Free text holding a URL: each URL in it is masked as a URL (a parameter's
-        # value that is itself an encoded URL is looked into), then the whole text as
-        # record_operation masks it. Read whole as a URL, "Error: ... token=t (retry)"
-        # would lose its case (a scheme) and its end.
-        masked = 0
-
-        def mask(url: re.Match[str]) -> str:
-            nonlocal masked
-            text, count = policy.mask_url(url[0])
-            masked += count
-            return text
-
-        text, count = policy.redact(_URL_IN_TEXT.sub(mask, text))
-        if "%" in text and policy.contains_pii(percent_decoded(text)):
-            # PII percent-encoded outside the URLs found (a quoted URL the search
-            # missed, an encoded value beside no URL), which neither redact() nor the
-            # manager's check decodes: the whole text is read as a URL, as before,
-            # whose masking looks into each value. Its words may suffer; PII may not.
-            whole, more = policy.mask_url(text)
-            return whole, masked + count + more
-        return text, masked + count
-    if "@" in text or "=" in text or "%" in text or not text.isascii():
-        return policy.redact(text)
-    return text, 0
+    return policy.mask_free_text(valid_unicode(text_of(text)))
 
 
 def _plain_service(service: Any) -> bool:

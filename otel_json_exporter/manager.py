@@ -641,7 +641,7 @@ class MetricsManager:
             if type(text) is not str:
                 text = text_of(text)  # what is checked is what is written
             if self.pii_policy.contains_pii(text):
-                return self.pii_policy.redact(text)
+                return self.pii_policy.mask_free_text(text)  # as a span's texts are
         return text, 0
 
     def _count_rejected(self) -> None:

@@ -1108,6 +1108,8 @@ class PiiPolicy:
                 return
         if self._holds_pii(metadata):
             self._check(metadata, "")
+            # _check says where; should it ever find less than _holds_pii, still refused.
+            raise ValueError("metadata contains PII")
 
     def check_row(self, row: RecordRow) -> None:
         """Raise ValueError saying which field of a row breaks the rule (never the value).
@@ -1150,6 +1152,10 @@ class PiiPolicy:
                     folded
                 ) is not None:
                     return True
+        # Percent-encoded, as a URL quoted in a message or a form body holds it:
+        # "redirect_uri=https%3A%2F%2Fadmin%3Ahunter2%40db", "next=%2Fr%3Ftoken%3Dt".
+        if "%" in text and self._decoded_holds_pii(text):
+            return True
         self._remember_unchanged("text", text)
         return False
 
@@ -1203,6 +1209,11 @@ class PiiPolicy:
                 word = self._pii_ending(parameter)
                 named = f" {describe_key(word, self)}" if word is not None else ""
                 raise ValueError(f"metadata {path} contains a value for the PII parameter{named}")
+            if "%" in value and self._decoded_holds_pii(value):
+                raise ValueError(
+                    f"metadata {path} contains PII percent-encoded (an e-mail address, "
+                    "URL credentials or a PII parameter)"
+                )
         elif isinstance(value, Mapping):
             for key, item in value.items():
                 name = describe_key(key, self)
@@ -1248,7 +1259,42 @@ class PiiPolicy:
             return REDACTED, 1
         text, masked = mask_text(text)
         text, in_parameters = self.mask_parameters(text)
-        return self._nothing_left(text, masked + in_parameters)
+        masked += in_parameters
+        if "%" in text and self._decoded_holds_pii(text):
+            # PII percent-encoded (an encoded value beside no URL, a quoted URL): the
+            # text is read whole as a URL, or as a query when it is only name=value
+            # pairs (a form body), whose masking looks into each value. Its words may
+            # suffer; its PII may not.
+            pairs = "=" in text and not any(mark in text for mark in ("?", "#", "://"))
+            text, more = self.mask_query(text) if pairs else self.mask_url(text)
+            masked += more
+        return self._nothing_left(text, masked)
+
+    def mask_free_text(self, text: str) -> tuple[str, int]:
+        """A free text (a name, an error message, an attribute value) with its PII masked.
+
+        A text that is a URL or a request target, holding a ``=`` after a ``?``, ``#``
+        or ``;``, is masked as one (:meth:`mask_url`); in other text each such URL is
+        (so ``ValueError: no account; token=abc (retry in 5s)`` keeps its words and
+        case), then the whole as :meth:`redact` masks it. Both paths, spans and
+        ``record_operation``, mask their texts with this.
+        """
+        if "=" in text and ("?" in text or "#" in text or ";" in text):
+            if _WHOLE_URL.match(text):
+                return self.mask_url(text)  # it masks addresses, credentials, parameters too
+            masked = 0
+
+            def mask(url: re.Match[str]) -> str:
+                nonlocal masked
+                text, count = self.mask_url(url[0])
+                masked += count
+                return text
+
+            text, count = self.redact(_URL_IN_TEXT.sub(mask, text))
+            return text, masked + count
+        if "@" in text or "=" in text or "%" in text or not text.isascii():
+            return self.redact(text)
+        return text, 0
 
     def fit(self, masked: str, limit: int) -> str:
         """A masked text cut to ``limit`` characters, still passing :meth:`contains_pii`.
@@ -1486,7 +1532,7 @@ class PiiPolicy:
         for index, part in enumerate(parts):
             name, equals, value = part.partition("=")
             if not equals:
-                if _holds_pii_text(part):
+                if self._part_holds_pii(part):
                     parts[index] = _URL_MASK
                     masked += 1
                 continue
@@ -1519,7 +1565,7 @@ class PiiPolicy:
         masked = 0
         for index, segment in enumerate(segments):
             name, semicolon, parameters = segment.partition(";")
-            if _holds_pii_text(name):
+            if self._part_holds_pii(name):
                 name = _URL_MASK
                 masked += 1
             if semicolon:
@@ -1531,9 +1577,29 @@ class PiiPolicy:
     def _mask_fragment(self, fragment: str) -> tuple[str, int]:
         if "=" in fragment:
             return self._mask_parameters(fragment, "&")
-        if _holds_pii_text(fragment):
+        if self._part_holds_pii(fragment):
             return _URL_MASK, 1
         return fragment, 0
+
+    def _part_holds_pii(self, part: str) -> bool:
+        """Whether a part of a URL with no ``=`` of its own (a path segment, a query
+        part, a fragment), percent-decoded, holds an e-mail address, credentials, or
+        a PII ``name=value`` (``password%3Dhunter2``). A segment with a ``=`` of its
+        own (``/name=Alice%20Smith``) has its value masked by the pass after."""
+        if "%" in part and "=" not in part:
+            return self._decoded_holds_pii(part)
+        return _holds_pii_text(part)
+
+
+# A text that is a URL or a request target and nothing else: a scheme and "//", or a
+# leading "/", and no white space after.
+_WHOLE_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*://|/)\S*\Z")
+# A URL among words: a scheme and "//" where a word starts, or a "/" after white space, a
+# quote, a bracket, "=" or ","; up to white space, a quote or a closing bracket. With "=".
+_URL_IN_TEXT = re.compile(
+    r"(?:(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://|(?<![^\s'\"`(\[<{=,])/)"
+    r"[^\s'\"`<>)\]}=]*=[^\s'\"`<>)\]}]*"
+)
 
 
 def percent_decoded(text: str) -> str:
