@@ -393,17 +393,24 @@ class ProcessBatchWriter:
                     # SystemExit or KeyboardInterrupt from a value's own code: raised on
                     # the next call, once the batch in flight is answered and taken.
                     self._deferred = exc
-            try:
-                if first is not None:
-                    write_all(self._to_child, first)
-                if second is not None:
+            if first is not None:
+                self._send(first)
+            if second is not None:
+                try:
                     write_all(self._to_child, second)
-                    self._in_flight = following
+                except OSError:
+                    # The batch asked for went whole, the one sent ahead perhaps in part:
+                    # the child would read what follows out of step. Its answer about
+                    # the first is taken, then it is ended; a new one takes the next.
+                    try:
+                        return self._answer()
+                    finally:
+                        self._end_child()
+                self._in_flight = following
+            try:
                 return self._answer()
             except WriterProcessError:
                 raise  # the child is gone; whatever was in flight is retried
-            except BrokenPipeError:
-                raise self._lost() from None
             except (OSError, RuntimeError):
                 self._recover()
                 raise
@@ -433,6 +440,25 @@ class ProcessBatchWriter:
             process.returncode = 0  # not ours to wait for: the parent reaps it
 
     # -- the conversation ---------------------------------------------------------
+
+    def _send(self, frame: bytes) -> None:
+        """Send the first frame, or end the child: a write that failed may have sent part
+        of it, and the child would read what follows out of step, its answers taken for
+        other batches'. Nothing else is in flight, and a frame sent in part is never
+        written: the batch is simply tried again, by a new child (EPIPE, a child that
+        died, is that case too)."""
+        try:
+            write_all(self._to_child, frame)
+        except OSError:
+            if self._process is not None:
+                self._process.kill()
+            raise self._lost() from None
+
+    def _end_child(self) -> None:
+        """Kill the child and forget it (lock held); the next batch starts a new one."""
+        if self._process is not None:
+            self._process.kill()
+            self._lost()
 
     def _child_takes_it(self) -> bool:
         """(Lock held, nothing in flight.) Whether a child, started if need be, writes the batch.

@@ -18,6 +18,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -25,8 +26,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanContext, SpanKind
 
 from otel_json_exporter import MetricsManager, OperationSpanExporter, _process_writer
-from otel_json_exporter._process_writer import WriterProcessError
+from otel_json_exporter._process_writer import ProcessBatchWriter, WriterProcessError
 from otel_json_exporter.mapping import snapshot_of
+from otel_json_exporter.pii import DEFAULT_POLICY
 from otel_json_exporter.records import OperationRecord, build_row, queued_row
 
 from ._tricky import Region, Status500
@@ -526,6 +528,64 @@ class TestWithNoChild:
         assert with_child.manager.stats().pii_redacted == without.manager.stats().pii_redacted
         assert with_child.manager.stats().pii_redacted >= 40
         provider.shutdown()
+
+
+class TestAPipeThatFails:
+    """A write to the child's pipe that fails (EIO, injected at ``os.write``) may have
+    sent part of a frame: the child would read what follows out of step, and its
+    answers would be taken for other batches'. Before, the batch sent whole was
+    counted failed while the child wrote it, every later answer went to the wrong
+    batch, and records were removed from the queue that were on no disk."""
+
+    @staticmethod
+    def rows(first: int, count: int) -> list[Any]:
+        return [
+            queued_row(build_row("job", "s", 1.0, 1_700_000_000_000_000, True, None, {"rid": rid}))
+            for rid in range(first, first + count)
+        ]
+
+    @pytest.mark.parametrize(
+        ("failing", "part"),
+        [(1, 5), (2, 0), (2, 5)],
+        ids=["the-batch-asked-for-in-part", "the-one-sent-ahead", "the-one-sent-ahead-in-part"],
+    )
+    def test_the_child_is_replaced_and_every_batch_written_once(
+        self, storage: Path, monkeypatch: pytest.MonkeyPatch, failing: int, part: int
+    ) -> None:
+        first, ahead, last = self.rows(0, 4), self.rows(4, 6), self.rows(10, 5)
+        sent_ahead: list[list[Any]] = [ahead]
+        writer = ProcessBatchWriter(
+            storage, lambda taken: sent_ahead.pop() if sent_ahead else None, DEFAULT_POLICY
+        )
+        writer.prepare()
+        pipe_writes = 0
+        real_write = os.write
+
+        def write(fd: int, data: bytes) -> int:
+            nonlocal pipe_writes
+            if fd == writer._to_child:
+                pipe_writes += 1
+                if pipe_writes == failing:
+                    if part:
+                        real_write(fd, bytes(data)[:part])  # part of the frame went
+                    raise OSError(errno.EIO, "Input/output error")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", write)
+        killed = writer._process
+        assert killed is not None
+        written: list[int] = []
+        for batch in (first, ahead, last):
+            for _ in range(3):  # as the manager does: a failed batch is tried again
+                try:
+                    written.append(writer.write_rows(batch).records)
+                    break
+                except OSError:
+                    continue
+        writer.close()
+        assert killed.poll() is not None  # ended: its pipe was out of step
+        assert written == [4, 6, 5]
+        assert rids_on_disk(load_records(storage)) == list(range(15))  # each once
 
 
 class TestReviewFindings:
