@@ -124,9 +124,7 @@ def _flush_then(
 def _flush_then_end(stop_managers: Callable[[], None], signum: int) -> None:
     """Flush the provider (once the export under way lets it), stop the managers, end."""
     try:
-        provider = threading.Thread(target=_flush_tracer_provider, daemon=True)
-        provider.start()
-        provider.join(_FLUSH_MILLIS / 1000)  # a stuck export must not keep the process up
+        _flush_tracer_provider()
         _flush_managers(stop_managers)
     finally:
         os.kill(os.getpid(), signum)  # its default action again: the process ends
@@ -154,17 +152,45 @@ def _exporting(frame: FrameType | None) -> bool:
 
 
 def _flush_tracer_provider() -> None:
-    """Have the global tracer provider's span processors export what they hold.
+    """Have the global tracer provider's span processors export what they hold, waiting
+    10 s at most.
 
     Looked up, not imported: a process that never imported OpenTelemetry's trace
     API has no tracer provider, and a manager used alone imports no OpenTelemetry.
+    The flush runs in a thread of its own, waited for 10 s: the SDK's
+    ``BatchSpanProcessor.force_flush`` (1.45) ignores its timeout and exports until
+    its queue is empty, which it never is while other threads go on ending spans
+    faster than they are exported, and an export may hang. Past that, the managers
+    are stopped all the same: what was exported is written.
     """
     trace = sys.modules.get("opentelemetry.trace")
     if trace is None:
         return
     flush = getattr(trace.get_tracer_provider(), "force_flush", None)
-    if callable(flush):
+    if not callable(flush):
+        return
+    flushing = threading.Thread(
+        target=_flush_provider, args=(flush,), name="otel-json-exporter-flush", daemon=True
+    )
+    try:
+        flushing.start()
+    except RuntimeError:  # no thread can start (the interpreter is ending): flush here
+        _flush_provider(flush)
+        return
+    flushing.join(_FLUSH_MILLIS / 1000)
+    if flushing.is_alive():
+        logger.warning(
+            "the tracer provider's flush did not end within %g s (spans keep coming, or an "
+            "export hangs); what was exported is written, the spans not exported yet are not",
+            _FLUSH_MILLIS / 1000,
+        )
+
+
+def _flush_provider(flush: Callable[[int], object]) -> None:
+    try:
         flush(_FLUSH_MILLIS)
+    except Exception:  # the managers are stopped all the same
+        logger.exception("flushing the tracer provider failed")
 
 
 def _forget_after_fork() -> None:

@@ -257,3 +257,55 @@ print("force_flush returned", flush=True)
     assert done.stdout == "the application's handler\n", done.stderr[-800:]
     written = len(load_records(tmp_path / "metrics"))
     assert 0 < written < 50  # the manager's queue was written; the rest was not exported
+
+
+def test_spans_ending_all_the_while_hold_up_sigterm_for_a_bounded_time(tmp_path: Path) -> None:
+    """Threads go on ending spans faster than they are exported (a server under load).
+    The SDK's force_flush (1.45) ignores its timeout and exports until its queue is
+    empty, which it never is: the handler waited forever, until an orchestrator's
+    SIGKILL took every record still queued (found by a red-team review). Now the
+    provider's flush is waited for a bounded time (shortened to 2 s here), then the
+    managers are stopped, and every span whose export succeeded is on disk."""
+    counts = tmp_path / "exported"
+    done = _run(
+        tmp_path,
+        f"""
+import threading, time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from otel_json_exporter import _sigterm
+
+_sigterm._FLUSH_MILLIS = 2_000
+exported = os.open({str(counts)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+class Counting(OperationSpanExporter):
+    def export(self, spans):
+        result = super().export(spans)
+        if result is SpanExportResult.SUCCESS:
+            os.write(exported, b"%d\\n" % len(spans))
+        return result
+
+exporter = Counting(storage, max_batch_size=17, max_queue_size=500)
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+tracer = trace.get_tracer("load")
+
+def serve():
+    while True:
+        with tracer.start_as_current_span("GET /orders"):
+            pass
+
+for _ in range(2):
+    threading.Thread(target=serve, daemon=True).start()
+time.sleep(0.5)
+os.kill(os.getpid(), signal.SIGTERM)
+signal.pause()
+""",
+    )
+    assert done.returncode == -signal.SIGTERM, (done.returncode, done.stderr[-800:])
+    assert "the tracer provider's flush did not end within 2 s" in done.stderr
+    succeeded = sum(map(int, counts.read_text().split()))
+    assert succeeded > 0
+    assert len(load_records(tmp_path / "metrics")) >= succeeded
