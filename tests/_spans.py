@@ -11,9 +11,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from otel_json_exporter import OperationSpanExporter
+from otel_json_exporter import MetricsManager, OperationSpanExporter
 
 
 def records_in(directory: Path) -> list[dict[str, Any]]:
@@ -110,3 +110,28 @@ def ended_span(
     provider.shutdown()
     (span,) = captured.get_finished_spans()
     return holding(span, held)
+
+
+PATHS = ["record_operation", "spans-thread", "spans-process"]
+"""The ways a failed operation reaches the disk: recorded directly, or as a span's error
+with each writer."""
+
+
+def failed_operation(directory: Path, path: str, error: str) -> dict[str, Any]:
+    """One failed operation whose error text is ``error``, written by ``path`` (one of
+    :data:`PATHS`): its record, as read back from ``directory``."""
+    if path == "record_operation":
+        manager = MetricsManager(directory)
+        manager.start_sync()
+        manager.record_operation_sync("client", "call", 1.0, False, error)
+        manager.stop_sync()
+        (record,) = records_in(directory)
+        return record
+
+    def make(tracer: Tracer) -> None:
+        span = tracer.start_span("call", kind=SpanKind.CLIENT)
+        span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
+
+    (record,), _ = export_spans(directory, make, writer=path.split("-")[1])
+    return record

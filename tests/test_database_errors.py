@@ -13,12 +13,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from otel_json_exporter import MetricsManager, PiiPolicy
+from otel_json_exporter import PiiPolicy
 from otel_json_exporter.pii import mask_database_values
 
-from ._spans import export_spans, records_in
+from ._spans import PATHS, failed_operation
 
 QUOTED_VALUES = [
     (  # psycopg, an integer column given a phone number
@@ -116,30 +115,12 @@ HELD = [  # no value quoted: kept whole
 ]
 
 
-def _record_directly(directory: Path, message: str) -> dict[str, object]:
-    manager = MetricsManager(directory)
-    manager.start_sync()
-    manager.record_operation_sync("database_query", "INSERT people", 1.0, False, message)
-    manager.stop_sync()
-    (record,) = records_in(directory)
-    return record
-
-
 @pytest.mark.parametrize(("error", "expected"), QUOTED_VALUES)
-@pytest.mark.parametrize("path", ["record_operation", "spans-thread", "spans-process"])
+@pytest.mark.parametrize("path", PATHS)
 def test_a_value_the_database_quotes_is_masked_on_every_path(
     tmp_path: Path, path: str, error: str, expected: str
 ) -> None:
-    if path == "record_operation":
-        record = _record_directly(tmp_path, error)
-    else:
-
-        def make(tracer: Tracer) -> None:
-            span = tracer.start_span("INSERT people", kind=SpanKind.CLIENT)
-            span.set_status(Status(StatusCode.ERROR, error))
-            span.end()
-
-        (record,), _ = export_spans(tmp_path, make, writer=path.split("-")[1])
+    record = failed_operation(tmp_path, path, error)
     assert record["error_message"] == expected
     for value in ("Jean", "4165550199", "1985-13-45"):
         assert value not in str(record), value

@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI, Response
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Tracer
 
 from otel_json_exporter import MetricsManager, track_operation
 from otel_json_exporter.pii import DEFAULT_POLICY
 
-from ._spans import export_spans, records_in
+from ._spans import PATHS, export_spans, failed_operation, records_in
 
 SECRETS = ("hunter2", "s3cr3tResetTok", "BODYTOKEN", "QUERYPW", "jean")
 
@@ -51,30 +51,12 @@ ERROR_TEXTS = [
 ]
 
 
-def _record_directly(directory: Path, error: str) -> dict[str, object]:
-    manager = MetricsManager(directory)
-    manager.start_sync()
-    manager.record_operation_sync("http", "POST /login", 1.0, False, error)
-    manager.stop_sync()
-    (record,) = records_in(directory)
-    return record
-
-
 @pytest.mark.parametrize(("error", "expected"), ERROR_TEXTS)
-@pytest.mark.parametrize("path", ["record_operation", "spans-thread", "spans-process"])
+@pytest.mark.parametrize("path", PATHS)
 def test_an_error_text_is_masked_alike_on_every_path(
     tmp_path: Path, path: str, error: str, expected: str
 ) -> None:
-    if path == "record_operation":
-        record = _record_directly(tmp_path, error)
-    else:
-
-        def make(tracer: Tracer) -> None:
-            span = tracer.start_span("POST /login", kind=SpanKind.CLIENT)
-            span.set_status(Status(StatusCode.ERROR, error))
-            span.end()
-
-        (record,), _ = export_spans(tmp_path, make, writer=path.split("-")[1])
+    record = failed_operation(tmp_path, path, error)
     assert record["error_message"] == expected
     assert not any(secret in str(record) for secret in SECRETS)
 

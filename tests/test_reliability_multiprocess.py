@@ -142,13 +142,14 @@ if __name__ == "__main__":
 
 
 class TestForkedChildrenThatForgetStop:
-    @pytest.mark.parametrize("writer", ["thread", "process"])
-    def test_records_of_forked_children_are_written(self, tmp_path: Path, writer: str) -> None:
+    @staticmethod
+    def run(tmp_path: Path, *arguments: str) -> tuple[Counter[str], str]:
+        """The forked-children script's records by operation name, and its stderr."""
         script = tmp_path / "forked.py"
         script.write_text(_FORKED_CHILD)
         storage = tmp_path / "metrics"
         done = subprocess.run(
-            [sys.executable, str(script), str(storage), writer],
+            [sys.executable, str(script), str(storage), *arguments],
             capture_output=True,
             text=True,
             timeout=60,
@@ -158,6 +159,11 @@ class TestForkedChildrenThatForgetStop:
         names = Counter(
             record.operation_name for batch in load_batches(storage) for record in batch.records
         )
+        return names, done.stderr
+
+    @pytest.mark.parametrize("writer", ["thread", "process"])
+    def test_records_of_forked_children_are_written(self, tmp_path: Path, writer: str) -> None:
+        names, _ = self.run(tmp_path, writer)
         # multiprocessing ends its forked child with os._exit (no atexit): its exit
         # finalizer writes the records. A forked child starts its own writer (and, with
         # writer="process", its own writer process), leaving the parent's alone.
@@ -166,29 +172,16 @@ class TestForkedChildrenThatForgetStop:
     def test_children_that_end_before_their_first_batch_start_no_writer_process(
         self, tmp_path: Path
     ) -> None:
-        script = tmp_path / "forked.py"
-        script.write_text(_FORKED_CHILD)
         starts = tmp_path / "starts"
         noting = tmp_path / "noting-python"
         noting.write_text(f'#!/bin/sh\necho started >> {starts}\nexec {sys.executable} "$@"\n')
         noting.chmod(0o755)
-        storage = tmp_path / "metrics"
-        done = subprocess.run(
-            [sys.executable, str(script), str(storage), "process", str(noting)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        names = Counter(
-            record.operation_name for batch in load_batches(storage) for record in batch.records
-        )
+        names, stderr = self.run(tmp_path, "process", str(noting))
         assert names == {"mp-child": 5, "fork-child": 5, "parent": 5}
         # Their exit flush wrote their records in their own process: a writer process
         # would take 0.13 s to start there, and far longer beside many such children.
         assert not starts.exists()
-        assert "WARNING" not in done.stderr
+        assert "WARNING" not in stderr
 
 
 class TestKilledWriters:
