@@ -793,6 +793,9 @@ _KEY_ENDINGS = r"already exists|is not present|is still referenced|is duplicated
 _COLUMNS = _atomic(r"(?:[^()\n]|\([^()\n]*\))*")
 _TYPE_NAME = _atomic(r"[\w ]{1,64}")
 _WORD_RUN = _atomic(r"\w{1,32}")
+# Where a value PostgreSQL quotes ends when it may span lines: its closing quote before
+# the message's next part (DETAIL:, HINT:, LINE 1:...) or the end of the text.
+_PG_VALUE_END = r'"\.?[ \t]*(?:\n(?:DETAIL|HINT|LINE \d|CONTEXT|QUERY|WHERE)\b|\s*\Z)'
 _DATABASE_VALUES = re.compile(
     r"(?P<parameters>\[parameters: )(?!REDACTED)(?s:.)*?(?=\n\(Background on this error|\Z)"
     # Columns may be an expression, "lower(full_name::text)": one level of parentheses.
@@ -801,9 +804,12 @@ _DATABASE_VALUES = re.compile(
     rf"(?:(?s:.){{0,4000}}?(?=\) (?:{_KEY_ENDINGS}))|[^\n]*)"
     r"|(?P<row>\bFailing row contains \()(?!REDACTED)"
     r"(?:(?s:.){0,4000}?(?=\)\.?[ \t]*(?:\n|\Z))|[^\n]*)"
-    # PostgreSQL does not escape quotes inside the value: it ends at the line's last one.
+    # PostgreSQL escapes neither quotes nor line breaks inside the value: it ends at the
+    # last quote before the next line of the message (DETAIL:, HINT:...) or the end, else
+    # at the line's last quote.
     rf'|(?P<input>\binvalid input (?:syntax|value) for {_TYPE_NAME}: ")(?!REDACTED)'
-    r'[^\n]*?(?="[ \t]*(?:\n|\Z)|\n|\Z)'
+    rf"(?:(?s:.){{0,4000}}?(?={_PG_VALUE_END})|"
+    r'[^\n]*?(?="[ \t]*(?:\n|\Z)|\n|\Z))'
     r"|(?P<entry>\bDuplicate entry ')(?!REDACTED)(?s:.)*?(?=' for key|\Z)"
     rf"|(?P<incorrect>\b[Ii]ncorrect {_WORD_RUN} value: ')(?!REDACTED)"
     r"(?:[^\n]{0,4000}?(?=' for column)|[^\n]*?(?='[ \t]*(?:\n|\Z)|\n|\Z))"
@@ -833,11 +839,17 @@ _DATABASE_VALUES = re.compile(
     # closing mark); MongoDB's "dup key: { ... }" and its "'keyValue': {...}" (to the
     # line's end: pymongo's full error repeats them).
     r'|(?P<quoted>\bvalue "|\b(?:field value|displacement) out of range: "'
-    r'|\bmalformed \w{1,32} literal: "|\bToken "|\bbut found ")(?!REDACTED)'
-    r'[^\n]*?(?=" is out of range|" for "|" is invalid|"\.?[ \t]*(?:\n|\Z)|\n|\Z)'
+    r'|\bmalformed \w{1,32} literal: "|\bToken "|\bbut found "|\btime zone ")(?!REDACTED)'
+    r'(?:(?s:.){0,4000}?(?=" is out of range|" for "|" is invalid|" not recognized'
+    rf"|{_PG_VALUE_END})"
+    r'|[^\n]*?(?=" is out of range|" for "|" is invalid|" not recognized|"\.?[ \t]*(?:\n|\Z)'
+    r"|\n|\Z))"
+    # make_date()'s, unquoted: to the end of the line.
+    r"|(?P<unquoted>\bfield value out of range: )(?![\"']|REDACTED)[^\n]*"
     r"|(?P<json>\bJSON data, line \d{1,9}: )(?!REDACTED)[^\n]*"
     r"|(?P<duplicate>\bduplicate key value is \()(?!REDACTED)(?:[^\n]*(?=\)\.)|[^\n]*)"
     r"|(?P<single>\bTruncated value: '|\bconverting the \w{1,32} value '"
+    r"|\bconversion of the \w{1,32} value '"
     r"|\bPreview of field's value: ')(?!REDACTED)(?:[^\n]*(?='[^'\n]*(?:\n|\Z))|[^\n]*)"
     r"|(?P<mongo>\bdup key: |['\"]keyValue['\"]: )(?!REDACTED)[^\n]*"
     # SQLAlchemy's "[SQL: ...]": the statement, its literals masked as a span's are.
@@ -874,6 +886,9 @@ def holds_database_values(text: str) -> bool:
         or "duplicate key value is (" in text
         or "Truncated value: '" in text
         or "Conversion failed when converting the " in text
+        or "conversion of the " in text
+        or "field value out of range: " in text
+        or 'time zone "' in text
         or "Preview of field's value: '" in text
         or "dup key: " in text
         or "keyValue" in text
@@ -990,7 +1005,7 @@ def masked_key(key: str, policy: PiiPolicy | None = None) -> str:
     masked, count = mask_text(key)
     if not count and _holds_pii_text(key):
         masked = REDACTED
-    if _holds_equals(masked):
+    if _holds_equals(masked) or _encoded(masked):  # "password%3Dhunter2" too
         return (policy or DEFAULT_POLICY).redact(masked)[0]
     return masked
 
@@ -1153,11 +1168,20 @@ class PiiPolicy:
                 ) is not None:
                     return True
         # Percent-encoded, as a URL quoted in a message or a form body holds it:
-        # "redirect_uri=https%3A%2F%2Fadmin%3Ahunter2%40db", "next=%2Fr%3Ftoken%3Dt".
-        if "%" in text and self._decoded_holds_pii(text):
+        # "redirect_uri=https%3A%2F%2Fadmin%3Ahunter2%40db", "next=%2Fr%3Ftoken%3Dt",
+        # "q=reset+password=p" (a form's "+" is a space); the folded forms too (UTF-16
+        # read as UTF-8 leaves a NUL after each character of "password%3Dp").
+        if self._holds_encoded_pii(text):
             return True
         self._remember_unchanged("text", text)
         return False
+
+    def _holds_encoded_pii(self, text: str) -> bool:
+        """Whether ``text`` holds PII that shows only decoded (see _text_holds_pii)."""
+        return _encoded(text) and (
+            self._decoded_holds_pii(text)
+            or (_foldable(text) and any(map(self._decoded_holds_pii, _folds(text))))
+        )
 
     def _folded_parameter(self, text: str) -> str | None:
         """A PII ``name=value`` found only in the folded form of a non-ASCII text
@@ -1209,7 +1233,7 @@ class PiiPolicy:
                 word = self._pii_ending(parameter)
                 named = f" {describe_key(word, self)}" if word is not None else ""
                 raise ValueError(f"metadata {path} contains a value for the PII parameter{named}")
-            if "%" in value and self._decoded_holds_pii(value):
+            if self._holds_encoded_pii(value):
                 raise ValueError(
                     f"metadata {path} contains PII percent-encoded (an e-mail address, "
                     "URL credentials or a PII parameter)"
@@ -1260,15 +1284,27 @@ class PiiPolicy:
         text, masked = mask_text(text)
         text, in_parameters = self.mask_parameters(text)
         masked += in_parameters
-        if "%" in text and self._decoded_holds_pii(text):
-            # PII percent-encoded (an encoded value beside no URL, a quoted URL): the
-            # text is read whole as a URL, or as a query when it is only name=value
-            # pairs (a form body), whose masking looks into each value. Its words may
-            # suffer; its PII may not.
-            pairs = "=" in text and not any(mark in text for mark in ("?", "#", "://"))
-            text, more = self.mask_query(text) if pairs else self.mask_url(text)
+        if self._holds_encoded_pii(text):
+            # PII percent-encoded (an encoded value beside no URL, a quoted URL): each
+            # word that holds it decoded is read as a URL, or as a query when it is
+            # name=value pairs (a form body), whose masking looks into each value.
+            text, more = self._mask_encoded_words(text)
             masked += more
         return self._nothing_left(text, masked)
+
+    def _mask_encoded_words(self, text: str) -> tuple[str, int]:
+        masked = 0
+
+        def mask(word: re.Match[str]) -> str:
+            nonlocal masked
+            if not self._holds_encoded_pii(word[0]):
+                return word[0]
+            pairs = "=" in word[0] and not any(mark in word[0] for mark in ("?", "#", "://"))
+            text, count = self.mask_query(word[0]) if pairs else self.mask_url(word[0])
+            masked += count
+            return text
+
+        return _NOT_SPACE.sub(mask, text), masked
 
     def mask_free_text(self, text: str) -> tuple[str, int]:
         """A free text (a name, an error message, an attribute value) with its PII masked.
@@ -1286,6 +1322,8 @@ class PiiPolicy:
 
             def mask(url: re.Match[str]) -> str:
                 nonlocal masked
+                if "=" not in url[0]:
+                    return url[0]
                 text, count = self.mask_url(url[0])
                 masked += count
                 return text
@@ -1431,9 +1469,12 @@ class PiiPolicy:
             return False
         plain_keys = self._plain_keys
         for part in query.split("&"):
-            name, equals, _ = part.partition("=")
-            # "+" in a name is decoded to a space before it is judged: left to that pass.
-            if equals and (name not in plain_keys or "+" in name):
+            name, equals, value = part.partition("=")
+            # "+" in a name is decoded to a space before it is judged, and in a value
+            # holding "=" it may start a pair ("q=a+password=p"): left to that pass.
+            if equals and (
+                name not in plain_keys or "+" in name or ("+" in value and "=" in value)
+            ):
                 return False
         return True
 
@@ -1541,7 +1582,7 @@ class PiiPolicy:
                 if contains_pii_text(key):
                     name = _URL_MASK
             elif not (
-                ("@" in value or "%" in value or not value.isascii())
+                ("@" in value or _encoded(value) or not value.isascii())
                 and self._decoded_holds_pii(value)
             ):
                 continue  # the common case, kept cheap: "+" alone decodes to no PII
@@ -1554,8 +1595,10 @@ class PiiPolicy:
         credentials, or a PII ``name=value`` of a URL nested in it
         (``next=%2Freset%3Ftoken%3Ds3cr3t``)."""
         decoded = percent_decoded(value)
-        return contains_pii_text(decoded) or (
-            "=" in decoded and self._pii_parameter(decoded) is not None
+        return (
+            contains_pii_text(decoded)
+            or ("=" in decoded and self._pii_parameter(decoded) is not None)
+            or self._folded_parameter(decoded) is not None  # a full-width "=" encoded
         )
 
     def _mask_path(self, path: str) -> tuple[str, int]:
@@ -1586,7 +1629,7 @@ class PiiPolicy:
         part, a fragment), percent-decoded, holds an e-mail address, credentials, or
         a PII ``name=value`` (``password%3Dhunter2``). A segment with a ``=`` of its
         own (``/name=Alice%20Smith``) has its value masked by the pass after."""
-        if "%" in part and "=" not in part:
+        if _encoded(part) and "=" not in part:
             return self._decoded_holds_pii(part)
         return _holds_pii_text(part)
 
@@ -1596,10 +1639,22 @@ class PiiPolicy:
 _WHOLE_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*://|/)\S*\Z")
 # A URL among words: a scheme and "//" where a word starts, or a "/" after white space, a
 # quote, a bracket, "=" or ","; up to white space, a quote or a closing bracket. With "=".
+# Matched to its end whether or not it holds a "=" (the masking skips one without): a
+# start inside a run that failed would scan the same run again, quadratic in a text of
+# ",/a,/a,/a...". A later start in the run can find a "=" only where the first does.
 _URL_IN_TEXT = re.compile(
     r"(?:(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://|(?<![^\s'\"`(\[<{=,])/)"
-    r"[^\s'\"`<>)\]}=]*=[^\s'\"`<>)\]}]*"
+    r"[^\s'\"`<>)\]}]*"
 )
+
+
+_NOT_SPACE = re.compile(r"\S+")
+
+
+def _encoded(text: str) -> bool:
+    """Whether decoding ``text`` as a URL's part may change it: a ``%``, or a ``+`` (a
+    space in a form) beside a ``=``."""
+    return "%" in text or ("+" in text and "=" in text)
 
 
 def percent_decoded(text: str) -> str:
@@ -1659,12 +1714,12 @@ def mask_quoted_keys(message: str, policy: PiiPolicy | None = None) -> str:
     read back and judged as the text it is. One that cannot be read back is masked.
     A quoted ``name=value`` (``'password=hunter2'``) gets its PII values masked too.
     """
-    if "\\" not in message and not _holds_equals(message):
+    if "\\" not in message and not _holds_equals(message) and not _encoded(message):
         return message  # nothing escaped, no name=value: mask_text sees every key as it is
 
     def mask(match: re.Match[str]) -> str:
         literal = match[0]
-        if "\\" not in literal and not _holds_equals(literal):
+        if "\\" not in literal and not _holds_equals(literal) and not _encoded(literal):
             return literal
         try:
             text = ast.literal_eval(literal)

@@ -106,6 +106,37 @@ QUOTED_VALUES = [
     ),
 ]
 
+QUOTED_VALUES += [  # a review of the above: values over lines, and three more formats
+    (  # PostgreSQL quotes a value with its line breaks (psql, PostgreSQL 15)
+        'NumericValueOutOfRange: value "\n4165550199" is out of range for type integer\n'
+        "LINE 1: select E'\\n4165550199'::int",
+        'NumericValueOutOfRange: value "REDACTED" is out of range for type integer\n'
+        "LINE 1: REDACTED",
+    ),
+    (
+        'InvalidTextRepresentation: malformed range literal: "Jean\n,4165550199"\n'
+        "DETAIL:  Missing left parenthesis or bracket.",
+        'InvalidTextRepresentation: malformed range literal: "REDACTED"\n'
+        "DETAIL:  Missing left parenthesis or bracket.",
+    ),
+    (
+        'InvalidDatetimeFormat: invalid input syntax for type date: "Jean\n1985"',
+        'InvalidDatetimeFormat: invalid input syntax for type date: "REDACTED"',
+    ),
+    (  # make_date(), unquoted
+        "DatetimeFieldOverflow: date field value out of range: 1985-13-45",
+        "DatetimeFieldOverflow: date field value out of range: REDACTED",
+    ),
+    (
+        'InvalidParameterValue: time zone "Jean Tremblay" not recognized',
+        'InvalidParameterValue: time zone "REDACTED" not recognized',
+    ),
+    (  # SQL Server 248
+        "DataError: The conversion of the varchar value '4165550199' overflowed an int column.",
+        "DataError: The conversion of the varchar value 'REDACTED' overflowed an int column.",
+    ),
+]
+
 HELD = [  # no value quoted: kept whole
     "IndexError: list index out of range",
     "NumericValueOutOfRange: integer out of range",
@@ -151,6 +182,9 @@ def test_these_formats_are_read_in_linear_time() -> None:
             "Preview of field's value: 'x\n" * 100_000,
             "dup key: \n" * 100_000,
             "'keyValue': " * 100_000,
+            'invalid input syntax for type date: "\n' * 30_000,
+            'time zone "' * 100_000,
+            "field value out of range: \n" * 100_000,
         ):
             mask_database_values(text)
         done.set()

@@ -1009,10 +1009,11 @@ class TestRememberedCleanTexts:
         assert remembered.isdisjoint(texts)
 
     def test_a_text_masked_whole_is_not_remembered_as_clean(self) -> None:
-        # Only the full-width "=" form holds PII: the structured pass changes nothing,
-        # and the last pass masks it all. A second look must get the same answer.
+        # Only the full-width "=" form holds PII, in the path: the structured pass
+        # changes nothing, and the last pass masks it all. A second look must get the
+        # same answer. (In the query, the structured pass masks its value alone.)
         policy = PiiPolicy()
-        url = "https://shop.example/cb?x=1 password\uff1dhunter2"
+        url = "https://shop.example/cb/x password\uff1dhunter2"
         first = policy.mask_url(url)
         assert first == (REDACTED, 1)
         assert policy.mask_url(url) == first
