@@ -40,7 +40,11 @@ _FLUSH_MILLIS = 10_000
 _installed = False
 
 
-def install(flush_managers: Callable[[], None], stop_managers: Callable[[], None]) -> None:
+def install(
+    flush_managers: Callable[[], None],
+    stop_managers: Callable[[], None],
+    holding: Callable[[], bool] = lambda: False,
+) -> None:
     """Handle SIGTERM as the module docstring says, if nothing else handles it.
 
     Only from the main thread (no other may install a handler), only once, and only
@@ -51,11 +55,16 @@ def install(flush_managers: Callable[[], None], stop_managers: Callable[[], None
         return
     if not hasattr(signal, "SIGTERM") or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
-    signal.signal(signal.SIGTERM, _flush_then(flush_managers, stop_managers, signal.SIG_DFL))
+    handler = _flush_then(flush_managers, stop_managers, holding, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, handler)
     _installed = True
 
 
-def install_now(flush_managers: Callable[[], None], stop_managers: Callable[[], None]) -> None:
+def install_now(
+    flush_managers: Callable[[], None],
+    stop_managers: Callable[[], None],
+    holding: Callable[[], bool] = lambda: False,
+) -> None:
     """Handle SIGTERM now, whatever handles it: what is held is written first.
 
     The handler found is kept and called afterwards (the default action, or none if
@@ -68,25 +77,39 @@ def install_now(flush_managers: Callable[[], None], stop_managers: Callable[[], 
     found = signal.getsignal(signal.SIGTERM)
     if getattr(found, "_otel_json_exporter", False):
         return  # ours already: wrapping it again would flush twice
-    signal.signal(signal.SIGTERM, _flush_then(flush_managers, stop_managers, found))
+    signal.signal(signal.SIGTERM, _flush_then(flush_managers, stop_managers, holding, found))
     _installed = True
 
 
 def _flush_then(
-    flush_managers: Callable[[], None], stop_managers: Callable[[], None], then: Any
+    flush_managers: Callable[[], None],
+    stop_managers: Callable[[], None],
+    holding: Callable[[], bool],
+    then: Any,
 ) -> Callable[..., None]:
-    """A SIGTERM handler: flush the tracer provider and the managers, then ``then``."""
+    """A SIGTERM handler: flush the tracer provider and the managers, then ``then``.
+
+    ``holding`` says whether this thread holds a lock that exporting spans takes (a
+    manager's: the signal landed inside ``record_operation_sync``, say).
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         ends = then is signal.SIG_DFL or then is None
         if ends:
             signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-        if _exporting(frame):
+        if _exporting(frame) or holding():
             # The signal came while this thread was exporting in a span processor (a
             # force_flush() at the end of a job), whose export lock it holds below this
-            # frame: flushing the provider here would wait for that lock forever.
+            # frame, or while it held a manager's lock, which the spans' export takes:
+            # the provider's flush, which runs in a thread of its own, would wait for
+            # this thread, and this thread for it.
             if ends:
-                # Let that export finish: a thread flushes the provider once it can,
+                if not threading.main_thread().is_alive():
+                    # The interpreter is exiting (its exit hooks are running: one of
+                    # them exports): those that follow write what is held, and it
+                    # ends by itself. Ending it from a thread now would cut them short.
+                    return
+                # Let this thread go on: another flushes the provider once it can,
                 # stops the managers (what they accepted is written, later records are
                 # refused: none is accepted that the end would lose), then ends the
                 # process as the signal would have.

@@ -300,7 +300,7 @@ class MetricsManager:
             else:
                 self._start_worker()
         self._wake_waiters()
-        _sigterm.install(_flush_at_exit, _stop_for_sigterm)
+        _sigterm.install(_flush_managers, _stop_for_sigterm, _a_lock_held_here)
         if multiprocessing.parent_process() is not None:
             # A multiprocessing child ends with os._exit: flushed by its finalizers,
             # even when this module was first imported after the child began.
@@ -1235,7 +1235,7 @@ def flush_on_sigterm() -> None:
     or ends the process by SIGTERM if that was the default action. From the main
     thread only (ValueError otherwise); a second call changes nothing.
     """
-    _sigterm.install_now(_flush_at_exit, _stop_for_sigterm)
+    _sigterm.install_now(_flush_managers, _stop_for_sigterm, _a_lock_held_here)
 
 
 _ending = threading.Event()  # set when a SIGTERM ends the process from another thread
@@ -1260,8 +1260,22 @@ def _stop_for_sigterm() -> None:
                 logger.error("SIGTERM: %s", exc)
 
 
+def _a_lock_held_here() -> bool:
+    """Whether this thread holds a manager's lock (a signal handler runs inside whatever
+    its thread was doing, ``record_operation_sync`` say): another thread taking it waits."""
+    return any(manager._lock._is_owned() for manager in list(_MANAGERS))  # type: ignore[attr-defined]
+
+
 def _flush_at_exit() -> None:
-    """Persist what managers hold when the interpreter exits.
+    """The interpreter's exit (``atexit``, and a ``multiprocessing`` child's end): from
+    now on a process writer starts no child, then :func:`_flush_managers`."""
+    global _exiting  # noqa: PLW0603  # set once, never cleared
+    _exiting = True
+    _flush_managers()
+
+
+def _flush_managers() -> None:
+    """Persist what managers hold: at the interpreter's exit, and for a SIGTERM handed on.
 
     Running managers first: each is flushed, and stays running for whatever exits
     later (the SDK's own exit hook, registered before this one when the tracer
@@ -1273,8 +1287,6 @@ def _flush_at_exit() -> None:
     starts no thread at exit, so there a stop() that gave up cannot try again, and
     what it holds is logged.
     """
-    global _exiting  # noqa: PLW0603  # set once, never cleared
-    _exiting = True
     managers = list(_MANAGERS)
     for manager in managers:
         if not manager.is_running:
