@@ -450,15 +450,14 @@ class ProcessBatchWriter:
         try:
             write_all(self._to_child, frame)
         except OSError:
-            if self._process is not None:
-                self._process.kill()
-            raise self._lost() from None
+            raise self._end_child() from None
 
-    def _end_child(self) -> None:
-        """Kill the child and forget it (lock held); the next batch starts a new one."""
+    def _end_child(self) -> WriterProcessError:
+        """Kill the child and forget it (lock held), saying so; the next batch starts a
+        new one."""
         if self._process is not None:
             self._process.kill()
-            self._lost()
+        return self._lost()
 
     def _child_takes_it(self) -> bool:
         """(Lock held, nothing in flight.) Whether a child, started if need be, writes the batch.
